@@ -1,0 +1,294 @@
+//! The Finnish personal identity code (henkilötunnus, HETU).
+//!
+//! A [`Hetu`] can only be made by [`Hetu::parse`], which checks the whole format, the calendar
+//! date and the check character. It never shows itself: `Debug` and `Display` print a mask,
+//! and the clear bytes are reachable only inside this crate (by the pseudonymiser and the
+//! scanner). Its memory is zeroed on drop.
+
+use std::fmt;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Length of an identity code in characters (and bytes: it is ASCII).
+pub const HETU_LEN: usize = 11;
+
+const CHECK_CHARS: &[u8; 31] = b"0123456789ABCDEFHJKLMNPRSTUVWXY";
+
+/// Which identity codes a parser accepts besides permanent ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HetuRules {
+    /// Accept individual numbers 900–999, the range of temporary codes that test data also
+    /// uses. Off in production, where only permanent codes are expected.
+    pub allow_temporary: bool,
+}
+
+/// Why a string is not an acceptable identity code. Never carries the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HetuError {
+    /// Nothing was given.
+    #[error("is empty")]
+    Empty,
+    /// Spaces or other whitespace around or inside the code.
+    #[error("contains whitespace")]
+    Whitespace,
+    /// Not exactly 11 characters.
+    #[error("must be exactly 11 characters")]
+    Length,
+    /// A character outside the code's alphabet.
+    #[error("contains a character that cannot appear in an identity code")]
+    Character,
+    /// The seventh character is not one of `+ - Y X W V U A B C D E F`.
+    #[error("has an unknown century marker (expected one of + - Y X W V U A B C D E F)")]
+    CenturyMarker,
+    /// The first six characters are not a real calendar date.
+    #[error("has a birth date that does not exist")]
+    Date,
+    /// Individual number 000 or 001: never issued.
+    #[error("has an individual number that is never issued")]
+    IndividualNumber,
+    /// Individual number 900–999 where only permanent codes are accepted.
+    #[error("is a temporary code (individual number 900-999), not accepted here")]
+    Temporary,
+    /// The check character does not match.
+    #[error("has a wrong check character")]
+    CheckCharacter,
+}
+
+/// A validated personal identity code. See the module docs for what it guarantees.
+#[derive(Clone, PartialEq, Eq, Hash, Zeroize, ZeroizeOnDrop)]
+pub struct Hetu([u8; HETU_LEN]);
+
+impl Hetu {
+    /// Parses and validates `s` under `rules`. Strict: no trimming, no case folding.
+    pub fn parse(s: &str, rules: HetuRules) -> Result<Self, HetuError> {
+        if s.is_empty() {
+            return Err(HetuError::Empty);
+        }
+        if s.chars().any(char::is_whitespace) {
+            return Err(HetuError::Whitespace);
+        }
+        if s.chars().count() != HETU_LEN {
+            return Err(HetuError::Length);
+        }
+        let b = s.as_bytes();
+        if b.len() != HETU_LEN {
+            // Eleven characters but more bytes: something non-ASCII, such as an en dash.
+            return Err(if s.chars().nth(6).is_some_and(|c| !c.is_ascii()) {
+                HetuError::CenturyMarker
+            } else {
+                HetuError::Character
+            });
+        }
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if !digits(0..6) || !digits(7..10) {
+            return Err(HetuError::Character);
+        }
+        let century: i32 = match b[6] {
+            b'+' => 1800,
+            b'-' | b'Y' | b'X' | b'W' | b'V' | b'U' => 1900,
+            b'A' | b'B' | b'C' | b'D' | b'E' | b'F' => 2000,
+            _ => return Err(HetuError::CenturyMarker),
+        };
+        let num = |r: std::ops::Range<usize>| {
+            b[r].iter()
+                .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+        };
+        let (day, month, yy) = (num(0..2), num(2..4), num(4..6));
+        let year = century + i32::try_from(yy).map_err(|_| HetuError::Date)?;
+        let month = u8::try_from(month)
+            .ok()
+            .and_then(|m| time::Month::try_from(m).ok())
+            .ok_or(HetuError::Date)?;
+        let day = u8::try_from(day).map_err(|_| HetuError::Date)?;
+        time::Date::from_calendar_date(year, month, day).map_err(|_| HetuError::Date)?;
+
+        let individual = num(7..10);
+        if individual < 2 {
+            return Err(HetuError::IndividualNumber);
+        }
+        if individual >= 900 && !rules.allow_temporary {
+            return Err(HetuError::Temporary);
+        }
+        let check_index = (num(0..6) * 1000 + individual) % 31;
+        // check_index < 31 by construction, so the index is in bounds.
+        if b[10] != CHECK_CHARS[check_index as usize] {
+            return Err(HetuError::CheckCharacter);
+        }
+        let mut code = [0u8; HETU_LEN];
+        code.copy_from_slice(b);
+        Ok(Hetu(code))
+    }
+
+    /// The clear code. Crate-private on purpose: only the pseudonymiser may see it.
+    pub(crate) fn clear_bytes(&self) -> &[u8; HETU_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Hetu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hetu({self})")
+    }
+}
+
+/// Masks everything but the century marker: even the birth date is personal data.
+impl fmt::Display for Hetu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "******{}****", char::from(self.0[6]))
+    }
+}
+
+/// Whether `text` holds an identity code anywhere inside it (any century, temporary codes
+/// included, with or without separators around it). Used to keep codes out of fields that
+/// cross to a recipient or are stored.
+pub fn contains_hetu(text: &str) -> bool {
+    let b = text.as_bytes();
+    if b.len() < HETU_LEN {
+        return false;
+    }
+    let lenient = HetuRules {
+        allow_temporary: true,
+    };
+    (0..=b.len() - HETU_LEN).any(|i| {
+        // Cheap pre-filter: six digits then a marker, before the full parse.
+        b[i..i + 6].iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(&b[i..i + HETU_LEN])
+                .is_ok_and(|w| Hetu::parse(w, lenient).is_ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST_RULES: HetuRules = HetuRules {
+        allow_temporary: true,
+    };
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/../../../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+    }
+
+    fn fixture_rows(name: &str) -> Vec<(String, String)> {
+        fixture(name)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (code, rest) = l.split_once('\t').expect("fixture rows are tab-separated");
+                (code.to_owned(), rest.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_valid_fixture_is_accepted_with_its_birth_date() {
+        let rows = fixture_rows("hetu-valid.txt");
+        assert!(rows.len() >= 30);
+        for (code, rest) in rows {
+            let hetu = Hetu::parse(&code, TEST_RULES)
+                .unwrap_or_else(|e| panic!("valid fixture rejected: {e}"));
+            let date = rest.split('\t').next().expect("birth date column");
+            let (y, m, d) = (&date[0..4], &date[5..7], &date[8..10]);
+            let b = hetu.clear_bytes();
+            assert_eq!(&b[0..6], format!("{d}{m}{}", &y[2..4]).as_bytes());
+        }
+    }
+
+    #[test]
+    fn valid_fixtures_are_temporary_codes_refused_in_production() {
+        for (code, _) in fixture_rows("hetu-valid.txt") {
+            assert_eq!(
+                Hetu::parse(&code, HetuRules::default()),
+                Err(HetuError::Temporary)
+            );
+        }
+    }
+
+    #[test]
+    fn every_invalid_fixture_is_rejected_for_its_reason() {
+        let rows = fixture_rows("hetu-invalid.txt");
+        assert!(rows.len() >= 15);
+        for (code, reason) in rows {
+            let err = Hetu::parse(&code, TEST_RULES).expect_err(&reason);
+            let expected = match reason.as_str() {
+                "wrong check character" => HetuError::CheckCharacter,
+                r if r.contains("does not exist") => HetuError::Date,
+                r if r.contains("never issued") => HetuError::IndividualNumber,
+                "no century marker" => HetuError::Length,
+                r if r.contains("century marker") => HetuError::CenturyMarker,
+                "too short" | "too long" => HetuError::Length,
+                "letter in the individual number" => HetuError::Character,
+                "empty" => HetuError::Empty,
+                r if r.contains("space") => HetuError::Whitespace,
+                other => panic!("fixture reason not mapped: {other}"),
+            };
+            assert_eq!(err, expected, "for fixture reason {reason:?}");
+        }
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_code() {
+        let code = "010594Y9032";
+        let h = Hetu::parse(code, TEST_RULES).expect("a valid test code");
+        for shown in [format!("{h}"), format!("{h:?}"), format!("{h:#?}")] {
+            assert!(!shown.contains("010594"), "{shown}");
+            assert!(!shown.contains("9032"), "{shown}");
+        }
+        assert_eq!(h.to_string(), "******Y****");
+    }
+
+    #[test]
+    fn contains_hetu_finds_codes_inside_text() {
+        assert!(contains_hetu("office 010594Y9032 east"));
+        assert!(contains_hetu("x010594Y9032"));
+        assert!(!contains_hetu("Kallio office, 3rd floor"));
+        assert!(!contains_hetu("010594Y9033"));
+        assert!(!contains_hetu("ääääääääääääääää"));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn valid_code() -> impl Strategy<Value = String> {
+            (1800i32..2100, 1u8..=12, 1u8..=28, 2u32..1000).prop_map(|(y, m, d, n)| {
+                let marker = match y {
+                    ..1900 => '+',
+                    1900..2000 => '-',
+                    _ => 'A',
+                };
+                let yy = y % 100;
+                let base = format!("{d:02}{m:02}{yy:02}");
+                let value: u32 = base.parse::<u32>().expect("digits") * 1000 + n;
+                let check = char::from(CHECK_CHARS[(value % 31) as usize]);
+                format!("{base}{marker}{n:03}{check}")
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn parser_never_panics(s in "\\PC{0,20}") {
+                let _ = Hetu::parse(&s, TEST_RULES);
+                let _ = contains_hetu(&s);
+            }
+
+            #[test]
+            fn generated_codes_parse_and_any_single_change_is_caught(
+                code in valid_code(), pos in 0usize..11, repl in "[0-9A-Y+-]")
+            {
+                prop_assert!(Hetu::parse(&code, TEST_RULES).is_ok());
+                let mut changed: Vec<char> = code.chars().collect();
+                let new = repl.chars().next().expect("one char");
+                prop_assume!(changed[pos] != new);
+                // The check character does not cover the century marker: swapping one
+                // marker for another is a different, valid code, not a typo to catch.
+                prop_assume!(!(pos == 6 && "+-YXWVUABCDEF".contains(new)));
+                changed[pos] = new;
+                let changed: String = changed.into_iter().collect();
+                prop_assert!(Hetu::parse(&changed, TEST_RULES).is_err());
+            }
+        }
+    }
+}

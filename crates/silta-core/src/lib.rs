@@ -1,0 +1,24 @@
+//! silta's pure domain: personal identity codes, pseudonyms, consent, declared flows,
+//! minimisation and the disclosure decision.
+//!
+//! **Architecture invariant:** nothing here does I/O or depends on an async runtime, gRPC or a
+//! database; every function is a plain, testable transformation of data. An identity code is
+//! a [`hetu::Hetu`] from the moment it is parsed, and only [`pseudonym`] sees it in clear.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod consent;
+pub mod decision;
+pub mod flow;
+pub mod hetu;
+pub mod org;
+pub mod pseudonym;
+pub mod report;
+pub mod secret;
+pub mod validate;
+
+pub use hetu::{Hetu, HetuError, HetuRules};
+pub use org::{Caller, OrgId, Role};
+pub use pseudonym::{Domain, Pseudonym, Pseudonymiser};
+pub use secret::MasterSecret;
