@@ -109,9 +109,15 @@ pub fn validate_consent(
 ) -> Option<NewConsent> {
     let field = |f: &str| format!("{prefix}.{f}");
     if input.purpose.is_empty() {
-        v.add(&field("purpose"), "is required (known purposes: eviction-prevention)");
+        v.add(
+            &field("purpose"),
+            "is required (known purposes: eviction-prevention)",
+        );
     } else if !is_known_purpose(input.purpose) {
-        v.add(&field("purpose"), "is not a known purpose (known purposes: eviction-prevention)");
+        v.add(
+            &field("purpose"),
+            "is not a known purpose (known purposes: eviction-prevention)",
+        );
     }
     match input.given_at {
         None => v.add(&field("given_at"), "is required"),
@@ -122,9 +128,10 @@ pub fn validate_consent(
         (_, None) => v.add(&field("valid_until"), "is required"),
         (_, Some(u)) if u <= now => v.add(&field("valid_until"), "must be in the future"),
         (Some(g), Some(u)) if u <= g => v.add(&field("valid_until"), "must be after given_at"),
-        (Some(g), Some(u)) if u - g > MAX_VALIDITY => {
-            v.add(&field("valid_until"), "must be at most 5 years after given_at")
-        }
+        (Some(g), Some(u)) if u - g > MAX_VALIDITY => v.add(
+            &field("valid_until"),
+            "must be at most 5 years after given_at",
+        ),
         _ => {}
     }
     check_text(v, &field("evidence_ref"), input.evidence_ref, 1, 128);
@@ -284,12 +291,48 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let cases: [(&str, ConsentInput<'static>); 6] = [
-            ("consent.purpose", ConsentInput { purpose: "marketing", ..input() }),
-            ("consent.given_at", ConsentInput { given_at: Some(NOW + Duration::hours(1)), ..input() }),
-            ("consent.valid_until", ConsentInput { valid_until: Some(NOW - Duration::hours(1)), ..input() }),
-            ("consent.valid_until", ConsentInput { valid_until: Some(NOW + Duration::days(3000)), ..input() }),
-            ("consent.evidence_ref", ConsentInput { evidence_ref: "", ..input() }),
-            ("consent.evidence_ref", ConsentInput { evidence_ref: "hetu 010594Y9032", ..input() }),
+            (
+                "consent.purpose",
+                ConsentInput {
+                    purpose: "marketing",
+                    ..input()
+                },
+            ),
+            (
+                "consent.given_at",
+                ConsentInput {
+                    given_at: Some(NOW + Duration::hours(1)),
+                    ..input()
+                },
+            ),
+            (
+                "consent.valid_until",
+                ConsentInput {
+                    valid_until: Some(NOW - Duration::hours(1)),
+                    ..input()
+                },
+            ),
+            (
+                "consent.valid_until",
+                ConsentInput {
+                    valid_until: Some(NOW + Duration::days(3000)),
+                    ..input()
+                },
+            ),
+            (
+                "consent.evidence_ref",
+                ConsentInput {
+                    evidence_ref: "",
+                    ..input()
+                },
+            ),
+            (
+                "consent.evidence_ref",
+                ConsentInput {
+                    evidence_ref: "hetu 010594Y9032",
+                    ..input()
+                },
+            ),
         ];
         for (field, case) in cases {
             let mut v = Violations::default();
@@ -311,7 +354,10 @@ mod tests {
         assert!(rec.is_valid_at(NOW));
         assert!(!rec.is_valid_at(NOW + Duration::days(1)));
         assert!(!rec.is_valid_at(NOW - Duration::seconds(1)));
-        let withdrawn = ConsentRecord { state: ConsentState::Withdrawn, ..rec };
+        let withdrawn = ConsentRecord {
+            state: ConsentState::Withdrawn,
+            ..rec
+        };
         assert!(!withdrawn.is_valid_at(NOW));
     }
 }

@@ -45,7 +45,10 @@ pub struct Disclosure {
 /// For a consent-based flow, each organisation holding a valid consent for the flow's purpose
 /// gets one permit (under its latest-ending valid consent); nobody else does.
 pub fn decide(flow: &Flow, consents: &[ConsentRecord], now: OffsetDateTime) -> Disclosure {
-    debug_assert_eq!(flow.legal_basis, LEGAL_BASIS_CONSENT, "only consent flows exist yet");
+    debug_assert_eq!(
+        flow.legal_basis, LEGAL_BASIS_CONSENT,
+        "only consent flows exist yet"
+    );
     let mut best: BTreeMap<&OrgId, &ConsentRecord> = BTreeMap::new();
     for c in consents
         .iter()
@@ -84,7 +87,13 @@ mod tests {
 
     const NOW: OffsetDateTime = datetime!(2026-11-23 12:00 UTC);
 
-    fn consent(id: &str, org: &str, purpose: &str, state: ConsentState, days: i64) -> ConsentRecord {
+    fn consent(
+        id: &str,
+        org: &str,
+        purpose: &str,
+        state: ConsentState,
+        days: i64,
+    ) -> ConsentRecord {
         ConsentRecord {
             consent_id: id.into(),
             recipient: OrgId::new(org).expect("valid"),

@@ -18,10 +18,13 @@ impl OrgId {
     pub fn new(s: &str) -> Result<Self, InvalidOrgId> {
         let ok = (1..=63).contains(&s.len())
             && !s.starts_with('-')
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok { Ok(OrgId(s.to_owned())) } else { Err(InvalidOrgId) }
+        if ok {
+            Ok(OrgId(s.to_owned()))
+        } else {
+            Err(InvalidOrgId)
+        }
     }
 
     /// The id as text.

@@ -129,7 +129,9 @@ impl Pseudonymiser {
 
     /// Derives the Ed25519 seed that signs consent receipts.
     pub(crate) fn receipt_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
-        self.inner.secret.derive(b"silta/receipt-signing/ed25519/v1")
+        self.inner
+            .secret
+            .derive(b"silta/receipt-signing/ed25519/v1")
     }
 
     fn with_key<R>(&self, domain: &Domain, f: impl FnOnce(&hmac::Key) -> R) -> R {
@@ -164,12 +166,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn secret(seed: u8) -> MasterSecret {
-        let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(seed)).collect();
+        let bytes: Vec<u8> = (0u8..32)
+            .map(|i| i.wrapping_mul(37).wrapping_add(seed))
+            .collect();
         MasterSecret::from_bytes(&bytes).expect("a strong test secret")
     }
 
     fn hetu(s: &str) -> Hetu {
-        Hetu::parse(s, HetuRules { allow_temporary: true }).expect("valid test code")
+        Hetu::parse(
+            s,
+            HetuRules {
+                allow_temporary: true,
+            },
+        )
+        .expect("valid test code")
     }
 
     fn org(s: &str) -> Domain {
@@ -184,8 +194,14 @@ mod tests {
         let b = p.pseudonym(&h, &org("social-b"));
         assert_ne!(a, b);
         assert_ne!(a, p.pseudonym(&h, &Domain::Audit));
-        assert_eq!(a, Pseudonymiser::new(secret(1), 1).pseudonym(&h, &org("social-a")));
-        assert_ne!(a, Pseudonymiser::new(secret(2), 1).pseudonym(&h, &org("social-a")));
+        assert_eq!(
+            a,
+            Pseudonymiser::new(secret(1), 1).pseudonym(&h, &org("social-a"))
+        );
+        assert_ne!(
+            a,
+            Pseudonymiser::new(secret(2), 1).pseudonym(&h, &org("social-a"))
+        );
         assert!(a.as_str().starts_with("ps1."));
         assert_eq!(a.as_str().len(), 4 + 32);
     }

@@ -112,7 +112,10 @@ pub fn check_idempotency_key(v: &mut Violations, field: &str, key: &str) {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b))
     {
-        v.add(field, "must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'");
+        v.add(
+            field,
+            "must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'",
+        );
     }
 }
 

@@ -17,7 +17,9 @@ pub enum SecretError {
     #[error("master secret is too short: need at least {MIN_SECRET_BYTES} bytes (64 hex digits)")]
     TooShort,
     /// Too few distinct byte values to be random: a placeholder, not a secret.
-    #[error("master secret looks weak (too few distinct bytes); generate one with `silta keys generate`")]
+    #[error(
+        "master secret looks weak (too few distinct bytes); generate one with `silta keys generate`"
+    )]
     Weak,
 }
 

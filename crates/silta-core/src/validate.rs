@@ -26,7 +26,11 @@ impl Violations {
 
     /// `Ok(value)` when nothing was recorded.
     pub fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, Violations> {
-        if self.0.is_empty() { Ok(value()) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
     }
 
     /// Whether `field` was reported.

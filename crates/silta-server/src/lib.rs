@@ -1,1 +1,195 @@
-//! placeholder
+//! silta's gRPC gateway: mTLS identity, the landlord and social-services services, the group
+//! committer and alert delivery.
+//!
+//! **Architecture invariant:** this crate orders steps and moves bytes; every decision is a
+//! call into `silta-core`, every write goes through a `silta-store` transaction. The request
+//! path is in [`gateway`], one function per RPC, readable top to bottom.
+//!
+//! **API boundary:** [`start`] runs a gateway on a listener and returns a handle to stop it.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+mod commit;
+pub mod config;
+mod delivery;
+pub mod devpki;
+pub mod gateway;
+pub mod identity;
+pub mod services;
+pub mod status;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use silta_core::consent::ReceiptSigner;
+use silta_core::{HetuRules, MasterSecret, Pseudonymiser};
+use silta_store::{SqliteStore, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// The generated protobuf types and gRPC stubs of `silta.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("silta.v1");
+
+    /// The encoded `FileDescriptorSet` of the contract, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/silta_descriptor.bin"));
+}
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// TLS files or settings are wrong.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The configuration names something unsupported.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running gateway.
+pub struct RunningGateway {
+    /// The address it listens on.
+    pub local_addr: SocketAddr,
+    /// The receipt-signing public key.
+    pub receipt_public_key: Vec<u8>,
+    stop: CancellationToken,
+    server: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningGateway {
+    /// Stops accepting, ends subscriptions, finishes in-flight commits and closes the store.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.stop.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the gateway stops (after [`RunningGateway::stop_token`] is cancelled).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.server.await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        }
+    }
+
+    /// The token that stops the gateway when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Opens the store named by `url`.
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
+    if url.starts_with("sqlite:") || !url.contains("://") {
+        Ok(Arc::new(SqliteStore::open_url(url).await?))
+    } else {
+        Err(ServeError::Config(format!(
+            "store.url: unsupported scheme (expected sqlite://PATH); got {}",
+            url.split("://").next().unwrap_or_default()
+        )))
+    }
+}
+
+/// Starts the gateway on `listener` with `config` and the master secret.
+pub async fn start(
+    config: &Config,
+    secret: MasterSecret,
+    listener: TcpListener,
+) -> Result<RunningGateway, ServeError> {
+    let tls = Arc::new(tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.client_ca,
+    )?);
+    let store = open_store(&config.store.url).await?;
+    let pseudonymiser =
+        Pseudonymiser::new(secret, config.secrets.pseudonym_key_version.unwrap_or(1));
+    let signer = ReceiptSigner::new(&pseudonymiser);
+    let receipt_public_key = signer.public_key().to_vec();
+    let notifier = Arc::new(delivery::Notifier::default());
+    let stop = CancellationToken::new();
+
+    let (commits, jobs) = mpsc::channel(config.tuning.max_batch.max(1) * 4);
+    let committer = tokio::spawn(commit::run(
+        Arc::clone(&store),
+        pseudonymiser.clone(),
+        Arc::clone(&notifier),
+        jobs,
+        config.tuning.max_batch,
+    ));
+    let gw = Arc::new(gateway::Gateway {
+        store: Arc::clone(&store),
+        pseudonymiser,
+        signer,
+        hetu_rules: HetuRules {
+            allow_temporary: config.hetu.allow_temporary,
+        },
+        commits,
+        notifier,
+        stop: stop.clone(),
+        tuning: config.tuning.clone(),
+    });
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Config(format!("listener: {e}")))?;
+    let incoming = tls::incoming(listener, tls, config.tls.trust_domain.clone(), stop.clone());
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(proto::landlord_server::LandlordServer::new(
+            services::LandlordService::new(Arc::clone(&gw)),
+        ))
+        .add_service(proto::social_services_server::SocialServicesServer::new(
+            services::SocialServicesService::new(Arc::clone(&gw)),
+        ))
+        .add_service(reflection);
+    drop(gw);
+
+    let server_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        let served = router
+            .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned())
+            .await;
+        // The services (and with them the last senders to the committer) are gone now; the
+        // committer finishes the jobs it holds and returns.
+        if tokio::time::timeout(Duration::from_secs(30), committer)
+            .await
+            .is_err()
+        {
+            tracing::error!("committer did not finish within 30 s");
+        }
+        store.close().await;
+        tracing::info!("gateway stopped");
+        served.map_err(ServeError::from)
+    });
+    tracing::info!(%local_addr, "gateway listening (mTLS, gRPC)");
+    Ok(RunningGateway {
+        local_addr,
+        receipt_public_key,
+        stop,
+        server,
+    })
+}

@@ -1,1 +1,238 @@
-//! placeholder
+//! silta's persistence, behind one trait so that SQLite (the embedded default) and PostgreSQL
+//! (several nodes) are interchangeable.
+//!
+//! **Architecture invariant:** no column holds an identity code or a free-text note. Subjects
+//! are keyed pseudonyms; report bodies are compared by keyed fingerprint.
+//!
+//! **API boundary:** every write happens inside a [`WriteTx`], which the caller commits. The
+//! report path puts the report, its audit record and its alerts into one transaction, and the
+//! gateway answers only after [`WriteTx::commit`] returns, so an acknowledged report is never
+//! lost. Alerts can only be inserted with a [`silta_core::decision::Permit`].
+
+#![forbid(unsafe_code)]
+
+mod sqlite;
+mod time_conv;
+
+use async_trait::async_trait;
+use silta_core::OrgId;
+use silta_core::audit::AuditRecord;
+use silta_core::consent::ConsentRecord;
+use silta_core::decision::Permit;
+use silta_core::pseudonym::Pseudonym;
+use time::OffsetDateTime;
+
+pub use sqlite::SqliteStore;
+
+/// A store failure. Callers map it to `UNAVAILABLE`: the request may be retried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A schema migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data could not be read back (corruption or a newer schema).
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+}
+
+/// Short for results of store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A report as remembered for idempotent retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReport {
+    /// silta's id for the report.
+    pub report_id: String,
+    /// Keyed fingerprint of the body.
+    pub fingerprint: Vec<u8>,
+    /// When it was first accepted.
+    pub received_at: OffsetDateTime,
+}
+
+/// A report to remember.
+#[derive(Debug, Clone)]
+pub struct NewReport<'a> {
+    /// silta's id for the report.
+    pub report_id: &'a str,
+    /// The reporting landlord.
+    pub landlord: &'a OrgId,
+    /// Its idempotency key.
+    pub idempotency_key: &'a str,
+    /// Keyed fingerprint of the body.
+    pub fingerprint: &'a [u8],
+    /// Acceptance time.
+    pub received_at: OffsetDateTime,
+}
+
+/// A consent to store.
+#[derive(Debug, Clone)]
+pub struct NewConsentRow<'a> {
+    /// silta's id for the consent.
+    pub consent_id: &'a str,
+    /// The subject in the lookup domain.
+    pub subject_key: &'a Pseudonym,
+    /// The subject in the audit domain, so later records about this consent name the subject.
+    pub audit_subject: &'a Pseudonym,
+    /// The recipient organisation (the caller).
+    pub recipient: &'a OrgId,
+    /// Purpose.
+    pub purpose: &'a str,
+    /// Validity start.
+    pub valid_from: OffsetDateTime,
+    /// Validity end, exclusive.
+    pub valid_until: OffsetDateTime,
+    /// Evidence reference.
+    pub evidence_ref: &'a str,
+    /// Notice version.
+    pub notice_version: &'a str,
+    /// Creation time.
+    pub now: OffsetDateTime,
+}
+
+/// An alert to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct NewAlert<'a> {
+    /// silta's id for the alert.
+    pub alert_id: &'a str,
+    /// Flow id.
+    pub flow_id: &'a str,
+    /// The report it comes from.
+    pub report_id: &'a str,
+    /// The subject's pseudonym in the recipient's domain.
+    pub subject_pseudonym: &'a Pseudonym,
+    /// The case reference.
+    pub case_ref: &'a str,
+    /// The minimised fields, JSON.
+    pub payload: &'a str,
+    /// Creation time.
+    pub now: OffsetDateTime,
+}
+
+/// An alert as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAlert {
+    /// Delivery sequence.
+    pub seq: u64,
+    /// silta's id for the alert.
+    pub alert_id: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// The consent it was delivered under.
+    pub consent_id: String,
+    /// The subject's pseudonym in the recipient's domain.
+    pub subject_pseudonym: String,
+    /// The case reference.
+    pub case_ref: String,
+    /// The minimised fields, JSON.
+    pub payload: String,
+}
+
+/// Who and what a consent is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentSubject {
+    /// The subject in the lookup domain.
+    pub subject_key: Pseudonym,
+    /// The subject in the audit domain.
+    pub audit_subject: Pseudonym,
+    /// The purpose.
+    pub purpose: String,
+}
+
+/// What a withdrawal did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Withdrawal {
+    /// Consents moved from active to withdrawn.
+    pub withdrawn: Vec<String>,
+    /// Unacknowledged alerts deleted.
+    pub purged_alerts: u64,
+}
+
+/// The persistence seam. Implementations: [`SqliteStore`]; PostgreSQL follows.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Begins a write transaction. Writes are serialised: one transaction at a time.
+    async fn begin(&self) -> Result<Box<dyn WriteTx>>;
+
+    /// Unacknowledged alerts of `org` with a sequence greater than `after`, in order.
+    async fn pending_alerts(&self, org: &OrgId, after: u64, limit: u32)
+    -> Result<Vec<StoredAlert>>;
+
+    /// Waits for in-flight work and closes connections (flushing SQLite's WAL).
+    async fn close(&self);
+}
+
+/// One write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
+#[async_trait]
+pub trait WriteTx: Send {
+    /// The report `landlord` sent under `idempotency_key`, if any.
+    async fn find_report(
+        &mut self,
+        landlord: &OrgId,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReport>>;
+
+    /// Remembers an accepted report.
+    async fn insert_report(&mut self, report: &NewReport<'_>) -> Result<()>;
+
+    /// Every consent (any state) stored for `subject_key` and `purpose`.
+    async fn consents_for(
+        &mut self,
+        subject_key: &Pseudonym,
+        purpose: &str,
+    ) -> Result<Vec<ConsentRecord>>;
+
+    /// The case reference for a tenancy and recipient: the existing one, or `new_ref` stored
+    /// as the new one.
+    async fn case_ref(
+        &mut self,
+        landlord: &OrgId,
+        tenancy_ref: &str,
+        recipient: &OrgId,
+        new_ref: &str,
+        now: OffsetDateTime,
+    ) -> Result<String>;
+
+    /// Puts an alert in the recipient's outbox, as the permit allows. Returns its sequence.
+    async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64>;
+
+    /// Stores a consent, superseding the recipient's earlier active consents for the same
+    /// subject and purpose.
+    async fn insert_consent(&mut self, consent: &NewConsentRow<'_>) -> Result<()>;
+
+    /// Who and what `recipient`'s consent `consent_id` is about, if it exists.
+    async fn consent_subject(
+        &mut self,
+        recipient: &OrgId,
+        consent_id: &str,
+    ) -> Result<Option<ConsentSubject>>;
+
+    /// Withdraws `recipient`'s consents for a subject and purpose and purges the
+    /// unacknowledged alerts delivered under any of them.
+    async fn withdraw(
+        &mut self,
+        recipient: &OrgId,
+        subject_key: &Pseudonym,
+        purpose: &str,
+        now: OffsetDateTime,
+    ) -> Result<Withdrawal>;
+
+    /// Acknowledges `recipient`'s alerts up to `up_to` and those in `seqs`. Returns how many
+    /// were newly acknowledged.
+    async fn ack_alerts(
+        &mut self,
+        recipient: &OrgId,
+        up_to: u64,
+        seqs: &[u64],
+        now: OffsetDateTime,
+    ) -> Result<u64>;
+
+    /// Appends an audit record.
+    async fn append_audit(&mut self, record: &AuditRecord) -> Result<()>;
+
+    /// Commits durably.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}

@@ -1,1 +1,291 @@
-fn main(){}
+//! `silta`: the gateway binary.
+
+#![forbid(unsafe_code)]
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use silta_core::{Caller, MasterSecret, OrgId, Pseudonymiser, Role};
+use silta_server::Config;
+
+/// silta: a privacy-preserving gRPC gateway between a city's landlord and its social services.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway.
+    ///
+    /// Every configuration key has a default (see docs/operations.md) and can be overridden by
+    /// an environment variable SILTA_<SECTION>__<KEY>, e.g. SILTA_STORE__URL or SILTA_LISTEN.
+    /// The master secret comes from secrets.master_secret_file or SILTA_MASTER_SECRET.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "SILTA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Runs the whole exchange once against a throw-away gateway and shows what crosses.
+    Demo,
+    /// Mints a development CA, a loopback server certificate and client certificates.
+    DevPki {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = "dev-pki")]
+        out: PathBuf,
+        /// Trust domain of the client identities.
+        #[arg(long, default_value = "silta.local")]
+        trust_domain: String,
+        /// A client to mint, as ORG:ROLE (role: landlord, social_services or dpo). Repeatable.
+        /// Default: city-housing:landlord, helsinki-social:social_services, dpo-office:dpo.
+        #[arg(long = "client", value_name = "ORG:ROLE")]
+        clients: Vec<String>,
+    },
+    /// Manages the master secret and shows derived public keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Writes a new random master secret (hex) to a file readable by its owner only.
+    Generate {
+        /// File to create; never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Shows the pseudonym key version and the consent-receipt verifying key.
+    Show {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "SILTA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load_config(config.as_deref())?;
+            init_logging(&config.log.format, &config.log.level);
+            let secret = load_secret(&config)?;
+            runtime()?.block_on(serve(config, secret))
+        }
+        Command::Demo => {
+            init_logging("pretty", "warn");
+            let ok = runtime()?.block_on(demo::run())?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::DevPki {
+            out,
+            trust_domain,
+            clients,
+        } => dev_pki(&out, &trust_domain, &clients),
+        Command::Keys { command } => match command {
+            KeysCommand::Generate { out } => generate_secret(&out),
+            KeysCommand::Show { config } => {
+                let config = load_config(config.as_deref())?;
+                let version = config.secrets.pseudonym_key_version.unwrap_or(1);
+                let p = Pseudonymiser::new(load_secret(&config)?, version);
+                let signer = silta_core::consent::ReceiptSigner::new(&p);
+                println!("pseudonym key version: {version}");
+                println!(
+                    "consent receipt key (Ed25519, base64): {}",
+                    data_encoding::BASE64.encode(signer.public_key())
+                );
+                Ok(())
+            }
+        },
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn serve(config: Config, secret: MasterSecret) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let gateway = silta_server::start(&config, secret, listener).await?;
+    let stop = gateway.stop_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: draining streams and commits");
+        stop.cancel();
+    });
+    gateway.wait().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Defaults, then the TOML file, then `SILTA_*` environment variables.
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = path {
+        if !path.exists() {
+            bail!("configuration file {} does not exist", path.display());
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("SILTA_").split("__").ignore(&[
+        "master_secret",
+        "config",
+        "test_postgres_url",
+    ]));
+    figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+/// The master secret, from `SILTA_MASTER_SECRET` or the configured file.
+fn load_secret(config: &Config) -> anyhow::Result<MasterSecret> {
+    if let Ok(hex) = std::env::var("SILTA_MASTER_SECRET") {
+        return MasterSecret::from_hex(&hex).context("SILTA_MASTER_SECRET");
+    }
+    let Some(path) = &config.secrets.master_secret_file else {
+        bail!(
+            "no master secret: set secrets.master_secret_file to a file made by \
+             `silta keys generate --out FILE`, or set SILTA_MASTER_SECRET"
+        );
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("secrets.master_secret_file {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "secrets.master_secret_file {} is readable by group or others (mode {:o}); \
+                 run `chmod 600` on it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("secrets.master_secret_file {}", path.display()))?,
+    );
+    MasterSecret::from_hex(&text)
+        .with_context(|| format!("secrets.master_secret_file {}", path.display()))
+}
+
+fn generate_secret(out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), bytes.as_mut())
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let hex = zeroize::Zeroizing::new(data_encoding::HEXLOWER.encode(bytes.as_ref()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(out)
+        .with_context(|| format!("cannot create {} (it is never overwritten)", out.display()))?;
+    writeln!(file, "{}", hex.as_str())?;
+    println!("wrote a new master secret to {}", out.display());
+    Ok(())
+}
+
+/// The three development callers the README and the demo use.
+pub(crate) fn default_callers() -> Vec<Caller> {
+    [
+        ("city-housing", Role::Landlord),
+        ("helsinki-social", Role::SocialServices),
+        ("dpo-office", Role::Dpo),
+    ]
+    .into_iter()
+    .map(|(org, role)| Caller {
+        // These literals follow the org id rules.
+        org: OrgId::new(org).expect("valid literal org id"),
+        role,
+    })
+    .collect()
+}
+
+fn dev_pki(out: &Path, trust_domain: &str, clients: &[String]) -> anyhow::Result<()> {
+    let callers = if clients.is_empty() {
+        default_callers()
+    } else {
+        clients
+            .iter()
+            .map(|c| {
+                let (org, role) = c
+                    .split_once(':')
+                    .with_context(|| format!("--client {c}: expected ORG:ROLE"))?;
+                Ok(Caller {
+                    org: OrgId::new(org).with_context(|| format!("--client {c}"))?,
+                    role: role.parse().with_context(|| format!("--client {c}"))?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let pki = silta_server::devpki::mint("silta dev CA", trust_domain, &callers)?;
+    for path in pki.write_to(out)? {
+        println!("wrote {}", path.display());
+    }
+    for c in &callers {
+        println!(
+            "  {}.pem names {}",
+            c.org,
+            silta_server::identity::spiffe_uri(trust_domain, c)
+        );
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,145 @@
+//! The gateway's configuration: one TOML file, every key with a documented default,
+//! each overridable by a `SILTA_<SECTION>__<KEY>` environment variable. `docs/operations.md`
+//! lists every key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Persistence.
+    pub store: StoreConfig,
+    /// Server certificate and client CA.
+    pub tls: TlsConfig,
+    /// Where the master secret comes from.
+    pub secrets: SecretsConfig,
+    /// Identity-code rules.
+    pub hetu: HetuConfig,
+    /// Group commit and delivery tuning.
+    pub tuning: TuningConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            store: StoreConfig::default(),
+            tls: TlsConfig::default(),
+            secrets: SecretsConfig::default(),
+            hetu: HetuConfig::default(),
+            tuning: TuningConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing). PostgreSQL URLs come with the cluster issue.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://silta.db".into(),
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM server certificate chain.
+    pub cert: PathBuf,
+    /// PEM server private key.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// Trust domain of the client identities: `spiffe://<trust_domain>/org/<id>/role/<role>`.
+    pub trust_domain: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: "dev-pki/server.pem".into(),
+            key: "dev-pki/server.key".into(),
+            client_ca: "dev-pki/ca.pem".into(),
+            trust_domain: "silta.local".into(),
+        }
+    }
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// File holding the master secret as hex (at least 64 hex digits), readable by the owner
+    /// only. The `SILTA_MASTER_SECRET` environment variable, when set, is used instead.
+    pub master_secret_file: Option<PathBuf>,
+    /// Version of the pseudonym keys; written into every pseudonym.
+    pub pseudonym_key_version: Option<u32>,
+}
+
+/// `[hetu]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HetuConfig {
+    /// Accept temporary identity codes (individual number 900–999), which test data uses.
+    /// Keep `false` in production.
+    pub allow_temporary: bool,
+}
+
+/// `[tuning]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TuningConfig {
+    /// Most reports committed in one transaction.
+    pub max_batch: usize,
+    /// Alerts fetched per read of a subscriber's outbox.
+    pub delivery_page: u32,
+    /// How often an idle subscription re-reads its outbox, in milliseconds, in case a wake-up
+    /// was missed.
+    pub delivery_poll_ms: u64,
+}
+
+impl Default for TuningConfig {
+    fn default() -> Self {
+        TuningConfig {
+            max_batch: 512,
+            delivery_page: 256,
+            delivery_poll_ms: 2_000,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `silta_server=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The tonic services: protobuf in, core types to the gateway, protobuf out. No decisions here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use silta_core::consent::ConsentInput;
+use silta_core::report::{self, RentArrearsAlert, RentArrearsInput};
+use silta_core::validate::Violations;
+use silta_store::StoredAlert;
+use time::OffsetDateTime;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::gateway::{Gateway, RequestContext, WithdrawTarget};
+use crate::proto;
+use crate::proto::landlord_server::Landlord;
+use crate::proto::social_services_server::SocialServices;
+use crate::status::ApiError;
+use crate::tls::PeerInfo;
+
+/// Response metadata key carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Reads the caller from the connection and mints a request id.
+fn context<T>(req: &Request<T>, action: &'static str) -> Result<RequestContext, Status> {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let caller = match req.extensions().get::<PeerInfo>().map(|p| p.caller.clone()) {
+        Some(Ok(caller)) => caller,
+        Some(Err(e)) => {
+            return Err(ApiError::Unauthenticated(e.to_string()).into_status(&request_id));
+        }
+        None => {
+            return Err(
+                ApiError::Unauthenticated("a client certificate is required".into())
+                    .into_status(&request_id),
+            );
+        }
+    };
+    Ok(RequestContext {
+        request_id,
+        caller,
+        action,
+    })
+}
+
+/// Logs the call's outcome (never its content) and shapes the response.
+fn finish<T>(
+    ctx: &RequestContext,
+    started: Instant,
+    result: Result<T, ApiError>,
+) -> Result<Response<T>, Status> {
+    let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let mut response = match result {
+        Ok(body) => {
+            tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
+                role = %ctx.caller.role, code = "OK", elapsed_us, "rpc");
+            Response::new(body)
+        }
+        Err(e) => {
+            tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
+                role = %ctx.caller.role, code = e.reason(), elapsed_us, "rpc");
+            let mut status = e.into_status(&ctx.request_id);
+            if let Ok(v) = ctx.request_id.parse() {
+                status.metadata_mut().insert(REQUEST_ID_HEADER, v);
+            }
+            return Err(status);
+        }
+    };
+    if let Ok(v) = ctx.request_id.parse() {
+        response.metadata_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    Ok(response)
+}
+
+fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    let nanos = t.unix_timestamp_nanos();
+    prost_types::Timestamp {
+        seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or(i64::MAX),
+        nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+fn from_timestamp(
+    v: &mut Violations,
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Option<OffsetDateTime> {
+    let ts = ts?;
+    let t = (0..1_000_000_000)
+        .contains(&ts.nanos)
+        .then(|| {
+            OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos),
+            )
+            .ok()
+        })
+        .flatten();
+    if t.is_none() {
+        v.add(field, "is not a valid timestamp");
+    }
+    t
+}
+
+fn stage_from_proto(value: i32) -> Option<report::EvictionStage> {
+    use proto::EvictionStage as P;
+    use report::EvictionStage as C;
+    match P::try_from(value).ok()? {
+        P::Unspecified => None,
+        P::None => Some(C::None),
+        P::Warning => Some(C::Warning),
+        P::CourtApplication => Some(C::CourtApplication),
+        P::CourtDecision => Some(C::CourtDecision),
+        P::EnforcementScheduled => Some(C::EnforcementScheduled),
+    }
+}
+
+fn stage_to_proto(stage: report::EvictionStage) -> proto::EvictionStage {
+    use proto::EvictionStage as P;
+    use report::EvictionStage as C;
+    match stage {
+        C::None => P::None,
+        C::Warning => P::Warning,
+        C::CourtApplication => P::CourtApplication,
+        C::CourtDecision => P::CourtDecision,
+        C::EnforcementScheduled => P::EnforcementScheduled,
+    }
+}
+
+fn band_to_proto(band: report::ArrearsBand) -> proto::ArrearsBand {
+    use proto::ArrearsBand as P;
+    use report::ArrearsBand as C;
+    match band {
+        C::Under500 => P::Under500,
+        C::From500To1500 => P::ArrearsBand500To1500,
+        C::From1500To5000 => P::ArrearsBand1500To5000,
+        C::From5000 => P::ArrearsBand5000OrMore,
+    }
+}
+
+/// The stored alert as the subscriber sees it.
+pub fn alert_to_proto(a: StoredAlert) -> Result<proto::Alert, ApiError> {
+    let body: RentArrearsAlert = serde_json::from_str(&a.payload).map_err(|e| {
+        tracing::error!(seq = a.seq, error = %e, "stored alert payload unreadable");
+        ApiError::Unavailable
+    })?;
+    Ok(proto::Alert {
+        sequence: a.seq,
+        alert_id: a.alert_id,
+        flow_id: a.flow_id,
+        purpose: silta_core::flow::RENT_ARREARS.purpose.to_owned(),
+        legal_basis: silta_core::flow::RENT_ARREARS.legal_basis.to_owned(),
+        consent_id: a.consent_id,
+        subject_pseudonym: a.subject_pseudonym,
+        case_ref: a.case_ref,
+        report_month: body.report_month,
+        arrears_band: band_to_proto(body.arrears_band).into(),
+        months_overdue: body.months_overdue,
+        eviction_stage: stage_to_proto(body.eviction_stage).into(),
+        landlord_contact_office: body.landlord_contact_office,
+    })
+}
+
+/// `silta.v1.Landlord`.
+#[derive(Clone)]
+pub struct LandlordService {
+    gw: Arc<Gateway>,
+}
+
+impl LandlordService {
+    /// The service over `gw`.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        LandlordService { gw }
+    }
+}
+
+#[tonic::async_trait]
+impl Landlord for LandlordService {
+    async fn report_rent_arrears(
+        &self,
+        req: Request<proto::ReportRentArrearsRequest>,
+    ) -> Result<Response<proto::ReportReceipt>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "Landlord.ReportRentArrears")?;
+        let r = req.get_ref();
+        let input = RentArrearsInput {
+            idempotency_key: &r.idempotency_key,
+            hetu: &r.hetu,
+            tenancy_ref: &r.tenancy_ref,
+            arrears_cents: r.arrears_cents,
+            months_overdue: r.months_overdue,
+            eviction_stage: stage_from_proto(r.eviction_stage),
+            landlord_contact_office: &r.landlord_contact_office,
+            free_text_note: &r.free_text_note,
+        };
+        let result = self
+            .gw
+            .report_rent_arrears(&ctx, input)
+            .await
+            .map(|receipt| proto::ReportReceipt {
+                report_id: receipt.report_id,
+                received_at: Some(timestamp(receipt.received_at)),
+                idempotency_key: receipt.idempotency_key,
+            });
+        finish(&ctx, started, result)
+    }
+}
+
+/// `silta.v1.SocialServices`.
+#[derive(Clone)]
+pub struct SocialServicesService {
+    gw: Arc<Gateway>,
+}
+
+impl SocialServicesService {
+    /// The service over `gw`.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        SocialServicesService { gw }
+    }
+}
+
+type AlertStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Alert, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SocialServices for SocialServicesService {
+    async fn enrol_client(
+        &self,
+        req: Request<proto::EnrolClientRequest>,
+    ) -> Result<Response<proto::EnrolClientResponse>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "SocialServices.EnrolClient")?;
+        let r = req.get_ref();
+        let mut times = Violations::default();
+        let consent = r.consent.as_ref().map(|c| ConsentInput {
+            purpose: &c.purpose,
+            given_at: from_timestamp(&mut times, "consent.given_at", c.given_at.as_ref()),
+            valid_until: from_timestamp(&mut times, "consent.valid_until", c.valid_until.as_ref()),
+            evidence_ref: &c.evidence_ref,
+            notice_version: &c.notice_version,
+        });
+        let result = self
+            .gw
+            .enrol_client(&ctx, &r.hetu, consent, times)
+            .await
+            .map(|e| proto::EnrolClientResponse {
+                subject_pseudonym: e.subject_pseudonym.to_string(),
+                consent_id: e.consent_id,
+                receipt: Some(proto::ConsentReceipt {
+                    payload: e.receipt.payload,
+                    signature: e.receipt.signature,
+                    signing_public_key: e.receipt.public_key,
+                    receipt_id: e.body.receipt_id,
+                    controller: e.body.controller,
+                    recipient: e.body.recipient,
+                    subject_pseudonym: e.body.subject_pseudonym,
+                    purpose: e.body.purpose,
+                    legal_basis: e.body.legal_basis.to_owned(),
+                    data_categories: e
+                        .body
+                        .data_categories
+                        .iter()
+                        .map(|c| (*c).to_owned())
+                        .collect(),
+                    valid_from: Some(timestamp(e.body.valid_from)),
+                    valid_until: Some(timestamp(e.body.valid_until)),
+                    notice_version: e.body.notice_version,
+                }),
+            });
+        finish(&ctx, started, result)
+    }
+
+    async fn withdraw_consent(
+        &self,
+        req: Request<proto::WithdrawConsentRequest>,
+    ) -> Result<Response<proto::WithdrawConsentResponse>, Status> {
+        use proto::withdraw_consent_request::Target;
+        let started = Instant::now();
+        let ctx = context(&req, "SocialServices.WithdrawConsent")?;
+        let target = match &req.get_ref().target {
+            Some(Target::ConsentId(id)) => WithdrawTarget::ConsentId(id),
+            Some(Target::Subject(s)) => WithdrawTarget::Subject {
+                hetu: &s.hetu,
+                purpose: &s.purpose,
+            },
+            None => WithdrawTarget::Missing,
+        };
+        let result =
+            self.gw
+                .withdraw_consent(&ctx, target)
+                .await
+                .map(|w| proto::WithdrawConsentResponse {
+                    withdrawn_consent_ids: w.withdrawn,
+                    purged_alerts: w.purged_alerts,
+                });
+        finish(&ctx, started, result)
+    }
+
+    type SubscribeAlertsStream = AlertStream;
+
+    async fn subscribe_alerts(
+        &self,
+        req: Request<proto::SubscribeAlertsRequest>,
+    ) -> Result<Response<Self::SubscribeAlertsStream>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "SocialServices.SubscribeAlerts")?;
+        let result = self
+            .gw
+            .subscribe_alerts(&ctx, req.get_ref().after_sequence)
+            .await;
+        let request_id = ctx.request_id.clone();
+        let result = result.map(|rx| {
+            let stream = ReceiverStream::new(rx).map(move |item| {
+                item.and_then(alert_to_proto)
+                    .map_err(|e| e.into_status(&request_id))
+            });
+            Box::pin(stream) as AlertStream
+        });
+        finish(&ctx, started, result)
+    }
+
+    async fn ack_alerts(
+        &self,
+        req: Request<proto::AckAlertsRequest>,
+    ) -> Result<Response<proto::AckAlertsResponse>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "SocialServices.AckAlerts")?;
+        let r = req.get_ref();
+        let result = self
+            .gw
+            .ack_alerts(&ctx, r.up_to_sequence, &r.sequences)
+            .await
+            .map(|acknowledged| proto::AckAlertsResponse { acknowledged });
+        finish(&ctx, started, result)
+    }
+}

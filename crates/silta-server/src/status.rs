@@ -1,0 +1,108 @@
+//! Every error a caller can see, and its one mapping to a gRPC status.
+//!
+//! Messages say what to fix. They never quote request values, so an identity code sent in the
+//! wrong field cannot come back in an error. Bad input carries `google.rpc.BadRequest` with one
+//! violation per field; every error carries `google.rpc.ErrorInfo` (a stable reason code,
+//! domain `silta`) and `google.rpc.RequestInfo` (the request id, also in silta's logs).
+
+use silta_core::validate::Violations;
+use silta_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// The error domain in `google.rpc.ErrorInfo`.
+pub const ERROR_DOMAIN: &str = "silta";
+
+/// A refusal, before it becomes a status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// One or more fields are wrong.
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Violations),
+    /// The client certificate names no silta caller.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role may not call this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The thing asked about does not exist for this caller.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The idempotency key was used with a different body.
+    #[error("{0}")]
+    AlreadyExists(&'static str),
+    /// The store failed; the request may be retried.
+    #[error("the gateway could not store the request; retry with the same idempotency key")]
+    Unavailable,
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down; retry on another node or reconnect shortly")]
+    ShuttingDown,
+}
+
+fn describe(v: &Violations) -> String {
+    v.0.iter()
+        .map(|f| format!("{} {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    /// A single bad field.
+    pub fn field(field: &str, description: impl Into<String>) -> Self {
+        let mut v = Violations::default();
+        v.add(field, description);
+        ApiError::InvalidArgument(v)
+    }
+
+    /// The stable reason code, also used as the audit reason of a denial.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "invalid-argument",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::PermissionDenied(_) => "role-not-allowed",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::AlreadyExists(_) => "idempotency-conflict",
+            ApiError::Unavailable => "store-unavailable",
+            ApiError::ShuttingDown => "shutting-down",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
+        }
+    }
+
+    /// The status for request `request_id`.
+    pub fn into_status(self, request_id: &str) -> Status {
+        let mut details = ErrorDetails::new();
+        if let ApiError::InvalidArgument(v) = &self {
+            details.set_bad_request(
+                v.0.iter()
+                    .map(|f| FieldViolation::new(f.field.clone(), f.description.clone()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        details.set_error_info(
+            self.reason().to_uppercase().replace('-', "_"),
+            ERROR_DOMAIN,
+            std::collections::HashMap::new(),
+        );
+        details.set_request_info(request_id, "");
+        Status::with_error_details(self.code(), self.to_string(), details)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        // The store's error may quote SQL, never request values; it is logged, not returned.
+        tracing::error!(error = %e, "store failure");
+        ApiError::Unavailable
+    }
+}

@@ -1,0 +1,80 @@
+-- silta schema v1 (SQLite). No column ever holds a personal identity code: subjects are
+-- keyed pseudonyms, report bodies are compared by keyed fingerprint.
+
+-- Consents, keyed by the subject's pseudonym in silta's lookup domain.
+CREATE TABLE consents (
+    consent_id     TEXT PRIMARY KEY,
+    subject_key    TEXT NOT NULL,
+    audit_subject  TEXT NOT NULL,             -- the subject's pseudonym in the audit domain
+    recipient_org  TEXT NOT NULL,
+    purpose        TEXT NOT NULL,
+    valid_from     INTEGER NOT NULL,          -- unix ms
+    valid_until    INTEGER NOT NULL,          -- unix ms, exclusive
+    evidence_ref   TEXT NOT NULL,
+    notice_version TEXT NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('active', 'withdrawn', 'superseded')),
+    created_at     INTEGER NOT NULL,
+    changed_at     INTEGER NOT NULL
+) STRICT;
+CREATE INDEX consents_by_subject ON consents (subject_key, purpose);
+
+-- Accepted reports, for idempotent retries. Only a keyed fingerprint of the body is kept.
+CREATE TABLE reports (
+    report_id       TEXT PRIMARY KEY,
+    landlord_org    TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    fingerprint     BLOB NOT NULL,
+    received_at     INTEGER NOT NULL,
+    UNIQUE (landlord_org, idempotency_key)
+) STRICT;
+
+-- One case per tenancy and recipient: the opaque case_ref a recipient answers on, mapped to
+-- the landlord's own tenancy reference, which never crosses.
+CREATE TABLE cases (
+    case_ref      TEXT PRIMARY KEY,
+    landlord_org  TEXT NOT NULL,
+    tenancy_ref   TEXT NOT NULL,
+    recipient_org TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    UNIQUE (landlord_org, tenancy_ref, recipient_org)
+) STRICT;
+
+-- The outbox: one row per alert per recipient, in delivery order.
+CREATE TABLE alerts (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id          TEXT NOT NULL UNIQUE,
+    recipient_org     TEXT NOT NULL,
+    flow_id           TEXT NOT NULL,
+    consent_id        TEXT NOT NULL,
+    report_id         TEXT NOT NULL,
+    subject_pseudonym TEXT NOT NULL,
+    case_ref          TEXT NOT NULL,
+    payload           TEXT NOT NULL,          -- the minimised fields, JSON
+    created_at        INTEGER NOT NULL,
+    acked_at          INTEGER
+) STRICT;
+CREATE INDEX alerts_pending ON alerts (recipient_org, seq) WHERE acked_at IS NULL;
+CREATE INDEX alerts_by_consent ON alerts (consent_id);
+
+-- Append-only audit trail: one row per decision, allow or deny. Rows are never updated or
+-- deleted (triggers below); the Merkle ledger will be built over them.
+CREATE TABLE audit (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           INTEGER NOT NULL,
+    request_id   TEXT NOT NULL,
+    actor_org    TEXT NOT NULL,
+    actor_role   TEXT NOT NULL,
+    actor_person TEXT,
+    action       TEXT NOT NULL,
+    flow_id      TEXT,
+    outcome      TEXT NOT NULL CHECK (outcome IN ('allow', 'deny')),
+    reason       TEXT NOT NULL,
+    policy_ids   TEXT NOT NULL,               -- JSON array
+    subject      TEXT,                        -- pseudonym in the audit domain
+    fields       TEXT NOT NULL,               -- JSON array of field names
+    recipients   TEXT NOT NULL                -- JSON array of organisation ids
+) STRICT;
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;

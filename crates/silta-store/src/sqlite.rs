@@ -1,0 +1,382 @@
+//! The SQLite store: one file, WAL journal, `synchronous = FULL` so a commit survives power
+//! loss. One write connection serialises writers; a pool of read-only connections serves
+//! subscriptions concurrently.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use silta_core::OrgId;
+use silta_core::audit::AuditRecord;
+use silta_core::consent::{ConsentRecord, ConsentState};
+use silta_core::decision::Permit;
+use silta_core::pseudonym::Pseudonym;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use time::OffsetDateTime;
+
+use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
+use crate::{
+    ConsentSubject, NewAlert, NewConsentRow, NewReport, Result, Store, StoreError, StoredAlert,
+    StoredReport, Withdrawal, WriteTx,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(SqliteStore { write, read })
+    }
+
+    /// Opens the database named by a `sqlite://PATH` URL or a plain path.
+    pub async fn open_url(url: &str) -> Result<Self> {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        // Validate the URL form the way sqlx would, without relying on its query options.
+        SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?;
+        Self::open(Path::new(path)).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn begin(&self) -> Result<Box<dyn WriteTx>> {
+        Ok(Box::new(SqliteTx {
+            tx: self.write.begin().await?,
+        }))
+    }
+
+    async fn pending_alerts(
+        &self,
+        org: &OrgId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredAlert>> {
+        let rows = sqlx::query(
+            "SELECT seq, alert_id, flow_id, consent_id, subject_pseudonym, case_ref, payload
+             FROM alerts WHERE recipient_org = ? AND seq > ? AND acked_at IS NULL
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(org.as_str())
+        .bind(seq_to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredAlert {
+                    seq: seq_from_i64(r.try_get("seq")?)?,
+                    alert_id: r.try_get("alert_id")?,
+                    flow_id: r.try_get("flow_id")?,
+                    consent_id: r.try_get("consent_id")?,
+                    subject_pseudonym: r.try_get("subject_pseudonym")?,
+                    case_ref: r.try_get("case_ref")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+fn json_list<T: AsRef<str>>(items: &[T]) -> String {
+    let v: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    // A list of strings always serialises.
+    serde_json::to_string(&v).expect("a list of strings serialises")
+}
+
+#[async_trait]
+impl WriteTx for SqliteTx {
+    async fn find_report(
+        &mut self,
+        landlord: &OrgId,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReport>> {
+        let row = sqlx::query(
+            "SELECT report_id, fingerprint, received_at FROM reports
+             WHERE landlord_org = ? AND idempotency_key = ?",
+        )
+        .bind(landlord.as_str())
+        .bind(idempotency_key)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|r| {
+            Ok(StoredReport {
+                report_id: r.try_get("report_id")?,
+                fingerprint: r.try_get("fingerprint")?,
+                received_at: from_ms(r.try_get("received_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_report(&mut self, report: &NewReport<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reports (report_id, landlord_org, idempotency_key, fingerprint, received_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(report.report_id)
+        .bind(report.landlord.as_str())
+        .bind(report.idempotency_key)
+        .bind(report.fingerprint)
+        .bind(to_ms(report.received_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn consents_for(
+        &mut self,
+        subject_key: &Pseudonym,
+        purpose: &str,
+    ) -> Result<Vec<ConsentRecord>> {
+        let rows = sqlx::query(
+            "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state
+             FROM consents WHERE subject_key = ? AND purpose = ?",
+        )
+        .bind(subject_key.as_str())
+        .bind(purpose)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let org: String = r.try_get("recipient_org")?;
+                let state: String = r.try_get("state")?;
+                Ok(ConsentRecord {
+                    consent_id: r.try_get("consent_id")?,
+                    recipient: OrgId::new(&org)
+                        .map_err(|e| StoreError::Corrupt(format!("consent recipient: {e}")))?,
+                    purpose: r.try_get("purpose")?,
+                    valid_from: from_ms(r.try_get("valid_from")?)?,
+                    valid_until: from_ms(r.try_get("valid_until")?)?,
+                    state: ConsentState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn case_ref(
+        &mut self,
+        landlord: &OrgId,
+        tenancy_ref: &str,
+        recipient: &OrgId,
+        new_ref: &str,
+        now: OffsetDateTime,
+    ) -> Result<String> {
+        let row = sqlx::query(
+            "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, created_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (landlord_org, tenancy_ref, recipient_org)
+             DO UPDATE SET case_ref = case_ref
+             RETURNING case_ref",
+        )
+        .bind(new_ref)
+        .bind(landlord.as_str())
+        .bind(tenancy_ref)
+        .bind(recipient.as_str())
+        .bind(to_ms(now))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(row.try_get("case_ref")?)
+    }
+
+    async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64> {
+        let row = sqlx::query(
+            "INSERT INTO alerts (alert_id, recipient_org, flow_id, consent_id, report_id,
+                                 subject_pseudonym, case_ref, payload, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(alert.alert_id)
+        .bind(permit.recipient().as_str())
+        .bind(alert.flow_id)
+        .bind(permit.consent_id())
+        .bind(alert.report_id)
+        .bind(alert.subject_pseudonym.as_str())
+        .bind(alert.case_ref)
+        .bind(alert.payload)
+        .bind(to_ms(alert.now))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        seq_from_i64(row.try_get("seq")?)
+    }
+
+    async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
+        sqlx::query(
+            "UPDATE consents SET state = 'superseded', changed_at = ?
+             WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'",
+        )
+        .bind(to_ms(c.now))
+        .bind(c.subject_key.as_str())
+        .bind(c.recipient.as_str())
+        .bind(c.purpose)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
+                                   valid_from, valid_until, evidence_ref, notice_version, state,
+                                   created_at, changed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+        )
+        .bind(c.consent_id)
+        .bind(c.subject_key.as_str())
+        .bind(c.audit_subject.as_str())
+        .bind(c.recipient.as_str())
+        .bind(c.purpose)
+        .bind(to_ms(c.valid_from))
+        .bind(to_ms(c.valid_until))
+        .bind(c.evidence_ref)
+        .bind(c.notice_version)
+        .bind(to_ms(c.now))
+        .bind(to_ms(c.now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn consent_subject(
+        &mut self,
+        recipient: &OrgId,
+        consent_id: &str,
+    ) -> Result<Option<ConsentSubject>> {
+        let row = sqlx::query(
+            "SELECT subject_key, audit_subject, purpose FROM consents WHERE consent_id = ? AND recipient_org = ?",
+        )
+        .bind(consent_id)
+        .bind(recipient.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|r| {
+            Ok(ConsentSubject {
+                subject_key: Pseudonym::from_stored(r.try_get("subject_key")?),
+                audit_subject: Pseudonym::from_stored(r.try_get("audit_subject")?),
+                purpose: r.try_get("purpose")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn withdraw(
+        &mut self,
+        recipient: &OrgId,
+        subject_key: &Pseudonym,
+        purpose: &str,
+        now: OffsetDateTime,
+    ) -> Result<Withdrawal> {
+        let withdrawn: Vec<String> = sqlx::query_scalar(
+            "UPDATE consents SET state = 'withdrawn', changed_at = ?
+             WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
+             RETURNING consent_id",
+        )
+        .bind(to_ms(now))
+        .bind(subject_key.as_str())
+        .bind(recipient.as_str())
+        .bind(purpose)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let purged = sqlx::query(
+            "DELETE FROM alerts WHERE acked_at IS NULL AND recipient_org = ? AND consent_id IN
+               (SELECT consent_id FROM consents
+                WHERE subject_key = ? AND recipient_org = ? AND purpose = ?)",
+        )
+        .bind(recipient.as_str())
+        .bind(subject_key.as_str())
+        .bind(recipient.as_str())
+        .bind(purpose)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(Withdrawal {
+            withdrawn,
+            purged_alerts: purged,
+        })
+    }
+
+    async fn ack_alerts(
+        &mut self,
+        recipient: &OrgId,
+        up_to: u64,
+        seqs: &[u64],
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        let listed: Vec<i64> = seqs.iter().map(|&s| seq_to_i64(s)).collect();
+        let listed = serde_json::to_string(&listed).expect("a list of integers serialises");
+        let done = sqlx::query(
+            "UPDATE alerts SET acked_at = ?
+             WHERE recipient_org = ? AND acked_at IS NULL
+               AND (seq <= ? OR seq IN (SELECT value FROM json_each(?)))",
+        )
+        .bind(to_ms(now))
+        .bind(recipient.as_str())
+        .bind(seq_to_i64(up_to))
+        .bind(listed)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(done)
+    }
+
+    async fn append_audit(&mut self, r: &AuditRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (at, request_id, actor_org, actor_role, actor_person, action,
+                                flow_id, outcome, reason, policy_ids, subject, fields, recipients)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(to_ms(r.at))
+        .bind(&r.request_id)
+        .bind(r.actor.org.as_str())
+        .bind(r.actor.role.as_str())
+        .bind(r.actor_person.as_deref())
+        .bind(&r.action)
+        .bind(r.flow_id.as_deref())
+        .bind(r.outcome.as_str())
+        .bind(&r.reason)
+        .bind(json_list(&r.policy_ids))
+        .bind(r.subject.as_ref().map(Pseudonym::as_str))
+        .bind(json_list(&r.fields))
+        .bind(json_list(
+            &r.recipients.iter().map(OrgId::as_str).collect::<Vec<_>>(),
+        ))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

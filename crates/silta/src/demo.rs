@@ -1,0 +1,309 @@
+//! `silta demo`: the real gateway on loopback, a throw-away SQLite file, fresh dev
+//! certificates, and a landlord and a social-services client talking mTLS gRPC to it.
+//! Prints each step and whether it behaved; returns `false` if any step did not.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use silta_core::MasterSecret;
+use silta_server::proto::landlord_client::LandlordClient;
+use silta_server::proto::social_services_client::SocialServicesClient;
+use silta_server::proto::{self, ArrearsBand, EvictionStage};
+use silta_server::{Config, client, devpki};
+use tokio_stream::StreamExt;
+
+/// Synthetic identity codes (individual numbers 900–999: no real person has them).
+const RESIDENT: &str = "150385-9345";
+const NOT_A_CLIENT: &str = "020702A9514";
+
+struct Steps {
+    ok: bool,
+    n: usize,
+}
+
+impl Steps {
+    fn check(&mut self, what: &str, passed: bool) {
+        println!("  {} {what}", if passed { "✔" } else { "✘ UNEXPECTED:" });
+        self.ok &= passed;
+    }
+
+    fn title(&mut self, text: &str) {
+        self.n += 1;
+        println!("\n{}. {text}", self.n);
+    }
+}
+
+fn ts(t: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: 0,
+    }
+}
+
+fn report(key: &str, hetu: &str) -> proto::ReportRentArrearsRequest {
+    proto::ReportRentArrearsRequest {
+        idempotency_key: key.into(),
+        hetu: hetu.into(),
+        tenancy_ref: "KALLIO-12-B-34".into(),
+        arrears_cents: 184_250,
+        months_overdue: 3,
+        eviction_stage: EvictionStage::Warning.into(),
+        landlord_contact_office: "Kallio customer service".into(),
+        free_text_note: "Tenant mentioned losing their job in September.".into(),
+    }
+}
+
+/// Runs the demo; `Ok(true)` when every step behaved as expected.
+pub async fn run() -> anyhow::Result<bool> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let callers = crate::default_callers();
+    let pki = devpki::mint("silta demo CA", "silta.local", &callers)?;
+    pki.write_to(dir.path())?;
+    let mut config = Config::default();
+    config.store.url = format!("sqlite://{}", dir.path().join("silta.db").display());
+    config.tls.cert = dir.path().join("server.pem");
+    config.tls.key = dir.path().join("server.key");
+    config.tls.client_ca = dir.path().join("ca.pem");
+    config.hetu.allow_temporary = true; // the demo's codes are synthetic, from the 900–999 range
+    config.tuning.delivery_poll_ms = 200;
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| anyhow::anyhow!("system random generator failed"))?;
+    let secret = MasterSecret::from_bytes(&secret)?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let gateway = silta_server::start(&config, secret, listener).await?;
+    let addr = gateway.local_addr;
+    println!(
+        "silta demo: gateway on https://{addr} (mTLS), store {}",
+        config.store.url
+    );
+    println!("  certificates minted in {} for:", dir.path().display());
+    for (c, _) in &pki.clients {
+        println!("    {} ({})", c.org, c.role);
+    }
+
+    let pem = |org: &str| {
+        pki.clients
+            .iter()
+            .find(|(c, _)| c.org.as_str() == org)
+            .map(|(_, p)| p.clone())
+            .context("minted above")
+    };
+    let (ll, ss) = (pem("city-housing")?, pem("helsinki-social")?);
+    let mut landlord =
+        LandlordClient::new(client::connect(addr, &pki.ca_cert, &ll.cert, &ll.key).await?);
+    let mut social =
+        SocialServicesClient::new(client::connect(addr, &pki.ca_cert, &ss.cert, &ss.key).await?);
+    let mut s = Steps { ok: true, n: 0 };
+
+    s.title("helsinki-social enrols a client who consented (purpose eviction-prevention)");
+    let now = time::OffsetDateTime::now_utc();
+    let enrolled = social
+        .enrol_client(proto::EnrolClientRequest {
+            hetu: RESIDENT.into(),
+            consent: Some(proto::Consent {
+                purpose: "eviction-prevention".into(),
+                given_at: Some(ts(now - time::Duration::minutes(10))),
+                valid_until: Some(ts(now + time::Duration::days(365))),
+                evidence_ref: "SOS-2026-000123".into(),
+                notice_version: "2026-01".into(),
+            }),
+        })
+        .await?
+        .into_inner();
+    let receipt = enrolled.receipt.clone().unwrap_or_default();
+    println!(
+        "  client pseudonym (helsinki-social's own domain): {}",
+        enrolled.subject_pseudonym
+    );
+    println!("  consent id: {}", enrolled.consent_id);
+    let verified = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ED25519,
+        &receipt.signing_public_key,
+    )
+    .verify(&receipt.payload, &receipt.signature)
+    .is_ok();
+    s.check(
+        "consent receipt is signed by the gateway and verifies (Ed25519)",
+        verified,
+    );
+    s.check(
+        "the pseudonym is not the identity code",
+        !enrolled.subject_pseudonym.contains(&RESIDENT[..6]),
+    );
+
+    let mut alerts = social
+        .subscribe_alerts(proto::SubscribeAlertsRequest { after_sequence: 0 })
+        .await?
+        .into_inner();
+
+    s.title("city-housing reports rent arrears for that resident");
+    let sent = report("demo-report-1", RESIDENT);
+    let receipt1 = landlord
+        .report_rent_arrears(sent.clone())
+        .await?
+        .into_inner();
+    println!("  receipt: report {} (durably stored)", receipt1.report_id);
+    let alert = tokio::time::timeout(Duration::from_secs(5), alerts.next())
+        .await
+        .ok()
+        .flatten()
+        .transpose()?;
+    s.check(
+        "the decision: forwarded, the resident's consent covers this flow",
+        alert.is_some(),
+    );
+    let Some(alert) = alert else {
+        gateway.shutdown().await?;
+        return Ok(false);
+    };
+
+    s.title("what the landlord sent, and what crossed to social services");
+    let band = ArrearsBand::try_from(alert.arrears_band).unwrap_or_default();
+    let stage = |v: i32| {
+        EvictionStage::try_from(v)
+            .unwrap_or_default()
+            .as_str_name()
+            .to_owned()
+    };
+    let rows = [
+        (
+            "identity code",
+            format!("{RESIDENT} (synthetic)"),
+            format!("{} (own pseudonym)", alert.subject_pseudonym),
+        ),
+        (
+            "tenancy reference",
+            sent.tenancy_ref.clone(),
+            format!("{} (opaque case ref)", alert.case_ref),
+        ),
+        (
+            "arrears",
+            format!("{:.2} €", sent.arrears_cents as f64 / 100.0),
+            band.as_str_name().to_owned(),
+        ),
+        (
+            "months overdue",
+            sent.months_overdue.to_string(),
+            alert.months_overdue.to_string(),
+        ),
+        (
+            "eviction stage",
+            stage(sent.eviction_stage),
+            stage(alert.eviction_stage),
+        ),
+        (
+            "contact office",
+            sent.landlord_contact_office.clone(),
+            alert.landlord_contact_office.clone(),
+        ),
+        (
+            "free-text note",
+            sent.free_text_note.clone(),
+            "— (never crosses)".to_owned(),
+        ),
+        ("report month", "—".to_owned(), alert.report_month.clone()),
+    ];
+    println!(
+        "  {:<18} {:<50} {}",
+        "field", "landlord sent", "social services received"
+    );
+    for (f, a, b) in &rows {
+        println!("  {f:<18} {a:<50} {b}");
+    }
+    s.check(
+        "the alert carries the pseudonym returned at enrolment",
+        alert.subject_pseudonym == enrolled.subject_pseudonym,
+    );
+    s.check(
+        "the exact sum became a band (1,500–5,000 €)",
+        band == ArrearsBand::ArrearsBand1500To5000,
+    );
+    let crossed = format!("{alert:?}");
+    s.check(
+        "no identity code, tenancy reference, exact sum or free text crossed",
+        !crossed.contains(&RESIDENT[..6])
+            && !crossed.contains(&sent.tenancy_ref)
+            && !crossed.contains("184250")
+            && !crossed.contains("job"),
+    );
+
+    s.title("helsinki-social acknowledges the alert, then reconnects with its cursor");
+    let acked = social
+        .ack_alerts(proto::AckAlertsRequest {
+            up_to_sequence: alert.sequence,
+            sequences: vec![],
+        })
+        .await?
+        .into_inner();
+    s.check("acknowledged one alert", acked.acknowledged == 1);
+    drop(alerts);
+    let mut again = social
+        .subscribe_alerts(proto::SubscribeAlertsRequest {
+            after_sequence: alert.sequence,
+        })
+        .await?
+        .into_inner();
+    let nothing = tokio::time::timeout(Duration::from_millis(500), again.next())
+        .await
+        .is_err();
+    s.check("nothing is redelivered after the acknowledgement", nothing);
+
+    s.title("a retry of the same report (same idempotency key) returns the same receipt");
+    let retry = landlord
+        .report_rent_arrears(sent.clone())
+        .await?
+        .into_inner();
+    s.check("same receipt, no duplicate alert", retry == receipt1);
+
+    s.title("a report about someone who is not a social-services client");
+    let other = landlord
+        .report_rent_arrears(report("demo-report-2", NOT_A_CLIENT))
+        .await?
+        .into_inner();
+    s.check(
+        "accepted with a receipt of the same shape: client status is not revealed",
+        !other.report_id.is_empty() && other.received_at.is_some(),
+    );
+
+    s.title("the client withdraws consent");
+    let withdrawn = social
+        .withdraw_consent(proto::WithdrawConsentRequest {
+            target: Some(proto::withdraw_consent_request::Target::ConsentId(
+                enrolled.consent_id.clone(),
+            )),
+        })
+        .await?
+        .into_inner();
+    s.check(
+        "the consent is withdrawn at once",
+        withdrawn.withdrawn_consent_ids == [enrolled.consent_id.clone()],
+    );
+
+    s.title("city-housing reports again for the same resident");
+    let after = landlord
+        .report_rent_arrears(report("demo-report-3", RESIDENT))
+        .await?
+        .into_inner();
+    s.check(
+        "accepted, with the same receipt shape",
+        !after.report_id.is_empty(),
+    );
+    let silent = tokio::time::timeout(Duration::from_millis(700), again.next())
+        .await
+        .is_err();
+    s.check("not forwarded: no valid consent", silent);
+
+    drop(again);
+    gateway.shutdown().await?;
+    println!(
+        "\n{}",
+        if s.ok {
+            "demo passed: every step behaved as expected."
+        } else {
+            "demo FAILED: see the steps marked ✘ above."
+        }
+    );
+    Ok(s.ok)
+}
