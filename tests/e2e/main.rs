@@ -1,1 +1,7 @@
-//! End-to-end tests (written next).
+//! End-to-end tests: the real gateway, real gRPC over real mTLS on an ephemeral loopback port,
+//! a real SQLite file. One test binary, so it links once.
+
+mod delivery;
+mod identity;
+mod privacy;
+mod reports;

@@ -1,1 +1,262 @@
-//! support
+//! Test support: a real gateway on an ephemeral loopback port, with real certificates and a
+//! real SQLite file, plus the fixtures and a log capture.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, Once};
+
+use silta_core::{Caller, MasterSecret, OrgId, Role};
+use silta_server::devpki::{self, DevPki};
+use silta_server::proto::landlord_client::LandlordClient;
+use silta_server::proto::social_services_client::SocialServicesClient;
+use silta_server::proto::{self, EvictionStage};
+use silta_server::{Config, RunningGateway, client};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// The landlord organisation of the tests.
+pub const LANDLORD: &str = "city-housing";
+/// Two social-services organisations.
+pub const SOCIAL_A: &str = "social-a";
+/// The second social-services organisation.
+pub const SOCIAL_B: &str = "social-b";
+/// The DPO's organisation.
+pub const DPO: &str = "dpo-office";
+
+/// A gateway under test.
+pub struct TestGateway {
+    /// Holds the database and certificates; removed on drop.
+    pub dir: TempDir,
+    /// The minted certificates.
+    pub pki: DevPki,
+    /// The gateway's configuration.
+    pub config: Config,
+    secret: [u8; 32],
+    running: Option<RunningGateway>,
+}
+
+fn callers() -> Vec<Caller> {
+    [
+        (LANDLORD, Role::Landlord),
+        (SOCIAL_A, Role::SocialServices),
+        (SOCIAL_B, Role::SocialServices),
+        (DPO, Role::Dpo),
+    ]
+    .into_iter()
+    .map(|(org, role)| Caller {
+        org: OrgId::new(org).expect("valid test org"),
+        role,
+    })
+    .collect()
+}
+
+impl TestGateway {
+    /// Starts a gateway with fresh certificates, a fresh database and a random secret.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a gateway as [`TestGateway::start`] does, after `adjust` changes its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        capture_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = devpki::mint("silta test CA", "silta.local", &callers()).expect("dev PKI");
+        pki.write_to(dir.path()).expect("write PKI");
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().expect("address");
+        config.store.url = format!("sqlite://{}", dir.path().join("silta.db").display());
+        config.tls.cert = dir.path().join("server.pem");
+        config.tls.key = dir.path().join("server.key");
+        config.tls.client_ca = dir.path().join("ca.pem");
+        config.hetu.allow_temporary = true;
+        config.tuning.delivery_poll_ms = 200;
+        adjust(&mut config);
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .expect("random");
+        let mut gw = TestGateway {
+            dir,
+            pki,
+            config,
+            secret,
+            running: None,
+        };
+        gw.boot().await;
+        gw
+    }
+
+    async fn boot(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .expect("bind");
+        let secret = MasterSecret::from_bytes(&self.secret).expect("strong secret");
+        self.running = Some(
+            silta_server::start(&self.config, secret, listener)
+                .await
+                .expect("gateway starts"),
+        );
+    }
+
+    /// Where the gateway listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.running.as_ref().expect("running").local_addr
+    }
+
+    /// Stops the gateway gracefully and starts it again on the same database and secret.
+    pub async fn restart(&mut self) {
+        let running = self.running.take().expect("running");
+        running.shutdown().await.expect("clean shutdown");
+        self.boot().await;
+    }
+
+    /// Stops the gateway gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("silta.db")
+    }
+
+    /// A channel authenticated as `org`.
+    pub async fn channel(&self, org: &str) -> Channel {
+        let (_, pem) = self
+            .pki
+            .clients
+            .iter()
+            .find(|(c, _)| c.org.as_str() == org)
+            .expect("known org");
+        client::connect(self.addr(), &self.pki.ca_cert, &pem.cert, &pem.key)
+            .await
+            .expect("mTLS connection")
+    }
+
+    /// A landlord client as `org`.
+    pub async fn landlord(&self, org: &str) -> LandlordClient<Channel> {
+        LandlordClient::new(self.channel(org).await)
+    }
+
+    /// A social-services client as `org`.
+    pub async fn social(&self, org: &str) -> SocialServicesClient<Channel> {
+        SocialServicesClient::new(self.channel(org).await)
+    }
+
+    /// Rows of `sql` (one text column) from the database, read-only.
+    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
+        let url = format!("sqlite://{}?mode=ro", self.db_path().display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("open database read-only");
+        let rows: Vec<String> = sqlx::query_scalar(sql)
+            .fetch_all(&pool)
+            .await
+            .expect("query");
+        pool.close().await;
+        rows
+    }
+}
+
+fn fixture(name: &str) -> Vec<(String, String)> {
+    let path = format!(
+        "{}/../../shared/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (code, rest) = l.split_once('\t').expect("tab-separated fixture");
+            (code.to_owned(), rest.to_owned())
+        })
+        .collect()
+}
+
+/// Every valid synthetic identity code in the shared fixtures.
+pub fn valid_hetus() -> Vec<String> {
+    fixture("hetu-valid.txt")
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// Every invalid identity-code string in the shared fixtures, with its reason.
+pub fn invalid_hetus() -> Vec<(String, String)> {
+    fixture("hetu-invalid.txt")
+}
+
+fn ts(t: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: 0,
+    }
+}
+
+/// A consent given an hour ago, valid for a year.
+pub fn consent() -> proto::Consent {
+    let now = time::OffsetDateTime::now_utc();
+    proto::Consent {
+        purpose: "eviction-prevention".into(),
+        given_at: Some(ts(now - time::Duration::hours(1))),
+        valid_until: Some(ts(now + time::Duration::days(365))),
+        evidence_ref: "DOC-1".into(),
+        notice_version: "v1".into(),
+    }
+}
+
+/// An enrolment request for `hetu`.
+pub fn enrol(hetu: &str) -> proto::EnrolClientRequest {
+    proto::EnrolClientRequest {
+        hetu: hetu.into(),
+        consent: Some(consent()),
+    }
+}
+
+/// A rent-arrears report for `hetu` under idempotency key `key`.
+pub fn report(key: &str, hetu: &str) -> proto::ReportRentArrearsRequest {
+    proto::ReportRentArrearsRequest {
+        idempotency_key: key.into(),
+        hetu: hetu.into(),
+        tenancy_ref: "T-1/A".into(),
+        arrears_cents: 73_000,
+        months_overdue: 2,
+        eviction_stage: EvictionStage::Warning.into(),
+        landlord_contact_office: "Kallio office".into(),
+        free_text_note: "private note that must never cross".into(),
+    }
+}
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of this test process, at TRACE level, in memory.
+pub fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .init();
+    });
+}
+
+/// Everything logged so far.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}

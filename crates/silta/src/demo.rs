@@ -205,10 +205,8 @@ pub async fn run() -> anyhow::Result<bool> {
         ),
         ("report month", "—".to_owned(), alert.report_month.clone()),
     ];
-    println!(
-        "  {:<18} {:<50} {}",
-        "field", "landlord sent", "social services received"
-    );
+    let (f, a, b) = ("field", "landlord sent", "social services received");
+    println!("  {f:<18} {a:<50} {b}");
     for (f, a, b) in &rows {
         println!("  {f:<18} {a:<50} {b}");
     }

@@ -1,0 +1,140 @@
+//! mTLS identity: roles per RPC, missing and foreign certificates.
+
+use silta_core::{Caller, OrgId, Role};
+use silta_server::proto::landlord_client::LandlordClient;
+use silta_server::proto::social_services_client::SocialServicesClient;
+use silta_server::proto::{self};
+use silta_tests::{DPO, LANDLORD, SOCIAL_A, TestGateway, enrol, report};
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+const RESIDENT: &str = "150385-9345";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_calling_another_roles_rpc_is_permission_denied_and_audited() {
+    let gw = TestGateway::start().await;
+    let as_landlord = gw.channel(LANDLORD).await;
+    let as_social = gw.channel(SOCIAL_A).await;
+    let as_dpo = gw.channel(DPO).await;
+
+    for ch in [as_social.clone(), as_dpo.clone()] {
+        let err = LandlordClient::new(ch)
+            .report_rent_arrears(report("k", RESIDENT))
+            .await
+            .expect_err("denied");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("role landlord"), "{}", err.message());
+    }
+    for ch in [as_landlord, as_dpo] {
+        let mut c = SocialServicesClient::new(ch);
+        assert_eq!(
+            c.enrol_client(enrol(RESIDENT))
+                .await
+                .expect_err("denied")
+                .code(),
+            Code::PermissionDenied
+        );
+        let sub = c
+            .subscribe_alerts(proto::SubscribeAlertsRequest { after_sequence: 0 })
+            .await;
+        assert_eq!(sub.expect_err("denied").code(), Code::PermissionDenied);
+        let ack = c
+            .ack_alerts(proto::AckAlertsRequest {
+                up_to_sequence: 1,
+                sequences: vec![],
+            })
+            .await;
+        assert_eq!(ack.expect_err("denied").code(), Code::PermissionDenied);
+    }
+    let denials = gw
+        .query_strings(
+            "SELECT actor_org || ':' || reason FROM audit WHERE outcome = 'deny' ORDER BY seq",
+        )
+        .await;
+    assert_eq!(denials.len(), 2 + 2 * 3);
+    assert!(denials.iter().all(|d| d.ends_with(":role-not-allowed")));
+    assert!(
+        gw.query_strings("SELECT report_id FROM reports")
+            .await
+            .is_empty()
+    );
+}
+
+async fn try_report(endpoint: Endpoint) -> bool {
+    match endpoint.connect().await {
+        Err(_) => false,
+        Ok(ch) => LandlordClient::new(ch)
+            .report_rent_arrears(report("k", RESIDENT))
+            .await
+            .is_ok(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_or_with_a_foreign_one_cannot_call() {
+    let gw = TestGateway::start().await;
+    let url = format!("https://{}", gw.addr());
+    let trust_server = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&gw.pki.ca_cert))
+        .domain_name("localhost");
+
+    let no_cert = Endpoint::from_shared(url.clone())
+        .expect("url")
+        .tls_config(trust_server.clone())
+        .expect("tls");
+    assert!(
+        !try_report(no_cert).await,
+        "a call without a client certificate succeeded"
+    );
+
+    // A certificate naming the same organisation and role, from another CA.
+    let landlord = Caller {
+        org: OrgId::new(LANDLORD).expect("valid"),
+        role: Role::Landlord,
+    };
+    let foreign =
+        silta_server::devpki::mint("another CA", "silta.local", &[landlord]).expect("pki");
+    let (_, pem) = &foreign.clients[0];
+    let foreign_cert = Endpoint::from_shared(url.clone())
+        .expect("url")
+        .tls_config(
+            trust_server
+                .clone()
+                .identity(Identity::from_pem(&pem.cert, &pem.key)),
+        )
+        .expect("tls");
+    assert!(
+        !try_report(foreign_cert).await,
+        "a certificate from another CA was accepted"
+    );
+
+    // Plain HTTP/2 without TLS.
+    let plain = Endpoint::from_shared(format!("http://{}", gw.addr())).expect("url");
+    assert!(!try_report(plain).await, "a plaintext call succeeded");
+
+    // The gateway keeps serving real clients.
+    let ok = gw
+        .landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("k", RESIDENT))
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_the_right_ca_naming_no_silta_identity_is_unauthenticated() {
+    // The certificates name spiffe://silta.local/...; this gateway expects another domain.
+    let gw = TestGateway::start_with(|c| c.tls.trust_domain = "elsewhere.example".into()).await;
+    let err = gw
+        .landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("k", RESIDENT))
+        .await
+        .expect_err("no identity");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("spiffe://elsewhere.example/org/"),
+        "{}",
+        err.message()
+    );
+}

@@ -1,0 +1,114 @@
+//! No identity code in clear reaches the database file or the logs.
+
+use silta_server::proto;
+use silta_tests::{
+    LANDLORD, SOCIAL_A, SOCIAL_B, TestGateway, captured_logs, enrol, invalid_hetus, report,
+    valid_hetus,
+};
+
+/// The forms a leaked code could take: as sent, and without its century marker.
+fn forms(code: &str) -> Vec<Vec<u8>> {
+    let mut forms = vec![code.as_bytes().to_vec()];
+    if code.len() == 11 {
+        forms.push(format!("{}{}", &code[..6], &code[7..]).into_bytes());
+    }
+    forms
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
+    let mut gw = TestGateway::start().await;
+    let mut social_a = gw.social(SOCIAL_A).await;
+    let mut social_b = gw.social(SOCIAL_B).await;
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let valid = valid_hetus();
+    for (i, code) in valid.iter().enumerate() {
+        social_a.enrol_client(enrol(code)).await.expect("enrolled");
+        if i % 2 == 0 {
+            social_b.enrol_client(enrol(code)).await.expect("enrolled");
+        }
+        landlord
+            .report_rent_arrears(report(&format!("p-{i}"), code))
+            .await
+            .expect("accepted");
+        // A code smuggled into free text and into a field that would cross.
+        let mut smuggled = report(&format!("s-{i}"), code);
+        smuggled.free_text_note = format!("tenant {code}");
+        landlord
+            .report_rent_arrears(smuggled)
+            .await
+            .expect("free text is dropped, not stored");
+        let mut crossing = report(&format!("c-{i}"), code);
+        crossing.landlord_contact_office = format!("desk {code}");
+        landlord
+            .report_rent_arrears(crossing)
+            .await
+            .expect_err("a code in a crossing field is refused");
+        if i % 3 == 0 {
+            social_a
+                .withdraw_consent(proto::WithdrawConsentRequest {
+                    target: Some(proto::withdraw_consent_request::Target::Subject(
+                        proto::SubjectPurpose {
+                            hetu: code.clone(),
+                            purpose: "eviction-prevention".into(),
+                        },
+                    )),
+                })
+                .await
+                .expect("withdrawn");
+        }
+    }
+    for (i, (code, _)) in invalid_hetus().iter().enumerate() {
+        let _ = landlord
+            .report_rent_arrears(report(&format!("i-{i}"), code))
+            .await;
+    }
+    gw.stop().await;
+
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(gw.dir.path()).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("silta.db"))
+        {
+            files.push((
+                path.display().to_string(),
+                std::fs::read(&path).expect("read db file"),
+            ));
+        }
+    }
+    assert!(
+        files.iter().any(|(_, bytes)| bytes.len() > 4096),
+        "the database was written"
+    );
+    let logs = captured_logs();
+    assert!(logs.contains("ReportRentArrears"), "logs were captured");
+
+    let mut codes: Vec<String> = valid.clone();
+    codes.extend(
+        invalid_hetus()
+            .into_iter()
+            .map(|(c, _)| c)
+            .filter(|c| c.trim().len() >= 10),
+    );
+    for code in &codes {
+        for form in forms(code.trim()) {
+            for (name, bytes) in &files {
+                assert!(
+                    !contains(bytes, &form),
+                    "an identity code is in {name} in clear"
+                );
+            }
+            assert!(
+                !contains(logs.as_bytes(), &form),
+                "an identity code is in the logs in clear"
+            );
+        }
+    }
+}

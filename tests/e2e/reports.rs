@@ -1,0 +1,190 @@
+//! Reports: idempotency and bad input.
+
+use silta_server::proto::{self, EvictionStage};
+use silta_tests::{LANDLORD, SOCIAL_A, TestGateway, enrol, invalid_hetus, report};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const RESIDENT: &str = "150385-9345";
+
+fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .expect("BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_resend_gives_the_same_receipt_and_one_alert_and_a_conflict_is_refused() {
+    let gw = TestGateway::start().await;
+    gw.social(SOCIAL_A)
+        .await
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("enrolled");
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let first = landlord
+        .report_rent_arrears(report("same-key", RESIDENT))
+        .await
+        .expect("ok")
+        .into_inner();
+    let second = landlord
+        .report_rent_arrears(report("same-key", RESIDENT))
+        .await
+        .expect("ok")
+        .into_inner();
+    assert_eq!(first, second);
+    let alerts = gw.query_strings("SELECT alert_id FROM alerts").await;
+    assert_eq!(alerts.len(), 1, "a retry must not duplicate the alert");
+
+    let mut changed = report("same-key", RESIDENT);
+    changed.arrears_cents += 1;
+    let err = landlord
+        .report_rent_arrears(changed)
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(
+        err.message().contains("idempotency key"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        gw.query_strings("SELECT alert_id FROM alerts").await.len(),
+        1
+    );
+    let denied = gw
+        .query_strings("SELECT reason FROM audit WHERE outcome = 'deny'")
+        .await;
+    assert_eq!(denied, ["idempotency-conflict"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_fixture_code_is_invalid_argument_naming_hetu_without_echoing_it() {
+    let gw = TestGateway::start().await;
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let mut social = gw.social(SOCIAL_A).await;
+    for (code, reason) in invalid_hetus() {
+        let err = landlord
+            .report_rent_arrears(report(&format!("k-{}", code.len()), &code))
+            .await
+            .expect_err(&reason);
+        assert_eq!(err.code(), Code::InvalidArgument, "{reason}");
+        assert_eq!(bad_fields(&err), ["hetu"], "{reason}");
+        let text = format!("{} {:?}", err.message(), err.details());
+        if code.trim().len() >= 6 {
+            assert!(
+                !text.contains(code.trim()),
+                "{reason}: the error echoed the input"
+            );
+        }
+        let err = social.enrol_client(enrol(&code)).await.expect_err(&reason);
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields(&err), ["hetu"], "{reason}");
+    }
+    // Nothing but the audited denials was stored, and the gateway still serves.
+    assert!(
+        gw.query_strings("SELECT report_id FROM reports")
+            .await
+            .is_empty()
+    );
+    assert!(
+        gw.query_strings("SELECT consent_id FROM consents")
+            .await
+            .is_empty()
+    );
+    let denials = gw.query_strings("SELECT reason FROM audit").await;
+    assert_eq!(denials.len(), 2 * invalid_hetus().len());
+    assert!(denials.iter().all(|r| r == "invalid-argument"));
+    landlord
+        .report_rent_arrears(report("still-serving", RESIDENT))
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_field_is_named_at_once() {
+    let gw = TestGateway::start().await;
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let bad = proto::ReportRentArrearsRequest {
+        idempotency_key: "bad key with spaces".into(),
+        hetu: RESIDENT.into(),
+        tenancy_ref: String::new(),
+        arrears_cents: -5,
+        months_overdue: 500,
+        eviction_stage: 99,
+        landlord_contact_office: format!("desk of {RESIDENT}"),
+        free_text_note: "x".repeat(2001),
+    };
+    let err = landlord
+        .report_rent_arrears(bad)
+        .await
+        .expect_err("invalid");
+    let mut fields = bad_fields(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "arrears_cents",
+            "eviction_stage",
+            "free_text_note",
+            "idempotency_key",
+            "landlord_contact_office",
+            "months_overdue",
+            "tenancy_ref"
+        ]
+    );
+    assert!(
+        !format!("{err:?}").contains("150385"),
+        "an identity code came back in the error"
+    );
+
+    let mut social = gw.social(SOCIAL_A).await;
+    let err = social
+        .enrol_client(proto::EnrolClientRequest {
+            hetu: RESIDENT.into(),
+            consent: None,
+        })
+        .await
+        .expect_err("no consent");
+    assert_eq!(bad_fields(&err), ["consent"]);
+    let mut wrong = enrol(RESIDENT);
+    if let Some(c) = wrong.consent.as_mut() {
+        c.purpose = "marketing".into();
+        c.valid_until = Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: 0,
+        });
+    }
+    let err = social.enrol_client(wrong).await.expect_err("bad consent");
+    assert_eq!(bad_fields(&err), ["consent.purpose", "consent.valid_until"]);
+
+    let err = social
+        .ack_alerts(proto::AckAlertsRequest::default())
+        .await
+        .expect_err("empty ack");
+    assert_eq!(bad_fields(&err), ["up_to_sequence"]);
+    let err = social
+        .withdraw_consent(proto::WithdrawConsentRequest { target: None })
+        .await
+        .expect_err("no target");
+    assert_eq!(bad_fields(&err), ["target"]);
+    let err = social
+        .withdraw_consent(proto::WithdrawConsentRequest {
+            target: Some(proto::withdraw_consent_request::Target::ConsentId(
+                "0190f5a2-0000-7000-8000-000000000000".into(),
+            )),
+        })
+        .await
+        .expect_err("unknown consent");
+    assert_eq!(err.code(), Code::NotFound);
+    let good = report("fine", RESIDENT);
+    assert_eq!(good.eviction_stage(), EvictionStage::Warning);
+    landlord
+        .report_rent_arrears(good)
+        .await
+        .expect("gateway still serving");
+}
