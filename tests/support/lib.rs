@@ -61,8 +61,10 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = devpki::mint("silta test CA", "silta.local", &callers()).expect("dev PKI");
         pki.write_to(dir.path()).expect("write PKI");
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().expect("address");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            ..Config::default()
+        };
         config.store.url = format!("sqlite://{}", dir.path().join("silta.db").display());
         config.tls.cert = dir.path().join("server.pem");
         config.tls.key = dir.path().join("server.key");
