@@ -231,7 +231,7 @@ async fn withdrawal_purges_undelivered_alerts_stops_forwarding_and_is_audited() 
         .into_inner();
     assert_eq!(
         withdrawn.withdrawn_consent_ids,
-        [enrolled.consent_id.clone()]
+        std::slice::from_ref(&enrolled.consent_id)
     );
     assert_eq!(withdrawn.purged_alerts, 2);
 
