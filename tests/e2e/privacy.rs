@@ -7,16 +7,12 @@ use silta_tests::{
 };
 
 /// The forms a leaked code could take: as sent, and without its century marker.
-fn forms(code: &str) -> Vec<Vec<u8>> {
-    let mut forms = vec![code.as_bytes().to_vec()];
-    if code.len() == 11 {
-        forms.push(format!("{}{}", &code[..6], &code[7..]).into_bytes());
+fn forms(code: &str) -> Vec<String> {
+    let mut forms = vec![code.to_owned()];
+    if code.is_ascii() && code.len() == 11 {
+        forms.push(format!("{}{}", &code[..6], &code[7..]));
     }
     forms
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,14 +73,14 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("silta.db"))
         {
-            files.push((
-                path.display().to_string(),
-                std::fs::read(&path).expect("read db file"),
-            ));
+            // Codes are ASCII, so a lossy view of the bytes keeps any copy of one intact.
+            let bytes = std::fs::read(&path).expect("read db file");
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            files.push((path.display().to_string(), text));
         }
     }
     assert!(
-        files.iter().any(|(_, bytes)| bytes.len() > 4096),
+        files.iter().any(|(_, text)| text.len() > 4096),
         "the database was written"
     );
     let logs = captured_logs();
@@ -99,14 +95,14 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
     );
     for code in &codes {
         for form in forms(code.trim()) {
-            for (name, bytes) in &files {
+            for (name, text) in &files {
                 assert!(
-                    !contains(bytes, &form),
+                    !text.contains(&form),
                     "an identity code is in {name} in clear"
                 );
             }
             assert!(
-                !contains(logs.as_bytes(), &form),
+                !logs.contains(&form),
                 "an identity code is in the logs in clear"
             );
         }
