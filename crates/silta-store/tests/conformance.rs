@@ -1,0 +1,316 @@
+//! The store conformance suite: one set of behaviours every `Store` must have, written once
+//! against the trait. SQLite runs it here; PostgreSQL will instantiate the same suite.
+
+use silta_core::audit::{AuditRecord, Outcome};
+use silta_core::consent::ConsentState;
+use silta_core::decision::{Permit, decide};
+use silta_core::flow::RENT_ARREARS;
+use silta_core::{Caller, OrgId, Pseudonym, Role};
+use silta_store::{NewAlert, NewConsentRow, NewReport, SqliteStore, Store};
+use time::{Duration, OffsetDateTime};
+
+fn org(s: &str) -> OrgId {
+    OrgId::new(s).expect("valid org")
+}
+
+fn ps(s: &str) -> Pseudonym {
+    Pseudonym::from_stored(s.to_owned())
+}
+
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).expect("0 is a valid nanosecond")
+}
+
+async fn enrol(store: &dyn Store, id: &str, subject: &str, recipient: &str) {
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_consent(&NewConsentRow {
+        consent_id: id,
+        subject_key: &ps(subject),
+        audit_subject: &ps(&format!("audit-{subject}")),
+        recipient: &org(recipient),
+        purpose: RENT_ARREARS.purpose,
+        valid_from: now() - Duration::hours(1),
+        valid_until: now() + Duration::days(30),
+        evidence_ref: "E-1",
+        notice_version: "v1",
+        now: now(),
+    })
+    .await
+    .expect("insert consent");
+    tx.commit().await.expect("commit");
+}
+
+/// Decides as the gateway does: permits come only from `decide`.
+async fn permits(store: &dyn Store, subject: &str) -> Vec<Permit> {
+    let mut tx = store.begin().await.expect("begin");
+    let consents = tx
+        .consents_for(&ps(subject), RENT_ARREARS.purpose)
+        .await
+        .expect("consents");
+    decide(&RENT_ARREARS, &consents, now()).permits
+}
+
+async fn deliver(store: &dyn Store, permit: &Permit, n: usize) -> u64 {
+    let mut tx = store.begin().await.expect("begin");
+    let id = format!("alert-{n}-{}", permit.recipient());
+    let seq = tx
+        .insert_alert(
+            permit,
+            &NewAlert {
+                alert_id: &id,
+                flow_id: RENT_ARREARS.id,
+                report_id: "r",
+                subject_pseudonym: &ps("recipient-ps"),
+                case_ref: "case-1",
+                payload: "{}",
+                now: now(),
+            },
+        )
+        .await
+        .expect("insert alert");
+    tx.commit().await.expect("commit");
+    seq
+}
+
+async fn pending(store: &dyn Store, recipient: &str) -> Vec<u64> {
+    store
+        .pending_alerts(&org(recipient), 0, 100)
+        .await
+        .expect("pending")
+        .into_iter()
+        .map(|a| a.seq)
+        .collect()
+}
+
+async fn consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(store: &dyn Store) {
+    enrol(store, "c1", "subject-1", "ss-a").await;
+    enrol(store, "c2", "subject-1", "ss-a").await;
+    enrol(store, "c3", "subject-1", "ss-b").await;
+    let mut tx = store.begin().await.expect("begin");
+    let mut states: Vec<(String, ConsentState)> = tx
+        .consents_for(&ps("subject-1"), RENT_ARREARS.purpose)
+        .await
+        .expect("consents")
+        .into_iter()
+        .map(|c| (c.consent_id, c.state))
+        .collect();
+    drop(tx);
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        states,
+        [
+            ("c1".to_owned(), ConsentState::Superseded),
+            ("c2".to_owned(), ConsentState::Active),
+            ("c3".to_owned(), ConsentState::Active),
+        ]
+    );
+
+    let permits = permits(store, "subject-1").await;
+    assert_eq!(permits.len(), 2);
+    for (i, p) in permits.iter().enumerate() {
+        deliver(store, p, i).await;
+    }
+    let mut tx = store.begin().await.expect("begin");
+    let done = tx
+        .withdraw(&org("ss-a"), &ps("subject-1"), RENT_ARREARS.purpose, now())
+        .await
+        .expect("withdraw");
+    tx.commit().await.expect("commit");
+    assert_eq!(done.withdrawn, ["c2"]);
+    assert_eq!(done.purged_alerts, 1);
+    assert!(pending(store, "ss-a").await.is_empty());
+    assert_eq!(
+        pending(store, "ss-b").await.len(),
+        1,
+        "another organisation's alerts stay"
+    );
+    let remaining = permits_for(store, "subject-1").await;
+    assert_eq!(remaining, ["ss-b"]);
+}
+
+async fn permits_for(store: &dyn Store, subject: &str) -> Vec<String> {
+    permits(store, subject)
+        .await
+        .iter()
+        .map(|p| p.recipient().to_string())
+        .collect()
+}
+
+async fn alerts_are_pending_in_order_until_acknowledged(store: &dyn Store) {
+    enrol(store, "c-ack", "subject-2", "ss-c").await;
+    let permit = permits(store, "subject-2").await.remove(0);
+    let mut seqs = Vec::new();
+    for n in 0..5 {
+        seqs.push(deliver(store, &permit, 100 + n).await);
+    }
+    assert_eq!(pending(store, "ss-c").await, seqs);
+    let after = store
+        .pending_alerts(&org("ss-c"), seqs[2], 100)
+        .await
+        .expect("pending");
+    assert_eq!(after.iter().map(|a| a.seq).collect::<Vec<_>>(), &seqs[3..]);
+
+    let mut tx = store.begin().await.expect("begin");
+    let acked = tx
+        .ack_alerts(&org("ss-c"), seqs[1], &[seqs[3]], now())
+        .await
+        .expect("ack");
+    assert_eq!(acked, 3);
+    // Acknowledging again, or another organisation's alerts, changes nothing.
+    assert_eq!(
+        tx.ack_alerts(&org("ss-c"), seqs[1], &[], now())
+            .await
+            .expect("ack"),
+        0
+    );
+    assert_eq!(
+        tx.ack_alerts(&org("ss-other"), u64::MAX, &[], now())
+            .await
+            .expect("ack"),
+        0
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(pending(store, "ss-c").await, [seqs[2], seqs[4]]);
+}
+
+async fn reports_are_found_by_key_and_cases_are_stable(store: &dyn Store) {
+    let landlord = org("landlord-1");
+    let at = now();
+    let mut tx = store.begin().await.expect("begin");
+    assert!(
+        tx.find_report(&landlord, "k1")
+            .await
+            .expect("find")
+            .is_none()
+    );
+    tx.insert_report(&NewReport {
+        report_id: "r1",
+        landlord: &landlord,
+        idempotency_key: "k1",
+        fingerprint: &[7; 32],
+        received_at: at,
+    })
+    .await
+    .expect("insert report");
+    let first = tx
+        .case_ref(&landlord, "T-1", &org("ss-a"), "case-new-1", at)
+        .await
+        .expect("case");
+    let again = tx
+        .case_ref(&landlord, "T-1", &org("ss-a"), "case-new-2", at)
+        .await
+        .expect("case");
+    let other = tx
+        .case_ref(&landlord, "T-1", &org("ss-b"), "case-new-3", at)
+        .await
+        .expect("case");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        (first.as_str(), again.as_str(), other.as_str()),
+        ("case-new-1", "case-new-1", "case-new-3")
+    );
+
+    let mut tx = store.begin().await.expect("begin");
+    let found = tx
+        .find_report(&landlord, "k1")
+        .await
+        .expect("find")
+        .expect("stored");
+    assert_eq!(
+        (
+            found.report_id.as_str(),
+            found.fingerprint.as_slice(),
+            found.received_at
+        ),
+        ("r1", &[7u8; 32][..], at)
+    );
+    assert!(
+        tx.find_report(&org("landlord-2"), "k1")
+            .await
+            .expect("find")
+            .is_none(),
+        "keys are per landlord"
+    );
+}
+
+async fn an_uncommitted_transaction_leaves_nothing(store: &dyn Store) {
+    let mut tx = store.begin().await.expect("begin");
+    let caller = Caller {
+        org: org("ss-z"),
+        role: Role::SocialServices,
+    };
+    tx.append_audit(&AuditRecord::new(
+        now(),
+        "req",
+        &caller,
+        "Test",
+        Outcome::Deny,
+        "x",
+    ))
+    .await
+    .expect("append");
+    drop(tx);
+    enrol(store, "c-z", "subject-z", "ss-z").await;
+    let mut tx = store.begin().await.expect("begin");
+    assert_eq!(
+        tx.consents_for(&ps("subject-z"), RENT_ARREARS.purpose)
+            .await
+            .expect("consents")
+            .len(),
+        1
+    );
+}
+
+async fn suite(store: &dyn Store) {
+    consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(store).await;
+    alerts_are_pending_in_order_until_acknowledged(store).await;
+    reports_are_found_by_key_and_cases_are_stable(store).await;
+    an_uncommitted_transaction_leaves_nothing(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("conformance.db"))
+        .await
+        .expect("open");
+    suite(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_audit_rows_cannot_be_changed_or_deleted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("audit.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let mut tx = store.begin().await.expect("begin");
+    let caller = Caller {
+        org: org("ll"),
+        role: Role::Landlord,
+    };
+    tx.append_audit(&AuditRecord::new(
+        now(),
+        "req",
+        &caller,
+        "Test",
+        Outcome::Allow,
+        "x",
+    ))
+    .await
+    .expect("append");
+    tx.commit().await.expect("commit");
+    store.close().await;
+
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    for sql in ["UPDATE audit SET reason = 'rewritten'", "DELETE FROM audit"] {
+        let err = sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .expect_err("append-only");
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+    pool.close().await;
+}
