@@ -269,9 +269,10 @@ async fn withdrawal_purges_undelivered_alerts_stops_forwarding_and_is_audited() 
         actions.contains(&"PurgeUndeliveredAlerts:purged-2-unacknowledged-alerts".to_owned()),
         "{actions:?}"
     );
+    assert!(actions.contains(&"SocialServices.WithdrawConsent:consent-withdrawn".to_owned()));
     assert_eq!(
         actions.last().map(String::as_str),
-        Some("SocialServices.WithdrawConsent:consent-withdrawn")
+        Some("SocialServices.WithdrawConsent:consent-already-inactive")
     );
 }
 
@@ -355,4 +356,58 @@ async fn pseudonyms_differ_between_organisations_and_are_stable_across_restarts(
     assert_ne!(a.case_ref, b.case_ref, "case refs are per recipient");
     // The newer enrolment superseded the first: the alert names the current consent.
     assert_eq!(a.consent_id, a2.consent_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_withdrawal_by_an_old_consent_id_never_touches_a_newer_consent() {
+    let gw = TestGateway::start().await;
+    let mut social = gw.social(SOCIAL_A).await;
+    let by_id = |id: &str| proto::WithdrawConsentRequest {
+        target: Some(proto::withdraw_consent_request::Target::ConsentId(
+            id.to_owned(),
+        )),
+    };
+    let old = social
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("enrolled")
+        .into_inner();
+    social
+        .withdraw_consent(by_id(&old.consent_id))
+        .await
+        .expect("withdrawn");
+    let new = social
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("re-enrolled")
+        .into_inner();
+    // A retry of the first withdrawal, and one naming a superseded consent, change nothing.
+    let retry = social
+        .withdraw_consent(by_id(&old.consent_id))
+        .await
+        .expect("ok")
+        .into_inner();
+    assert!(retry.withdrawn_consent_ids.is_empty());
+    let newer = social
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("again")
+        .into_inner();
+    let superseded = social
+        .withdraw_consent(by_id(&new.consent_id))
+        .await
+        .expect("ok")
+        .into_inner();
+    assert!(superseded.withdrawn_consent_ids.is_empty());
+
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("r-after", RESIDENT))
+        .await
+        .expect("accepted");
+    let mut alerts = social.subscribe_from_cursor(0).await;
+    let alert = next_alert(&mut alerts)
+        .await
+        .expect("the newest consent still holds");
+    assert_eq!(alert.consent_id, newer.consent_id);
 }

@@ -56,10 +56,18 @@ async fn idempotent_resend_gives_the_same_receipt_and_one_alert_and_a_conflict_i
         gw.query_strings("SELECT alert_id FROM alerts").await.len(),
         1
     );
+    // The free-text note is not stored, but it is part of the body.
+    let mut other_note = report("same-key", RESIDENT);
+    other_note.free_text_note = "another note".into();
+    let err = landlord
+        .report_rent_arrears(other_note)
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.code(), Code::AlreadyExists);
     let denied = gw
         .query_strings("SELECT reason FROM audit WHERE outcome = 'deny'")
         .await;
-    assert_eq!(denied, ["idempotency-conflict"]);
+    assert_eq!(denied, ["idempotency-conflict", "idempotency-conflict"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +189,25 @@ async fn every_bad_field_is_named_at_once() {
         .await
         .expect_err("unknown consent");
     assert_eq!(err.code(), Code::NotFound);
+    // Identity codes hidden where they would be stored or cross: in a key, mistyped, en-dashed.
+    for (field, change) in [
+        ("idempotency_key", "key-150385-9345"),
+        ("landlord_contact_office", "desk 150385-9346"),
+        ("tenancy_ref", "150385\u{2013}9345"),
+    ] {
+        let mut smuggled = report("smuggle", RESIDENT);
+        match field {
+            "idempotency_key" => smuggled.idempotency_key = change.into(),
+            "landlord_contact_office" => smuggled.landlord_contact_office = change.into(),
+            _ => smuggled.tenancy_ref = change.into(),
+        }
+        let err = landlord
+            .report_rent_arrears(smuggled)
+            .await
+            .expect_err(field);
+        assert_eq!(bad_fields(&err), [field]);
+        assert!(!format!("{err:?}").contains("150385"), "{field}: echoed");
+    }
     let good = report("fine", RESIDENT);
     assert_eq!(good.eviction_stage(), EvictionStage::Warning);
     landlord

@@ -139,23 +139,47 @@ impl fmt::Display for Hetu {
     }
 }
 
-/// Whether `text` holds an identity code anywhere inside it (any century, temporary codes
-/// included, with or without separators around it). Used to keep codes out of fields that
-/// cross to a recipient or are stored.
+/// Whether `text` holds anything shaped like an identity code: six digits forming a real date,
+/// a century marker, three digits and one more letter or digit, *whatever the check
+/// character*, after folding case, Unicode dashes and full-width digits. A mistyped code still
+/// names a person, so it is caught too. Used to keep codes out of every field that is stored or
+/// crosses to a recipient.
 pub fn contains_hetu(text: &str) -> bool {
-    let b = text.as_bytes();
-    if b.len() < HETU_LEN {
+    let folded: Vec<char> = text.chars().map(fold).collect();
+    folded.windows(HETU_LEN).any(looks_like_hetu)
+}
+
+/// Folds the look-alikes a word processor or keyboard produces onto the code's alphabet.
+fn fold(c: char) -> char {
+    match c {
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}' => '-',
+        '\u{FF0B}' => '+',
+        '\u{FF10}'..='\u{FF19}' => char::from_digit(u32::from(c) - 0xFF10, 10).unwrap_or(c),
+        c => c.to_ascii_uppercase(),
+    }
+}
+
+fn looks_like_hetu(w: &[char]) -> bool {
+    let digits = |r: std::ops::Range<usize>| w[r].iter().all(char::is_ascii_digit);
+    if !(digits(0..6) && digits(7..10) && w[10].is_ascii_alphanumeric()) {
         return false;
     }
-    let lenient = HetuRules {
-        allow_temporary: true,
+    let century = match w[6] {
+        '+' => 1800,
+        '-' | 'Y' | 'X' | 'W' | 'V' | 'U' => 1900,
+        'A' | 'B' | 'C' | 'D' | 'E' | 'F' => 2000,
+        _ => return false,
     };
-    (0..=b.len() - HETU_LEN).any(|i| {
-        // Cheap pre-filter: six digits then a marker, before the full parse.
-        b[i..i + 6].iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(&b[i..i + HETU_LEN])
-                .is_ok_and(|w| Hetu::parse(w, lenient).is_ok())
-    })
+    let two = |i: usize| w[i].to_digit(10).unwrap_or(0) * 10 + w[i + 1].to_digit(10).unwrap_or(0);
+    let (Ok(day), Ok(month), Ok(yy)) = (
+        u8::try_from(two(0)),
+        u8::try_from(two(2)),
+        i32::try_from(two(4)),
+    ) else {
+        return false;
+    };
+    time::Month::try_from(month)
+        .is_ok_and(|m| time::Date::from_calendar_date(century + yy, m, day).is_ok())
 }
 
 #[cfg(test)]
@@ -243,12 +267,28 @@ mod tests {
     }
 
     #[test]
-    fn contains_hetu_finds_codes_inside_text() {
-        assert!(contains_hetu("office 010594Y9032 east"));
-        assert!(contains_hetu("x010594Y9032"));
-        assert!(!contains_hetu("Kallio office, 3rd floor"));
-        assert!(!contains_hetu("010594Y9033"));
-        assert!(!contains_hetu("ääääääääääääääää"));
+    fn contains_hetu_finds_codes_inside_text_even_mistyped() {
+        for hit in [
+            "office 010594Y9032 east",
+            "x010594Y9032",
+            "010594Y9033",           // wrong check character: still names a person
+            "010594y9032",           // lowercase
+            "010594\u{2013}9032",    // en dash from a word processor
+            "０１０５９４-９０３２", // full-width digits
+            "ref 150385-9345.",
+        ] {
+            assert!(contains_hetu(hit), "{hit}");
+        }
+        for miss in [
+            "Kallio office, 3rd floor",
+            "ääääääääääääääää",
+            "320594Y9032", // no 32nd day
+            "010594Z9032", // no century Z
+            "T-100/2",
+            "2026-11-23T10:00",
+        ] {
+            assert!(!contains_hetu(miss), "{miss}");
+        }
     }
 
     mod prop {

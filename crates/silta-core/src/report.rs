@@ -63,8 +63,8 @@ impl ArrearsBand {
     }
 }
 
-/// A rent-arrears report as it arrives, before validation.
-#[derive(Debug, Clone, Default)]
+/// A rent-arrears report as it arrives, before validation. Its `Debug` masks the identity code.
+#[derive(Clone, Default)]
 pub struct RentArrearsInput<'a> {
     /// Caller's idempotency key.
     pub idempotency_key: &'a str,
@@ -82,6 +82,18 @@ pub struct RentArrearsInput<'a> {
     pub landlord_contact_office: &'a str,
     /// Free text; validated for length, never stored or forwarded.
     pub free_text_note: &'a str,
+}
+
+impl std::fmt::Debug for RentArrearsInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RentArrearsInput")
+            .field("idempotency_key", &"..")
+            .field("hetu", &"***********")
+            .field("arrears_cents", &self.arrears_cents)
+            .field("months_overdue", &self.months_overdue)
+            .field("eviction_stage", &self.eviction_stage)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A validated rent-arrears report.
@@ -103,10 +115,13 @@ pub struct RentArrearsReport {
     pub landlord_contact_office: String,
 }
 
-/// Checks an idempotency key: 1–128 characters of `[A-Za-z0-9._:-]`.
+/// Checks an idempotency key: 1–128 characters of `[A-Za-z0-9._:-]`, with no identity code
+/// inside (it is stored and returned in receipts).
 pub fn check_idempotency_key(v: &mut Violations, field: &str, key: &str) {
     if key.is_empty() {
         v.add(field, "is required");
+    } else if crate::hetu::contains_hetu(key) {
+        v.add(field, "must not contain a personal identity code");
     } else if key.len() > 128
         || !key
             .bytes()

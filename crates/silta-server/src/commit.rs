@@ -16,6 +16,7 @@ use silta_core::{Domain, OrgId, Pseudonym, Pseudonymiser};
 use silta_store::{NewAlert, NewReport, Store, StoreError, WriteTx};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Notifier;
 use crate::gateway::{Receipt, RequestContext};
@@ -46,17 +47,31 @@ pub(crate) struct ReportJob {
     pub reply: oneshot::Sender<Result<Receipt, ApiError>>,
 }
 
-/// Runs until every sender is gone, then returns once the last batch is committed.
+/// Runs until `stop` is cancelled (or every sender is gone), then commits the jobs already
+/// queued and returns. Jobs sent after `stop` are refused at the queue, so their callers answer
+/// `UNAVAILABLE` and retry elsewhere; nothing that was acknowledged is lost.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
     pseudonymiser: Pseudonymiser,
     notifier: Arc<Notifier>,
     mut jobs: mpsc::Receiver<Job>,
     max_batch: usize,
+    stop: CancellationToken,
 ) {
     let max_batch = max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
-    while jobs.recv_many(&mut batch, max_batch).await > 0 {
+    loop {
+        let received = tokio::select! {
+            biased;
+            n = jobs.recv_many(&mut batch, max_batch) => n,
+            () = stop.cancelled(), if !jobs.is_closed() => {
+                jobs.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            return;
+        }
         let mut woken: Vec<(OrgId, u64)> = Vec::new();
         let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut woken).await;
         match outcome {

@@ -41,6 +41,29 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.tuning;
+        if !(1..=10_000).contains(&t.max_batch) {
+            return Err("tuning.max_batch must be between 1 and 10000".into());
+        }
+        if !(1..=10_000).contains(&t.delivery_page) {
+            return Err("tuning.delivery_page must be between 1 and 10000".into());
+        }
+        if !(10..=600_000).contains(&t.delivery_poll_ms) {
+            return Err("tuning.delivery_poll_ms must be between 10 and 600000".into());
+        }
+        if self.tls.trust_domain.is_empty() || self.tls.trust_domain.contains('/') {
+            return Err("tls.trust_domain must be a non-empty name without '/'".into());
+        }
+        if self.log.format != "pretty" && self.log.format != "json" {
+            return Err("log.format must be \"pretty\" or \"json\"".into());
+        }
+        Ok(())
+    }
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -140,6 +163,29 @@ impl Default for LogConfig {
         LogConfig {
             format: "pretty".into(),
             level: "info".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_unworkable_values_name_their_key() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        type Breaker = fn(&mut Config);
+        let cases: [(&str, Breaker); 4] = [
+            ("tuning.delivery_page", |c| c.tuning.delivery_page = 0),
+            ("tuning.delivery_poll_ms", |c| c.tuning.delivery_poll_ms = 0),
+            ("tuning.max_batch", |c| c.tuning.max_batch = 0),
+            ("log.format", |c| c.log.format = "xml".into()),
+        ];
+        for (key, break_it) in cases {
+            let mut c = Config::default();
+            break_it(&mut c);
+            let err = c.validate().expect_err(key);
+            assert!(err.starts_with(key), "{err}");
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::consent::{
-    ConsentInput, ReceiptBody, ReceiptSigner, SignedReceipt, validate_consent,
+    ConsentInput, ConsentState, ReceiptBody, ReceiptSigner, SignedReceipt, validate_consent,
 };
 use silta_core::flow::{RENT_ARREARS, is_known_purpose};
 use silta_core::report::{RentArrearsInput, minimise, validate_rent_arrears};
@@ -61,8 +61,7 @@ pub struct Enrolment {
     pub body: ReceiptBody,
 }
 
-/// Which consent to withdraw.
-#[derive(Debug)]
+/// Which consent to withdraw. No `Debug`: it may hold an identity code as text.
 pub enum WithdrawTarget<'a> {
     /// By consent id.
     ConsentId(&'a str),
@@ -163,6 +162,8 @@ impl Gateway {
                 &report.months_overdue.to_be_bytes(),
                 format!("{:?}", report.eviction_stage).as_bytes(),
                 report.landlord_contact_office.as_bytes(),
+                // Not stored, but part of the body: a different note is a different report.
+                input.free_text_note.as_bytes(),
             ],
         );
         // Minimise: what would cross, the same for every recipient.
@@ -290,7 +291,25 @@ impl Gateway {
                     return Err(self.deny(ctx, err, None).await);
                 }
                 match tx.consent_subject(&ctx.caller.org, id).await? {
-                    Some(s) => (s.subject_key, s.audit_subject, s.purpose),
+                    Some(s) if s.state == ConsentState::Active => {
+                        (s.subject_key, s.audit_subject, s.purpose)
+                    }
+                    Some(s) => {
+                        // Already withdrawn or superseded: nothing to do. Above all, a retried
+                        // withdrawal must not touch a newer consent the client gave since.
+                        let mut record = AuditRecord::new(
+                            now,
+                            &ctx.request_id,
+                            &ctx.caller,
+                            ctx.action,
+                            Outcome::Allow,
+                            "consent-already-inactive",
+                        );
+                        record.subject = Some(s.audit_subject);
+                        tx.append_audit(&record).await?;
+                        tx.commit().await?;
+                        return Ok(silta_store::Withdrawal::default());
+                    }
                     None => {
                         drop(tx);
                         return Err(self.deny(ctx, ApiError::NotFound(UNKNOWN), None).await);
@@ -391,28 +410,31 @@ impl Gateway {
         tokio::spawn(async move {
             let mut wake = gw.notifier.subscribe(&org);
             let poll = std::time::Duration::from_millis(gw.tuning.delivery_poll_ms);
+            let page_size = usize::try_from(gw.tuning.delivery_page).unwrap_or(usize::MAX);
+            let stop = gw.stop.clone();
             let mut last = after;
-            loop {
+            'stream: loop {
                 // Mark the current wake-up as seen *before* reading, so a commit landing
                 // between the read and the wait still wakes us.
                 wake.borrow_and_update();
-                let page = match gw
-                    .store
-                    .pending_alerts(&org, last, gw.tuning.delivery_page)
-                    .await
-                {
+                let page = tokio::select! {
+                    () = stop.cancelled() => break 'stream,
+                    page = gw.store.pending_alerts(&org, last, gw.tuning.delivery_page) => page,
+                };
+                let page = match page {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(ApiError::from(e))).await;
+                        let _ = tx.try_send(Err(ApiError::from(e)));
                         return;
                     }
                 };
-                let full =
-                    page.len() >= usize::try_from(gw.tuning.delivery_page).unwrap_or(usize::MAX);
+                let full = page.len() >= page_size;
                 for alert in page {
                     last = alert.seq;
-                    if tx.send(Ok(alert)).await.is_err() {
-                        return; // The subscriber went away.
+                    // A subscriber that stopped reading must not hold up shutdown.
+                    tokio::select! {
+                        sent = tx.send(Ok(alert)) => if sent.is_err() { return },
+                        () = stop.cancelled() => break 'stream,
                     }
                 }
                 if full {
@@ -422,13 +444,12 @@ impl Gateway {
                     _ = wake.changed() => {}
                     () = tokio::time::sleep(poll) => {}
                     () = tx.closed() => return,
-                    () = gw.stop.cancelled() => {
-                        let _ = tx.send(Err(ApiError::ShuttingDown)).await;
-                        tracing::debug!(%request_id, "subscription closed for shutdown");
-                        return;
-                    }
+                    () = stop.cancelled() => break 'stream,
                 }
             }
+            // Tell the subscriber to reconnect, without waiting on one that stopped reading.
+            let _ = tx.try_send(Err(ApiError::ShuttingDown));
+            tracing::debug!(%request_id, "subscription closed for shutdown");
         });
         Ok(rx)
     }

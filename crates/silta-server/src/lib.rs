@@ -16,6 +16,7 @@ mod delivery;
 pub mod devpki;
 pub mod gateway;
 pub mod identity;
+mod proto_debug;
 pub mod services;
 pub mod status;
 pub mod tls;
@@ -33,6 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// How long shutdown waits for open connections, and then for the last commits.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The generated protobuf types and gRPC stubs of `silta.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -60,6 +64,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A part of the gateway failed while running.
+    #[error("internal: {0}")]
+    Internal(String),
     /// Reflection could not be built from the descriptor.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -86,7 +93,7 @@ impl RunningGateway {
     pub async fn wait(self) -> Result<(), ServeError> {
         match self.server.await {
             Ok(r) => r,
-            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+            Err(e) => Err(ServeError::Internal(format!("server task failed: {e}"))),
         }
     }
 
@@ -114,6 +121,7 @@ pub async fn start(
     secret: MasterSecret,
     listener: TcpListener,
 ) -> Result<RunningGateway, ServeError> {
+    config.validate().map_err(ServeError::Config)?;
     let tls = Arc::new(tls::server_config(
         &config.tls.cert,
         &config.tls.key,
@@ -134,7 +142,23 @@ pub async fn start(
         Arc::clone(&notifier),
         jobs,
         config.tuning.max_batch,
+        stop.clone(),
     ));
+    // Without its committer the gateway can store nothing: stop it so a supervisor restarts it,
+    // rather than keep accepting connections that can only fail.
+    let watch_stop = stop.clone();
+    let committer = tokio::spawn(async move {
+        let ended = committer.await;
+        let unexpected = !watch_stop.is_cancelled();
+        if unexpected {
+            tracing::error!(
+                ?ended,
+                "the committer stopped unexpectedly; stopping the gateway"
+            );
+            watch_stop.cancel();
+        }
+        unexpected
+    });
     let gw = Arc::new(gateway::Gateway {
         store: Arc::clone(&store),
         pseudonymiser,
@@ -170,20 +194,36 @@ pub async fn start(
 
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {
-        let served = router
-            .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned())
-            .await;
-        // The services (and with them the last senders to the committer) are gone now; the
-        // committer finishes the jobs it holds and returns.
-        if tokio::time::timeout(Duration::from_secs(30), committer)
-            .await
-            .is_err()
-        {
-            tracing::error!("committer did not finish within 30 s");
-        }
+        let serve =
+            router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            served = &mut serve => served,
+            () = async {
+                server_stop.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown began; closing them");
+                Ok(())
+            }
+        };
+        // The committer closed its queue at `stop` and finishes the jobs it holds.
+        let committer_failed = match tokio::time::timeout(SHUTDOWN_GRACE, committer).await {
+            Ok(Ok(unexpected)) => unexpected,
+            _ => {
+                tracing::error!("the committer did not finish in time");
+                true
+            }
+        };
         store.close().await;
         tracing::info!("gateway stopped");
-        served.map_err(ServeError::from)
+        served.map_err(ServeError::from)?;
+        if committer_failed {
+            return Err(ServeError::Internal(
+                "the committer stopped unexpectedly".into(),
+            ));
+        }
+        Ok(())
     });
     tracing::info!(%local_addr, "gateway listening (mTLS, gRPC)");
     Ok(RunningGateway {

@@ -25,23 +25,24 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Reads the caller from the connection and mints a request id.
 fn context<T>(req: &Request<T>, action: &'static str) -> Result<RequestContext, Status> {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let caller = match req.extensions().get::<PeerInfo>().map(|p| p.caller.clone()) {
-        Some(Ok(caller)) => caller,
-        Some(Err(e)) => {
-            return Err(ApiError::Unauthenticated(e.to_string()).into_status(&request_id));
+    let refused = match req.extensions().get::<PeerInfo>().map(|p| p.caller.clone()) {
+        Some(Ok(caller)) => {
+            return Ok(RequestContext {
+                request_id,
+                caller,
+                action,
+            });
         }
-        None => {
-            return Err(
-                ApiError::Unauthenticated("a client certificate is required".into())
-                    .into_status(&request_id),
-            );
-        }
+        Some(Err(e)) => ApiError::Unauthenticated(e.to_string()),
+        None => ApiError::Unauthenticated("a client certificate is required".into()),
     };
-    Ok(RequestContext {
-        request_id,
-        caller,
-        action,
-    })
+    // No caller to audit: the certificate names none. Log it, and answer like every error.
+    tracing::info!(%request_id, rpc = action, code = refused.reason(), "rpc");
+    let mut status = refused.into_status(&request_id);
+    if let Ok(v) = request_id.parse() {
+        status.metadata_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    Err(status)
 }
 
 /// Logs the call's outcome (never its content) and shapes the response.

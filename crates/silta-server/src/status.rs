@@ -33,7 +33,10 @@ pub enum ApiError {
     #[error("{0}")]
     AlreadyExists(&'static str),
     /// The store failed; the request may be retried.
-    #[error("the gateway could not store the request; retry with the same idempotency key")]
+    #[error(
+        "the gateway's store is unavailable; retry with backoff (a report retried with the same \
+         idempotency key is never duplicated)"
+    )]
     Unavailable,
     /// The gateway is shutting down.
     #[error("the gateway is shutting down; retry on another node or reconnect shortly")]

@@ -29,7 +29,10 @@ use tonic::transport::server::Connected;
 use crate::identity::{IdentityError, caller_from_certificate};
 
 /// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most handshakes in progress at once. Past it, new connections are closed at once (the
+/// client retries) rather than queued behind a flood of idle ones.
+const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// A TLS set-up problem, named with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     let trust_domain: Arc<str> = trust_domain.into();
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -184,9 +188,14 @@ pub fn incoming(
                     }
                 },
             };
+            let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                tracing::warn!(%remote, "too many TLS handshakes in progress; connection closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx, trust_domain) = (acceptor.clone(), tx.clone(), trust_domain.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,

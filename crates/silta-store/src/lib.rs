@@ -17,7 +17,7 @@ mod time_conv;
 use async_trait::async_trait;
 use silta_core::OrgId;
 use silta_core::audit::AuditRecord;
-use silta_core::consent::ConsentRecord;
+use silta_core::consent::{ConsentRecord, ConsentState};
 use silta_core::decision::Permit;
 use silta_core::pseudonym::Pseudonym;
 use time::OffsetDateTime;
@@ -140,6 +140,8 @@ pub struct ConsentSubject {
     pub audit_subject: Pseudonym,
     /// The purpose.
     pub purpose: String,
+    /// The consent's state now.
+    pub state: ConsentState,
 }
 
 /// What a withdrawal did.

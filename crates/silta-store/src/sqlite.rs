@@ -273,7 +273,7 @@ impl WriteTx for SqliteTx {
         consent_id: &str,
     ) -> Result<Option<ConsentSubject>> {
         let row = sqlx::query(
-            "SELECT subject_key, audit_subject, purpose FROM consents WHERE consent_id = ? AND recipient_org = ?",
+            "SELECT subject_key, audit_subject, purpose, state FROM consents WHERE consent_id = ? AND recipient_org = ?",
         )
         .bind(consent_id)
         .bind(recipient.as_str())
@@ -284,6 +284,8 @@ impl WriteTx for SqliteTx {
                 subject_key: Pseudonym::from_stored(r.try_get("subject_key")?),
                 audit_subject: Pseudonym::from_stored(r.try_get("audit_subject")?),
                 purpose: r.try_get("purpose")?,
+                state: ConsentState::parse(r.try_get("state")?)
+                    .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
             })
         })
         .transpose()

@@ -126,8 +126,12 @@ async fn serve(config: Config, secret: MasterSecret) -> anyhow::Result<()> {
     let stop = gateway.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutdown requested: draining streams and commits");
+        tracing::info!("shutdown requested: draining streams and commits (again to exit at once)");
         stop.cancel();
+        shutdown_signal().await;
+        // Whatever was acknowledged is on disk; only unanswered requests are cut off.
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
     });
     gateway.wait().await?;
     Ok(())
