@@ -354,6 +354,11 @@ async fn pseudonyms_differ_between_organisations_and_are_stable_across_restarts(
     assert_eq!(a.subject_pseudonym, a1.subject_pseudonym);
     assert_eq!(b.subject_pseudonym, b1.subject_pseudonym);
     assert_ne!(a.case_ref, b.case_ref, "case refs are per recipient");
+    assert_eq!(
+        (a.sequence, b.sequence),
+        (1, 1),
+        "each recipient has its own sequence"
+    );
     // The newer enrolment superseded the first: the alert names the current consent.
     assert_eq!(a.consent_id, a2.consent_id);
 }

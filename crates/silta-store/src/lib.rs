@@ -198,7 +198,8 @@ pub trait WriteTx: Send {
         now: OffsetDateTime,
     ) -> Result<String>;
 
-    /// Puts an alert in the recipient's outbox, as the permit allows. Returns its sequence.
+    /// Puts an alert in the recipient's outbox, as the permit allows. Returns its sequence in
+    /// the recipient's own stream (1, 2, 3, …; never reused).
     async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64>;
 
     /// Stores a consent, superseding the recipient's earlier active consents for the same

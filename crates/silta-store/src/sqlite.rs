@@ -215,13 +215,23 @@ impl WriteTx for SqliteTx {
     }
 
     async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64> {
-        let row = sqlx::query(
-            "INSERT INTO alerts (alert_id, recipient_org, flow_id, consent_id, report_id,
+        let recipient = permit.recipient().as_str();
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO alert_sequences (recipient_org, last_seq) VALUES (?, 1)
+             ON CONFLICT (recipient_org) DO UPDATE SET last_seq = last_seq + 1
+             RETURNING last_seq",
+        )
+        .bind(recipient)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, consent_id, report_id,
                                  subject_pseudonym, case_ref, payload, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(alert.alert_id)
-        .bind(permit.recipient().as_str())
+        .bind(recipient)
+        .bind(seq)
         .bind(alert.flow_id)
         .bind(permit.consent_id())
         .bind(alert.report_id)
@@ -229,9 +239,9 @@ impl WriteTx for SqliteTx {
         .bind(alert.case_ref)
         .bind(alert.payload)
         .bind(to_ms(alert.now))
-        .fetch_one(&mut *self.tx)
+        .execute(&mut *self.tx)
         .await?;
-        seq_from_i64(row.try_get("seq")?)
+        seq_from_i64(seq)
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {

@@ -39,11 +39,19 @@ CREATE TABLE cases (
     UNIQUE (landlord_org, tenancy_ref, recipient_org)
 ) STRICT;
 
+-- Each recipient's own alert sequence, so that a recipient's sequence numbers say nothing about
+-- how many alerts other organisations received. Never reused, even after a purge.
+CREATE TABLE alert_sequences (
+    recipient_org TEXT PRIMARY KEY,
+    last_seq      INTEGER NOT NULL
+) STRICT;
+
 -- The outbox: one row per alert per recipient, in delivery order.
 CREATE TABLE alerts (
-    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
     alert_id          TEXT NOT NULL UNIQUE,
     recipient_org     TEXT NOT NULL,
+    seq               INTEGER NOT NULL,       -- the recipient's own sequence (alert_sequences)
     flow_id           TEXT NOT NULL,
     consent_id        TEXT NOT NULL,
     report_id         TEXT NOT NULL,
@@ -51,7 +59,8 @@ CREATE TABLE alerts (
     case_ref          TEXT NOT NULL,
     payload           TEXT NOT NULL,          -- the minimised fields, JSON
     created_at        INTEGER NOT NULL,
-    acked_at          INTEGER
+    acked_at          INTEGER,
+    UNIQUE (recipient_org, seq)
 ) STRICT;
 CREATE INDEX alerts_pending ON alerts (recipient_org, seq) WHERE acked_at IS NULL;
 CREATE INDEX alerts_by_consent ON alerts (consent_id);
