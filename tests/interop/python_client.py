@@ -186,6 +186,12 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
     except grpc.RpcError as err:
         check("landlord calling EnrolClient: PERMISSION_DENIED", err.code() == grpc.StatusCode.PERMISSION_DENIED)
 
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    services = set(ProtoReflectionDescriptorDatabase(channel(port, pki, "helsinki-social")).get_services())
+    check("server reflection lists both services",
+          {"silta.v1.Landlord", "silta.v1.SocialServices"} <= services)
+
     withdrawn = social.WithdrawConsent(ss.WithdrawConsentRequest(consent_id=enrolled.consent_id), timeout=10)
     check("WithdrawConsent withdraws the consent", list(withdrawn.withdrawn_consent_ids) == [enrolled.consent_id])
 

@@ -172,9 +172,16 @@ pub async fn start(
         tuning: config.tuning.clone(),
     });
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and other tools older than 2023 speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let local_addr = listener
         .local_addr()
@@ -189,7 +196,8 @@ pub async fn start(
         .add_service(proto::social_services_server::SocialServicesServer::new(
             services::SocialServicesService::new(Arc::clone(&gw)),
         ))
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     drop(gw);
 
     let server_stop = stop.clone();
