@@ -64,6 +64,35 @@ impl Frontier {
         self.size
     }
 
+    /// The perfect subtrees `(level, index)` on the right edge of a tree of `size` leaves,
+    /// largest first: the O(log n) nodes to read to resume appending to a stored tree.
+    pub fn edge_nodes(size: u64) -> Vec<(u32, u64)> {
+        let mut start = 0u64;
+        (0..64u32)
+            .rev()
+            .filter(|level| (size >> level) & 1 == 1)
+            .map(|level| {
+                let node = (level, start >> level);
+                start += 1 << level;
+                node
+            })
+            .collect()
+    }
+
+    /// Resumes a tree of `size` leaves from the hashes of its [`Frontier::edge_nodes`], in
+    /// that order; `None` if the count does not match.
+    pub fn from_edge(size: u64, hashes: &[Hash]) -> Option<Self> {
+        let nodes = Self::edge_nodes(size);
+        (nodes.len() == hashes.len()).then(|| Frontier {
+            size,
+            edge: nodes
+                .iter()
+                .map(|&(level, _)| level)
+                .zip(hashes.iter().copied())
+                .collect(),
+        })
+    }
+
     /// Appends a leaf hash; calls `completed(level, index, hash)` for every perfect subtree the
     /// leaf completes, the leaf itself (level 0) first.
     pub fn append(&mut self, leaf: Hash, mut completed: impl FnMut(u32, u64, &Hash)) {

@@ -334,3 +334,21 @@ fn checkpoints_round_trip_and_reject_tampering_and_other_keys() {
             .is_err()
     );
 }
+
+proptest! {
+    #[test]
+    fn a_frontier_resumed_from_stored_edge_nodes_continues_the_same_tree(n in 0usize..500, more in 1usize..50) {
+        let d = leaves(n + more, 99);
+        let t = tree_of(&d[..n]);
+        let edge: Vec<Hash> = silta_ledger::tree::Frontier::edge_nodes(n as u64)
+            .into_iter()
+            .map(|(level, index)| silta_ledger::tree::NodeSource::node(&t, level, index).expect("stored"))
+            .collect();
+        let mut resumed = silta_ledger::tree::Frontier::from_edge(n as u64, &edge).expect("edge matches size");
+        prop_assert_eq!(resumed.root(), mth(&d[..n]));
+        for leaf in &d[n..] {
+            resumed.append(*leaf, |_, _, _| {});
+        }
+        prop_assert_eq!(resumed.root(), mth(&d));
+    }
+}
