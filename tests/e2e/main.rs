@@ -3,5 +3,6 @@
 
 mod delivery;
 mod identity;
+mod ledger;
 mod privacy;
 mod reports;

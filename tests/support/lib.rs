@@ -30,6 +30,8 @@ pub struct TestGateway {
     pub pki: DevPki,
     /// The gateway's configuration.
     pub config: Config,
+    /// The verifier key of the ledger's checkpoints.
+    pub checkpoint_key: String,
     secret: [u8; 32],
     running: Option<RunningGateway>,
 }
@@ -80,6 +82,7 @@ impl TestGateway {
             pki,
             config,
             secret,
+            checkpoint_key: String::new(),
             running: None,
         };
         gw.boot().await;
@@ -91,11 +94,11 @@ impl TestGateway {
             .await
             .expect("bind");
         let secret = MasterSecret::from_bytes(&self.secret).expect("strong secret");
-        self.running = Some(
-            silta_server::start(&self.config, secret, listener)
-                .await
-                .expect("gateway starts"),
-        );
+        let running = silta_server::start(&self.config, secret, listener)
+            .await
+            .expect("gateway starts");
+        self.checkpoint_key = running.checkpoint_verifier_key.clone();
+        self.running = Some(running);
     }
 
     /// Where the gateway listens.
@@ -143,6 +146,20 @@ impl TestGateway {
     /// A social-services client as `org`.
     pub async fn social(&self, org: &str) -> SocialServicesClient<Channel> {
         SocialServicesClient::new(self.channel(org).await)
+    }
+
+    /// Rows of `sql` (one blob column) from the database, read-only.
+    pub async fn query_blobs(&self, sql: &str) -> Vec<Vec<u8>> {
+        let url = format!("sqlite://{}?mode=ro", self.db_path().display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("open database read-only");
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(sql)
+            .fetch_all(&pool)
+            .await
+            .expect("query");
+        pool.close().await;
+        rows
     }
 
     /// Rows of `sql` (one text column) from the database, read-only.

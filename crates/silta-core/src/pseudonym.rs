@@ -127,6 +127,13 @@ impl Pseudonymiser {
         out
     }
 
+    /// Derives the Ed25519 seed that signs the audit ledger's checkpoints.
+    pub fn checkpoint_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.inner
+            .secret
+            .derive(b"silta/checkpoint-signing/ed25519/v1")
+    }
+
     /// Derives the Ed25519 seed that signs consent receipts.
     pub(crate) fn receipt_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
         self.inner

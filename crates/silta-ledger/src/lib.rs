@@ -12,5 +12,6 @@ pub mod entry;
 pub mod hash;
 pub mod proof;
 pub mod tree;
+pub mod verify;
 
 pub use hash::{Hash, empty_root, leaf_hash, node_hash};

@@ -57,6 +57,7 @@ pub(crate) async fn run(
     mut jobs: mpsc::Receiver<Job>,
     max_batch: usize,
     stop: CancellationToken,
+    appended: Arc<tokio::sync::Notify>,
 ) {
     let max_batch = max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
@@ -82,6 +83,7 @@ pub(crate) async fn run(
                 for (org, seq) in woken {
                     notifier.notify(&org, seq);
                 }
+                appended.notify_one();
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = batch.len(), "group commit failed; callers may retry");

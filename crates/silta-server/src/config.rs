@@ -21,6 +21,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Identity-code rules.
     pub hetu: HetuConfig,
+    /// The audit ledger.
+    pub ledger: LedgerConfig,
     /// Group commit and delivery tuning.
     pub tuning: TuningConfig,
     /// Logging.
@@ -35,6 +37,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             secrets: SecretsConfig::default(),
             hetu: HetuConfig::default(),
+            ledger: LedgerConfig::default(),
             tuning: TuningConfig::default(),
             log: LogConfig::default(),
         }
@@ -56,6 +59,20 @@ impl Config {
         }
         if self.tls.trust_domain.is_empty() || self.tls.trust_domain.contains('/') {
             return Err("tls.trust_domain must be a non-empty name without '/'".into());
+        }
+        if self.ledger.origin.is_empty()
+            || self
+                .ledger
+                .origin
+                .contains(|c: char| c.is_whitespace() || c == '+')
+        {
+            return Err("ledger.origin must be non-empty, without spaces or '+'".into());
+        }
+        if !(100..=86_400_000).contains(&self.ledger.checkpoint_interval_ms) {
+            return Err("ledger.checkpoint_interval_ms must be between 100 and 86400000".into());
+        }
+        if self.ledger.checkpoint_every == 0 {
+            return Err("ledger.checkpoint_every must be at least 1".into());
         }
         if self.log.format != "pretty" && self.log.format != "json" {
             return Err("log.format must be \"pretty\" or \"json\"".into());
@@ -123,6 +140,29 @@ pub struct HetuConfig {
     /// Accept temporary identity codes (individual number 900–999), which test data uses.
     /// Keep `false` in production.
     pub allow_temporary: bool,
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// The log's name in its checkpoints (C2SP origin) and signing key name, e.g.
+    /// `silta.example.fi/audit`. Must be unique per deployment.
+    pub origin: String,
+    /// Publish a checkpoint at least this often (milliseconds) while the ledger grows.
+    pub checkpoint_interval_ms: u64,
+    /// …and as soon as this many entries were appended since the last one.
+    pub checkpoint_every: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            origin: "silta.local/audit".into(),
+            checkpoint_interval_ms: 10_000,
+            checkpoint_every: 1_000,
+        }
+    }
 }
 
 /// `[tuning]`

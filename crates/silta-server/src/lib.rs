@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod checkpoints;
 pub mod client;
 mod commit;
 pub mod config;
@@ -78,6 +79,8 @@ pub struct RunningGateway {
     pub local_addr: SocketAddr,
     /// The receipt-signing public key.
     pub receipt_public_key: Vec<u8>,
+    /// The verifier key of the ledger's checkpoints (C2SP signed-note form).
+    pub checkpoint_verifier_key: String,
     stop: CancellationToken,
     server: JoinHandle<Result<(), ServeError>>,
 }
@@ -132,8 +135,22 @@ pub async fn start(
         Pseudonymiser::new(secret, config.secrets.pseudonym_key_version.unwrap_or(1));
     let signer = ReceiptSigner::new(&pseudonymiser);
     let receipt_public_key = signer.public_key().to_vec();
+    let checkpoint_signer = silta_ledger::checkpoint::NoteSigner::from_seed(
+        &config.ledger.origin,
+        &pseudonymiser.checkpoint_seed(),
+    )
+    .map_err(|e| ServeError::Config(format!("ledger.origin: {e}")))?;
+    let checkpoint_verifier_key = checkpoint_signer.verifier_key();
+    let appended = Arc::new(tokio::sync::Notify::new());
+    let checkpointer = Arc::new(checkpoints::Checkpointer {
+        store: Arc::clone(&store),
+        signer: checkpoint_signer,
+        config: config.ledger.clone(),
+        appended: Arc::clone(&appended),
+    });
     let notifier = Arc::new(delivery::Notifier::default());
     let stop = CancellationToken::new();
+    let checkpoint_task = tokio::spawn(Arc::clone(&checkpointer).run(stop.clone()));
 
     let (commits, jobs) = mpsc::channel(config.tuning.max_batch.max(1) * 4);
     let committer = tokio::spawn(commit::run(
@@ -143,6 +160,7 @@ pub async fn start(
         jobs,
         config.tuning.max_batch,
         stop.clone(),
+        appended,
     ));
     // Without its committer the gateway can store nothing: stop it so a supervisor restarts it,
     // rather than keep accepting connections that can only fail.
@@ -223,6 +241,19 @@ pub async fn start(
                 true
             }
         };
+        // The last checkpoint covers everything committed, so an auditor can verify up to the
+        // final entry.
+        let _ = checkpoint_task.await;
+        let last = store
+            .latest_checkpoint()
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.size);
+        if let Err(e) = checkpointer.publish(last).await {
+            tracing::error!(error = %e, "final checkpoint not published");
+        }
+        drop(checkpointer);
         store.close().await;
         tracing::info!("gateway stopped");
         served.map_err(ServeError::from)?;
@@ -237,6 +268,7 @@ pub async fn start(
     Ok(RunningGateway {
         local_addr,
         receipt_public_key,
+        checkpoint_verifier_key,
         stop,
         server,
     })

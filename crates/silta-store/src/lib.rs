@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ledger;
 mod sqlite;
 mod time_conv;
 
@@ -22,6 +23,8 @@ use silta_core::decision::Permit;
 use silta_core::pseudonym::Pseudonym;
 use time::OffsetDateTime;
 
+pub use ledger::ledger_entry;
+pub use silta_ledger::Hash;
 pub use sqlite::SqliteStore;
 
 /// A store failure. Callers map it to `UNAVAILABLE`: the request may be retried.
@@ -34,6 +37,9 @@ pub enum StoreError {
     /// A schema migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// An audit record could not be encoded as a ledger entry.
+    #[error("ledger entry: {0}")]
+    Entry(#[from] silta_ledger::entry::EntryError),
     /// Stored data could not be read back (corruption or a newer schema).
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
@@ -153,6 +159,24 @@ pub struct Withdrawal {
     pub purged_alerts: u64,
 }
 
+/// The ledger's current size and root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerHead {
+    /// Entries in the ledger.
+    pub size: u64,
+    /// RFC 6962 root of those entries.
+    pub root: Hash,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The tree size it vouches for.
+    pub size: u64,
+    /// The signed note (C2SP signed-note text).
+    pub note: String,
+}
+
 /// The persistence seam. Implementations: [`SqliteStore`]; PostgreSQL follows.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -162,6 +186,12 @@ pub trait Store: Send + Sync + 'static {
     /// Unacknowledged alerts of `org` with a sequence greater than `after`, in order.
     async fn pending_alerts(&self, org: &OrgId, after: u64, limit: u32)
     -> Result<Vec<StoredAlert>>;
+
+    /// The ledger's current size and root (O(log n) reads).
+    async fn ledger_head(&self) -> Result<LedgerHead>;
+
+    /// The checkpoint with the largest tree size, if any.
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
 
     /// Waits for in-flight work and closes connections (flushing SQLite's WAL).
     async fn close(&self);
@@ -233,8 +263,18 @@ pub trait WriteTx: Send {
         now: OffsetDateTime,
     ) -> Result<u64>;
 
-    /// Appends an audit record.
-    async fn append_audit(&mut self, record: &AuditRecord) -> Result<()>;
+    /// Appends an audit record to the ledger: its canonical entry becomes the next leaf, and
+    /// the perfect subtrees it completes are stored. Returns its leaf index.
+    async fn append_audit(&mut self, record: &AuditRecord) -> Result<u64>;
+
+    /// Stores a signed checkpoint for tree size `size` with root `root`.
+    async fn append_checkpoint(
+        &mut self,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        now: OffsetDateTime,
+    ) -> Result<()>;
 
     /// Commits durably.
     async fn commit(self: Box<Self>) -> Result<()>;

@@ -19,9 +19,14 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
+use silta_ledger::tree::Frontier;
+use silta_ledger::{Hash, leaf_hash};
+use sqlx::SqliteConnection;
+
+use crate::ledger::ledger_entry;
 use crate::{
-    ConsentSubject, NewAlert, NewConsentRow, NewReport, Result, Store, StoreError, StoredAlert,
-    StoredReport, Withdrawal, WriteTx,
+    ConsentSubject, LedgerHead, NewAlert, NewConsentRow, NewReport, Result, Store, StoreError,
+    StoredAlert, StoredCheckpoint, StoredReport, Withdrawal, WriteTx,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -68,7 +73,30 @@ impl Store for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>> {
         Ok(Box::new(SqliteTx {
             tx: self.write.begin().await?,
+            frontier: None,
         }))
+    }
+
+    async fn ledger_head(&self) -> Result<LedgerHead> {
+        let mut conn = self.read.acquire().await?;
+        let frontier = load_frontier(&mut conn).await?;
+        Ok(LedgerHead {
+            size: frontier.size(),
+            root: frontier.root(),
+        })
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
+        let row = sqlx::query("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok(StoredCheckpoint {
+                size: seq_from_i64(r.try_get("size")?)?,
+                note: r.try_get("note")?,
+            })
+        })
+        .transpose()
     }
 
     async fn pending_alerts(
@@ -110,6 +138,34 @@ impl Store for SqliteStore {
 
 struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
+    /// The ledger's right edge, read on the first append of this transaction and advanced in
+    /// memory; dropped with the transaction, so a rollback leaves nothing stale.
+    frontier: Option<Frontier>,
+}
+
+/// Reads the ledger's size and right edge: O(log n) indexed reads.
+async fn load_frontier(conn: &mut SqliteConnection) -> Result<Frontier> {
+    let size: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit")
+        .fetch_one(&mut *conn)
+        .await?;
+    let size = seq_from_i64(size)?;
+    let mut edge = Vec::new();
+    for (level, index) in Frontier::edge_nodes(size) {
+        let hash: Vec<u8> =
+            sqlx::query_scalar("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?")
+                .bind(i64::from(level))
+                .bind(seq_to_i64(index))
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("ledger node ({level}, {index}) is missing"))
+                })?;
+        edge.push(
+            Hash::try_from(hash.as_slice())
+                .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))?,
+        );
+    }
+    Frontier::from_edge(size, &edge).ok_or_else(|| StoreError::Corrupt("ledger edge".into()))
 }
 
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
@@ -361,12 +417,28 @@ impl WriteTx for SqliteTx {
         Ok(done)
     }
 
-    async fn append_audit(&mut self, r: &AuditRecord) -> Result<()> {
+    async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {
+        let entry = ledger_entry(r).encode()?;
+        let leaf = leaf_hash(&entry);
+        if self.frontier.is_none() {
+            self.frontier = Some(load_frontier(&mut self.tx).await?);
+        }
+        let frontier = self
+            .frontier
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("ledger edge".into()))?;
+        let seq = frontier.size();
+        let mut completed: Vec<(u32, u64, Hash)> = Vec::with_capacity(4);
+        frontier.append(leaf, |level, index, hash| {
+            completed.push((level, index, *hash))
+        });
         sqlx::query(
-            "INSERT INTO audit (at, request_id, actor_org, actor_role, actor_person, action,
-                                flow_id, outcome, reason, policy_ids, subject, fields, recipients)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person, action,
+                                flow_id, outcome, reason, policy_ids, subject, fields, recipients,
+                                entry, leaf_hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(seq_to_i64(seq))
         .bind(to_ms(r.at))
         .bind(&r.request_id)
         .bind(r.actor.org.as_str())
@@ -382,6 +454,36 @@ impl WriteTx for SqliteTx {
         .bind(json_list(
             &r.recipients.iter().map(OrgId::as_str).collect::<Vec<_>>(),
         ))
+        .bind(&entry)
+        .bind(leaf.as_slice())
+        .execute(&mut *self.tx)
+        .await?;
+        for (level, index, hash) in completed {
+            sqlx::query("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)")
+                .bind(i64::from(level))
+                .bind(seq_to_i64(index))
+                .bind(hash.as_slice())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(seq)
+    }
+
+    async fn append_checkpoint(
+        &mut self,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (size) DO NOTHING",
+        )
+        .bind(seq_to_i64(size))
+        .bind(root.as_slice())
+        .bind(note)
+        .bind(to_ms(now))
         .execute(&mut *self.tx)
         .await?;
         Ok(())

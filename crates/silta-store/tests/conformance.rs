@@ -262,7 +262,81 @@ async fn an_uncommitted_transaction_leaves_nothing(store: &dyn Store) {
     );
 }
 
+async fn audit_appends_build_a_ledger_that_survives_rollbacks(store: &dyn Store) {
+    let caller = Caller {
+        org: org("ll"),
+        role: Role::Landlord,
+    };
+    let start = store.ledger_head().await.expect("head").size;
+    let mut expected = Vec::new();
+    for batch in 0..5u64 {
+        let mut tx = store.begin().await.expect("begin");
+        for i in 0..=batch {
+            let mut record = AuditRecord::new(
+                now(),
+                &format!("req-{batch}-{i}"),
+                &caller,
+                "Test",
+                Outcome::Allow,
+                "x",
+            );
+            record.fields = vec!["arrears_band".into()];
+            let index = tx.append_audit(&record).await.expect("append");
+            assert_eq!(index, start + expected.len() as u64);
+            expected.push(
+                silta_store::ledger_entry(&record)
+                    .encode()
+                    .expect("encodes"),
+            );
+        }
+        tx.commit().await.expect("commit");
+        // A rolled-back append leaves no gap and no stray node behind.
+        let mut tx = store.begin().await.expect("begin");
+        tx.append_audit(&AuditRecord::new(
+            now(),
+            "rolled-back",
+            &caller,
+            "Test",
+            Outcome::Deny,
+            "x",
+        ))
+        .await
+        .expect("append");
+        drop(tx);
+    }
+    let head = store.ledger_head().await.expect("head");
+    assert_eq!(head.size, start + expected.len() as u64);
+    if start == 0 {
+        let mut tree = silta_ledger::tree::MemoryTree::new();
+        expected
+            .iter()
+            .for_each(|e| tree.append(silta_ledger::leaf_hash(e)));
+        assert_eq!(
+            head.root,
+            tree.root(),
+            "the stored tree is the tree of the entries"
+        );
+    }
+
+    assert!(store.latest_checkpoint().await.expect("latest").is_none());
+    let mut tx = store.begin().await.expect("begin");
+    tx.append_checkpoint(head.size, &head.root, "note\n", now())
+        .await
+        .expect("checkpoint");
+    tx.append_checkpoint(head.size, &head.root, "note\n", now())
+        .await
+        .expect("same checkpoint again");
+    tx.commit().await.expect("commit");
+    let latest = store
+        .latest_checkpoint()
+        .await
+        .expect("latest")
+        .expect("stored");
+    assert_eq!((latest.size, latest.note.as_str()), (head.size, "note\n"));
+}
+
 async fn suite(store: &dyn Store) {
+    audit_appends_build_a_ledger_that_survives_rollbacks(store).await;
     consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(store).await;
     alerts_are_pending_in_order_until_acknowledged(store).await;
     reports_are_found_by_key_and_cases_are_stable(store).await;

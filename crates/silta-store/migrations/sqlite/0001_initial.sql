@@ -65,10 +65,12 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_pending ON alerts (recipient_org, seq) WHERE acked_at IS NULL;
 CREATE INDEX alerts_by_consent ON alerts (consent_id);
 
--- Append-only audit trail: one row per decision, allow or deny. Rows are never updated or
--- deleted (triggers below); the Merkle ledger will be built over them.
+-- The audit ledger: one row per decision, allow or deny. `seq` is the leaf index in the
+-- RFC 6962 tree (0, 1, 2, … with no gaps); `entry` is the canonical encoding the leaf hash
+-- covers (silta-ledger `entry` v1); the other columns index it for queries. Rows are never
+-- updated or deleted (triggers below).
 CREATE TABLE audit (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq          INTEGER PRIMARY KEY,
     at           INTEGER NOT NULL,
     request_id   TEXT NOT NULL,
     actor_org    TEXT NOT NULL,
@@ -81,9 +83,37 @@ CREATE TABLE audit (
     policy_ids   TEXT NOT NULL,               -- JSON array
     subject      TEXT,                        -- pseudonym in the audit domain
     fields       TEXT NOT NULL,               -- JSON array of field names
-    recipients   TEXT NOT NULL                -- JSON array of organisation ids
+    recipients   TEXT NOT NULL,               -- JSON array of organisation ids
+    entry        BLOB NOT NULL,               -- canonical entry bytes
+    leaf_hash    BLOB NOT NULL                -- SHA-256(0x00 || entry)
+) STRICT;
+
+-- Hashes of the ledger's perfect subtrees: (level, idx) covers leaves
+-- [idx * 2^level, (idx + 1) * 2^level). Written once, when the subtree's last leaf is appended,
+-- so any root or proof costs O(log n) reads.
+CREATE TABLE ledger_nodes (
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) STRICT, WITHOUT ROWID;
+
+-- Signed checkpoints (C2SP tlog-checkpoint in a signed note), one per published tree size.
+CREATE TABLE checkpoints (
+    size       INTEGER PRIMARY KEY,
+    root       BLOB NOT NULL,
+    note       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
 ) STRICT;
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+CREATE TRIGGER ledger_nodes_no_update BEFORE UPDATE ON ledger_nodes
+BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
+CREATE TRIGGER ledger_nodes_no_delete BEFORE DELETE ON ledger_nodes
+BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
+CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
