@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 const PROTOS: &[&str] = &[
+    "silta/v1/audit.proto",
     "silta/v1/common.proto",
     "silta/v1/landlord.proto",
     "silta/v1/social_services.proto",
@@ -14,6 +15,7 @@ const HOLDS_HETU: &[&str] = &[
     ".silta.v1.ReportRentArrearsRequest",
     ".silta.v1.EnrolClientRequest",
     ".silta.v1.SubjectPurpose",
+    ".silta.v1.AuditQueryRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -137,3 +137,197 @@ async fn the_ledger_continues_across_restarts() {
     let verified = verify(&entries, &notes, &gw.checkpoint_key).expect("one tree across restarts");
     assert_eq!((verified.entries, verified.anchored), (2, 2));
 }
+
+mod service {
+    use std::time::Duration;
+
+    use silta_ledger::checkpoint::NoteVerifier;
+    use silta_ledger::proof::{verify_consistency, verify_inclusion};
+    use silta_server::proto;
+    use silta_tests::{DPO, LANDLORD, SOCIAL_A, TestGateway, enrol, report};
+    use tokio_stream::StreamExt;
+    use tonic::Code;
+
+    const RESIDENT: &str = "150385-9345";
+    const OTHER: &str = "020702A9514";
+
+    fn hash(bytes: &[u8]) -> silta_ledger::Hash {
+        bytes.try_into().expect("32 bytes")
+    }
+
+    async fn checkpoint_at_least(gw: &TestGateway, size: u64) -> proto::SignedCheckpoint {
+        let mut audit = gw.audit(DPO).await;
+        for _ in 0..100 {
+            if let Ok(c) = audit
+                .get_checkpoint(proto::GetCheckpointRequest { size: 0 })
+                .await
+            {
+                let c = c.into_inner();
+                if c.size >= size {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no checkpoint of size {size} within 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dpo_answers_an_access_request_and_proves_it_from_checkpoints() {
+        let gw = TestGateway::start_with(|c| c.ledger.checkpoint_every = 1).await;
+        let mut social = gw.social(SOCIAL_A).await;
+        let mut landlord = gw.landlord(LANDLORD).await;
+        social
+            .enrol_client(enrol(RESIDENT))
+            .await
+            .expect("enrolled");
+        landlord
+            .report_rent_arrears(report("a-1", RESIDENT))
+            .await
+            .expect("accepted");
+        landlord
+            .report_rent_arrears(report("a-2", OTHER))
+            .await
+            .expect("accepted");
+        let first = checkpoint_at_least(&gw, 3).await;
+
+        // A resident's access request: by identity code, only their entries.
+        let mut audit = gw.audit(DPO).await;
+        let query = proto::AuditQueryRequest {
+            subject_hetu: RESIDENT.into(),
+            ..Default::default()
+        };
+        let entries: Vec<proto::AuditEntry> = audit
+            .query(query)
+            .await
+            .expect("query")
+            .into_inner()
+            .collect::<Result<_, _>>()
+            .await
+            .expect("entries");
+        let what: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.action.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            what,
+            [
+                ("SocialServices.EnrolClient", "consent-recorded"),
+                ("Landlord.ReportRentArrears", "consent")
+            ]
+        );
+        let disclosure = &entries[1];
+        assert_eq!(disclosure.recipients, [SOCIAL_A]);
+        assert!(disclosure.fields.contains(&"arrears_band".to_owned()));
+        assert!(
+            !format!("{entries:?}").contains("150385"),
+            "the identity code came back"
+        );
+
+        // Each entry is provably in the checkpointed tree.
+        let verifier = NoteVerifier::parse(&gw.checkpoint_key).expect("key");
+        assert_eq!(first.verifier_key, gw.checkpoint_key);
+        let cp = verifier
+            .open_checkpoint(&first.note, "silta.local/audit")
+            .expect("signed checkpoint");
+        for e in &entries {
+            let p = audit
+                .get_inclusion_proof(proto::GetInclusionProofRequest {
+                    index: e.index,
+                    tree_size: cp.size,
+                })
+                .await
+                .expect("proof")
+                .into_inner();
+            let path: Vec<_> = p.hashes.iter().map(|h| hash(h)).collect();
+            assert_eq!(hash(&p.leaf_hash), silta_ledger::leaf_hash(&e.entry));
+            verify_inclusion(&hash(&e.leaf_hash), e.index, cp.size, &path, &cp.root)
+                .expect("included");
+        }
+
+        // The ledger only grows: the next checkpoint extends the first.
+        landlord
+            .report_rent_arrears(report("a-3", OTHER))
+            .await
+            .expect("accepted");
+        let second = checkpoint_at_least(&gw, cp.size + 2).await;
+        let cp2 = verifier
+            .open_checkpoint(&second.note, "silta.local/audit")
+            .expect("signed");
+        let proof = audit
+            .get_consistency_proof(proto::GetConsistencyProofRequest {
+                from_size: cp.size,
+                to_size: cp2.size,
+            })
+            .await
+            .expect("proof")
+            .into_inner();
+        let path: Vec<_> = proof.hashes.iter().map(|h| hash(h)).collect();
+        verify_consistency(cp.size, cp2.size, &cp.root, &cp2.root, &path).expect("consistent");
+
+        // The export verifies offline.
+        let items: Vec<proto::ExportItem> = audit
+            .export(proto::ExportRequest::default())
+            .await
+            .expect("export")
+            .into_inner()
+            .collect::<Result<_, _>>()
+            .await
+            .expect("items");
+        let mut entries = Vec::new();
+        let mut notes = Vec::new();
+        for item in items {
+            match item.item.expect("item") {
+                proto::export_item::Item::Entry(e) => entries.push(e.entry),
+                proto::export_item::Item::CheckpointNote(n) => notes.push(n),
+            }
+        }
+        let notes: Vec<&str> = notes.iter().map(String::as_str).collect();
+        let verified = silta_ledger::verify::verify_export(
+            entries.iter().map(Vec::as_slice),
+            &notes,
+            &verifier,
+            "silta.local/audit",
+        )
+        .expect("export verifies");
+        assert!(verified.entries >= cp2.size);
+        let queries = gw
+            .query_strings("SELECT reason FROM audit WHERE action LIKE 'Audit.%'")
+            .await;
+        assert!(
+            queries.contains(&"ledger-query".to_owned())
+                && queries.contains(&"ledger-export".to_owned())
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_dpo_may_read_the_ledger_and_attempts_are_recorded() {
+        let gw = TestGateway::start().await;
+        for org in [LANDLORD, SOCIAL_A] {
+            let err = gw
+                .audit(org)
+                .await
+                .query(proto::AuditQueryRequest {
+                    subject_hetu: RESIDENT.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("not a DPO");
+            assert_eq!(err.code(), Code::PermissionDenied);
+        }
+        let denied = gw
+            .query_strings("SELECT actor_org FROM audit WHERE action = 'Audit.Query' AND outcome = 'deny' ORDER BY seq")
+            .await;
+        assert_eq!(denied, [LANDLORD, SOCIAL_A]);
+        let err = gw
+            .audit(DPO)
+            .await
+            .query(proto::AuditQueryRequest {
+                subject_hetu: "150385-9346".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad code");
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+}

@@ -143,6 +143,14 @@ impl TestGateway {
         LandlordClient::new(self.channel(org).await)
     }
 
+    /// An audit client as `org`.
+    pub async fn audit(
+        &self,
+        org: &str,
+    ) -> silta_server::proto::audit_client::AuditClient<Channel> {
+        silta_server::proto::audit_client::AuditClient::new(self.channel(org).await)
+    }
+
     /// A social-services client as `org`.
     pub async fn social(&self, org: &str) -> SocialServicesClient<Channel> {
         SocialServicesClient::new(self.channel(org).await)

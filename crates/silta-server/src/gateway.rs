@@ -86,6 +86,7 @@ pub struct Gateway {
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) stop: CancellationToken,
     pub(crate) tuning: TuningConfig,
+    pub(crate) checkpoint_verifier_key: String,
 }
 
 impl Gateway {
@@ -110,30 +111,38 @@ impl Gateway {
         err: &ApiError,
         subject: Option<Pseudonym>,
     ) {
+        self.record(ctx, Outcome::Deny, err.reason(), subject).await;
+    }
+
+    /// Records a decision that writes nothing else (a denial, a DPO's query) through the
+    /// group committer, and waits until it is durable.
+    pub async fn record(
+        &self,
+        ctx: &RequestContext,
+        outcome: Outcome,
+        reason: &str,
+        subject: Option<Pseudonym>,
+    ) {
         let mut record = AuditRecord::new(
             OffsetDateTime::now_utc(),
             &ctx.request_id,
             &ctx.caller,
             ctx.action,
-            Outcome::Deny,
-            err.reason(),
+            outcome,
+            reason,
         );
         record.subject = subject;
         let (reply, done) = oneshot::channel();
-        if self
-            .commits
-            .send(Job::Audit {
-                record: Box::new(record),
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            tracing::error!(request_id = %ctx.request_id, "denial not audited: committer stopped");
+        let job = Job::Audit {
+            record: Box::new(record),
+            reply,
+        };
+        if self.commits.send(job).await.is_err() {
+            tracing::error!(request_id = %ctx.request_id, "decision not recorded: committer stopped");
             return;
         }
         if let Ok(Err(e)) | Err(e) = done.await.map_err(|_| ApiError::ShuttingDown) {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "denial not audited");
+            tracing::error!(request_id = %ctx.request_id, error = %e, "decision not recorded");
         }
     }
 
@@ -460,7 +469,7 @@ impl Gateway {
             .ok()
     }
 
-    async fn deny(
+    pub(crate) async fn deny(
         &self,
         ctx: &RequestContext,
         err: ApiError,

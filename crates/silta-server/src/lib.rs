@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 mod checkpoints;
 pub mod client;
 mod commit;
@@ -188,6 +189,7 @@ pub async fn start(
         notifier,
         stop: stop.clone(),
         tuning: config.tuning.clone(),
+        checkpoint_verifier_key: checkpoint_verifier_key.clone(),
     });
 
     // Reflection in both versions: grpcurl and other tools older than 2023 speak only v1alpha.
@@ -213,6 +215,9 @@ pub async fn start(
         ))
         .add_service(proto::social_services_server::SocialServicesServer::new(
             services::SocialServicesService::new(Arc::clone(&gw)),
+        ))
+        .add_service(proto::audit_server::AuditServer::new(
+            audit::AuditService::new(Arc::clone(&gw)),
         ))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use crate::proto::{EnrolClientRequest, ReportRentArrearsRequest, SubjectPurpose};
+use crate::proto::{
+    AuditQueryRequest, EnrolClientRequest, ReportRentArrearsRequest, SubjectPurpose,
+};
 
 const MASK: &str = "***********";
 
@@ -39,6 +41,29 @@ impl fmt::Debug for SubjectPurpose {
         f.debug_struct("SubjectPurpose")
             .field("hetu", &MASK)
             .field("purpose", &self.purpose)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AuditQueryRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditQueryRequest")
+            .field(
+                "subject_hetu",
+                &if self.subject_hetu.is_empty() {
+                    ""
+                } else {
+                    MASK
+                },
+            )
+            .field("subject_pseudonym", &self.subject_pseudonym)
+            .field("organisation", &self.organisation)
+            .field("flow_id", &self.flow_id)
+            .field("outcome", &self.outcome)
+            .field("from_time", &self.from_time)
+            .field("until_time", &self.until_time)
+            .field("start_index", &self.start_index)
+            .field("limit", &self.limit)
             .finish()
     }
 }

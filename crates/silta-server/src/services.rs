@@ -23,7 +23,7 @@ use crate::tls::PeerInfo;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Reads the caller from the connection and mints a request id.
-fn context<T>(req: &Request<T>, action: &'static str) -> Result<RequestContext, Status> {
+pub(crate) fn context<T>(req: &Request<T>, action: &'static str) -> Result<RequestContext, Status> {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let refused = match req.extensions().get::<PeerInfo>().map(|p| p.caller.clone()) {
         Some(Ok(caller)) => {
@@ -46,7 +46,7 @@ fn context<T>(req: &Request<T>, action: &'static str) -> Result<RequestContext, 
 }
 
 /// Logs the call's outcome (never its content) and shapes the response.
-fn finish<T>(
+pub(crate) fn finish<T>(
     ctx: &RequestContext,
     started: Instant,
     result: Result<T, ApiError>,
@@ -74,7 +74,7 @@ fn finish<T>(
     Ok(response)
 }
 
-fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     let nanos = t.unix_timestamp_nanos();
     prost_types::Timestamp {
         seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or(i64::MAX),
@@ -82,7 +82,7 @@ fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
-fn from_timestamp(
+pub(crate) fn from_timestamp(
     v: &mut Violations,
     field: &str,
     ts: Option<&prost_types::Timestamp>,

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// The thing asked about does not exist for this caller.
     #[error("{0}")]
     NotFound(&'static str),
+    /// The request cannot be served in the current state (e.g. no checkpoint yet).
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
     /// The idempotency key was used with a different body.
     #[error("{0}")]
     AlreadyExists(&'static str),
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::PermissionDenied(_) => "role-not-allowed",
             ApiError::NotFound(_) => "not-found",
+            ApiError::FailedPrecondition(_) => "failed-precondition",
             ApiError::AlreadyExists(_) => "idempotency-conflict",
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
         }

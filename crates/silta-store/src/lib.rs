@@ -177,6 +177,38 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// Which ledger entries to read. Unset fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Audit-domain subject pseudonym.
+    pub subject: Option<String>,
+    /// The acting or receiving organisation.
+    pub organisation: Option<String>,
+    /// Flow id.
+    pub flow_id: Option<String>,
+    /// `allow` or `deny`.
+    pub outcome: Option<String>,
+    /// At or after (inclusive).
+    pub from: Option<OffsetDateTime>,
+    /// Before (exclusive).
+    pub until: Option<OffsetDateTime>,
+    /// First leaf index (inclusive).
+    pub start_index: u64,
+    /// One past the last leaf index.
+    pub end_index: Option<u64>,
+    /// Most entries.
+    pub limit: u32,
+}
+
+/// A ledger entry as stored: its leaf index and canonical bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Leaf index.
+    pub index: u64,
+    /// Canonical entry bytes.
+    pub entry: Vec<u8>,
+}
+
 /// The persistence seam. Implementations: [`SqliteStore`]; PostgreSQL follows.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -192,6 +224,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The checkpoint with the largest tree size, if any.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
+
+    /// Every checkpoint with a size up to `max_size`, smallest first.
+    async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>>;
+
+    /// Ledger entries matching `filter`, in leaf order.
+    async fn ledger_entries(&self, filter: &AuditFilter) -> Result<Vec<LedgerEntry>>;
+
+    /// The hashes of perfect subtrees `(level, index)`, in the order asked.
+    async fn ledger_nodes(&self, wanted: &[(u32, u64)]) -> Result<Vec<Hash>>;
 
     /// Waits for in-flight work and closes connections (flushing SQLite's WAL).
     async fn close(&self);

@@ -12,21 +12,19 @@ use silta_core::audit::AuditRecord;
 use silta_core::consent::{ConsentRecord, ConsentState};
 use silta_core::decision::Permit;
 use silta_core::pseudonym::Pseudonym;
+use silta_ledger::tree::Frontier;
+use silta_ledger::{Hash, leaf_hash};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
 
-use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
-use silta_ledger::tree::Frontier;
-use silta_ledger::{Hash, leaf_hash};
-use sqlx::SqliteConnection;
-
 use crate::ledger::ledger_entry;
+use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    ConsentSubject, LedgerHead, NewAlert, NewConsentRow, NewReport, Result, Store, StoreError,
-    StoredAlert, StoredCheckpoint, StoredReport, Withdrawal, WriteTx,
+    AuditFilter, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewConsentRow, NewReport,
+    Result, Store, StoreError, StoredAlert, StoredCheckpoint, StoredReport, Withdrawal, WriteTx,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -130,6 +128,72 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>> {
+        let rows = sqlx::query("SELECT size, note FROM checkpoints WHERE size <= ? ORDER BY size")
+            .bind(seq_to_i64(max_size))
+            .fetch_all(&self.read)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredCheckpoint {
+                    size: seq_from_i64(r.try_get("size")?)?,
+                    note: r.try_get("note")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ledger_entries(&self, f: &AuditFilter) -> Result<Vec<LedgerEntry>> {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new("SELECT seq, entry FROM audit WHERE seq >= ");
+        q.push_bind(seq_to_i64(f.start_index));
+        if let Some(end) = f.end_index {
+            q.push(" AND seq < ").push_bind(seq_to_i64(end));
+        }
+        if let Some(subject) = &f.subject {
+            q.push(" AND subject = ").push_bind(subject);
+        }
+        if let Some(org) = &f.organisation {
+            q.push(" AND (actor_org = ")
+                .push_bind(org)
+                .push(" OR EXISTS (SELECT 1 FROM json_each(audit.recipients) WHERE value = ")
+                .push_bind(org)
+                .push("))");
+        }
+        if let Some(flow) = &f.flow_id {
+            q.push(" AND flow_id = ").push_bind(flow);
+        }
+        if let Some(outcome) = &f.outcome {
+            q.push(" AND outcome = ").push_bind(outcome);
+        }
+        if let Some(from) = f.from {
+            q.push(" AND at >= ").push_bind(to_ms(from));
+        }
+        if let Some(until) = f.until {
+            q.push(" AND at < ").push_bind(to_ms(until));
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(f.limit));
+        q.build()
+            .fetch_all(&self.read)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(LedgerEntry {
+                    index: seq_from_i64(r.try_get("seq")?)?,
+                    entry: r.try_get("entry")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ledger_nodes(&self, wanted: &[(u32, u64)]) -> Result<Vec<Hash>> {
+        let mut conn = self.read.acquire().await?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for &(level, index) in wanted {
+            out.push(read_node(&mut conn, level, index).await?);
+        }
+        Ok(out)
+    }
+
     async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
@@ -151,21 +215,23 @@ async fn load_frontier(conn: &mut SqliteConnection) -> Result<Frontier> {
     let size = seq_from_i64(size)?;
     let mut edge = Vec::new();
     for (level, index) in Frontier::edge_nodes(size) {
-        let hash: Vec<u8> =
-            sqlx::query_scalar("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?")
-                .bind(i64::from(level))
-                .bind(seq_to_i64(index))
-                .fetch_optional(&mut *conn)
-                .await?
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("ledger node ({level}, {index}) is missing"))
-                })?;
-        edge.push(
-            Hash::try_from(hash.as_slice())
-                .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))?,
-        );
+        edge.push(read_node(conn, level, index).await?);
     }
     Frontier::from_edge(size, &edge).ok_or_else(|| StoreError::Corrupt("ledger edge".into()))
+}
+
+async fn read_node(conn: &mut SqliteConnection, level: u32, index: u64) -> Result<Hash> {
+    let hash: Vec<u8> =
+        sqlx::query_scalar("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?")
+            .bind(i64::from(level))
+            .bind(seq_to_i64(index))
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("ledger node ({level}, {index}) is missing"))
+            })?;
+    Hash::try_from(hash.as_slice())
+        .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))
 }
 
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
