@@ -1,4 +1,4 @@
-//! A client channel over mTLS, for the demo, the tests and Rust integrators.
+//! A client channel over mTLS, for the demo, the tests, the CLI and Rust integrators.
 
 use std::net::SocketAddr;
 
@@ -12,11 +12,30 @@ pub async fn connect(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<Channel, tonic::transport::Error> {
+    connect_to(
+        &format!("https://{addr}"),
+        "localhost",
+        ca_pem,
+        cert_pem,
+        key_pem,
+    )
+    .await
+}
+
+/// Connects to the gateway at `url` (`https://host:port`), expecting its certificate to name
+/// `server_name`.
+pub async fn connect_to(
+    url: &str,
+    server_name: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Channel, tonic::transport::Error> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(Identity::from_pem(cert_pem, key_pem))
-        .domain_name("localhost");
-    Endpoint::from_shared(format!("https://{addr}"))?
+        .domain_name(server_name);
+    Endpoint::from_shared(url.to_owned())?
         .tls_config(tls)?
         .connect()
         .await

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_cli;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ enum Command {
         #[arg(long = "client", value_name = "ORG:ROLE")]
         clients: Vec<String>,
     },
+    /// The data-protection officer's ledger tools: export, verify offline, disclosure reports.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
+    },
     /// Manages the master secret and shows derived public keys.
     Keys {
         #[command(subcommand)]
@@ -93,6 +99,14 @@ fn main() -> anyhow::Result<()> {
             trust_domain,
             clients,
         } => dev_pki(&out, &trust_domain, &clients),
+        Command::Audit { command } => {
+            init_logging("pretty", "warn");
+            let code = runtime()?.block_on(audit_cli::run(command))?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Keys { command } => match command {
             KeysCommand::Generate { out } => generate_secret(&out),
             KeysCommand::Show { config } => {
@@ -100,7 +114,16 @@ fn main() -> anyhow::Result<()> {
                 let version = config.secrets.pseudonym_key_version.unwrap_or(1);
                 let p = Pseudonymiser::new(load_secret(&config)?, version);
                 let signer = silta_core::consent::ReceiptSigner::new(&p);
+                let checkpoints = silta_ledger::checkpoint::NoteSigner::from_seed(
+                    &config.ledger.origin,
+                    &p.checkpoint_seed(),
+                )
+                .map_err(|e| anyhow::anyhow!("ledger.origin: {e}"))?;
                 println!("pseudonym key version: {version}");
+                println!(
+                    "ledger checkpoint verifier key: {}",
+                    checkpoints.verifier_key()
+                );
                 println!(
                     "consent receipt key (Ed25519, base64): {}",
                     data_encoding::BASE64.encode(signer.public_key())

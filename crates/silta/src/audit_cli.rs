@@ -1,0 +1,330 @@
+//! `silta audit`: the DPO's command line. `export` and `subject` call the gateway over mTLS
+//! with the DPO's certificate; `verify` works offline, on an export file, with no server.
+//!
+//! Export file format (`silta-ledger-export/1`), JSON Lines:
+//!
+//! ```text
+//! {"format":"silta-ledger-export/1","origin":"silta.local/audit","entries":19}
+//! {"index":0,"entry":"<base64 of the canonical entry bytes>"}
+//! ...
+//! {"checkpoint":"<the C2SP signed note, verbatim>"}
+//! ```
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use silta_ledger::checkpoint::NoteVerifier;
+use silta_ledger::entry::Entry;
+use silta_ledger::verify::verify_export;
+use silta_server::proto;
+use silta_server::proto::audit_client::AuditClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+const FORMAT: &str = "silta-ledger-export/1";
+
+/// The DPO's commands.
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Downloads the whole ledger and its checkpoints into an export file.
+    Export {
+        /// File to write (JSON Lines, format silta-ledger-export/1).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Verifies an export offline: every checkpoint signature, every entry, every root.
+    Verify {
+        /// The export file.
+        export: PathBuf,
+        /// The gateway's checkpoint verifier key (`<name>+<id>+<key>`, from `silta keys show`),
+        /// or a file holding it. Never take it from the export itself.
+        #[arg(long)]
+        key: String,
+        /// The log's origin, as configured in `ledger.origin`.
+        #[arg(long, default_value = "silta.local/audit")]
+        origin: String,
+    },
+    /// Prints a resident's disclosure report: who received which of their data, when and why.
+    Subject {
+        /// The resident's personal identity code.
+        #[arg(long)]
+        hetu: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+/// How to reach the gateway as the DPO.
+#[derive(Args)]
+pub struct Connection {
+    /// The gateway's URL.
+    #[arg(long, default_value = "https://127.0.0.1:7443", env = "SILTA_URL")]
+    url: String,
+    /// The name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// CA certificate that issued the server certificate.
+    #[arg(long, default_value = "dev-pki/ca.pem")]
+    ca: PathBuf,
+    /// The DPO's client certificate.
+    #[arg(long, default_value = "dev-pki/dpo-office.pem")]
+    cert: PathBuf,
+    /// The DPO's client key.
+    #[arg(long, default_value = "dev-pki/dpo-office.key")]
+    cert_key: PathBuf,
+}
+
+impl Connection {
+    async fn audit(&self) -> anyhow::Result<AuditClient<Channel>> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let channel = silta_server::client::connect_to(
+            &self.url,
+            &self.server_name,
+            &read(&self.ca)?,
+            &read(&self.cert)?,
+            &read(&self.cert_key)?,
+        )
+        .await
+        .with_context(|| format!("connecting to {}", self.url))?;
+        Ok(AuditClient::new(channel))
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Line {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<String>,
+}
+
+/// Runs an audit command; returns the process exit code.
+pub async fn run(command: AuditCommand) -> anyhow::Result<i32> {
+    match command {
+        AuditCommand::Export { out, conn } => export(&out, &conn).await.map(|()| 0),
+        AuditCommand::Verify {
+            export,
+            key,
+            origin,
+        } => verify(&export, &key, &origin),
+        AuditCommand::Subject { hetu, json, conn } => subject(&hetu, json, &conn).await.map(|()| 0),
+    }
+}
+
+async fn export(out: &Path, conn: &Connection) -> anyhow::Result<()> {
+    let mut audit = conn.audit().await?;
+    let latest = audit
+        .get_checkpoint(proto::GetCheckpointRequest { size: 0 })
+        .await?
+        .into_inner();
+    let mut stream = audit
+        .export(proto::ExportRequest {
+            from_index: 0,
+            to_index: latest.size,
+        })
+        .await?
+        .into_inner();
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = BufWriter::new(file);
+    let header = Line {
+        format: Some(FORMAT.into()),
+        origin: Some(latest.origin.clone()),
+        entries: Some(latest.size),
+        ..Line::default()
+    };
+    writeln!(w, "{}", serde_json::to_string(&header)?)?;
+    let (mut entries, mut checkpoints) = (0u64, 0usize);
+    while let Some(item) = stream.next().await {
+        let line = match item?.item {
+            Some(proto::export_item::Item::Entry(e)) => {
+                entries += 1;
+                Line {
+                    index: Some(e.index),
+                    entry: Some(STANDARD.encode(&e.entry)),
+                    ..Line::default()
+                }
+            }
+            Some(proto::export_item::Item::CheckpointNote(note)) => {
+                checkpoints += 1;
+                Line {
+                    checkpoint: Some(note),
+                    ..Line::default()
+                }
+            }
+            None => continue,
+        };
+        writeln!(w, "{}", serde_json::to_string(&line)?)?;
+    }
+    w.flush()?;
+    println!(
+        "wrote {entries} entries and {checkpoints} checkpoints of {} to {}",
+        latest.origin,
+        out.display()
+    );
+    println!(
+        "verify it offline with: silta audit verify {} --key '{}'",
+        out.display(),
+        latest.verifier_key
+    );
+    println!("(check that key against the one the operator publishes before trusting the result)");
+    Ok(())
+}
+
+fn verify(path: &Path, key: &str, origin: &str) -> anyhow::Result<i32> {
+    let key = match std::fs::read_to_string(key) {
+        Ok(text) => text.trim().to_owned(),
+        Err(_) => key.to_owned(),
+    };
+    let verifier = NoteVerifier::parse(&key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut entries, mut notes) = (Vec::new(), Vec::new());
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        let at = || format!("{} line {}", path.display(), n + 1);
+        let parsed: Line = serde_json::from_str(&line).with_context(at)?;
+        if let Some(format) = parsed.format {
+            if format != FORMAT {
+                bail!(
+                    "{}: unsupported export format {format} (expected {FORMAT})",
+                    at()
+                );
+            }
+        } else if let (Some(index), Some(entry)) = (parsed.index, parsed.entry) {
+            if index != entries.len() as u64 {
+                println!(
+                    "FAILED: {} holds entry {index} where entry {} belongs: entries are missing or reordered",
+                    at(),
+                    entries.len()
+                );
+                return Ok(1);
+            }
+            entries.push(STANDARD.decode(entry).with_context(at)?);
+        } else if let Some(note) = parsed.checkpoint {
+            notes.push(note);
+        } else {
+            bail!("{}: not an export line", at());
+        }
+    }
+    let notes: Vec<&str> = notes.iter().map(String::as_str).collect();
+    match verify_export(entries.iter().map(Vec::as_slice), &notes, &verifier, origin) {
+        Ok(v) => {
+            println!(
+                "OK: {} entries and {} checkpoints of {origin} verify.",
+                v.entries, v.checkpoints
+            );
+            println!(
+                "    The latest checkpoint vouches for {} entries; root {}.",
+                v.anchored,
+                hex(&v.root)
+            );
+            if v.entries > v.anchored {
+                println!(
+                    "    Entries {}..{} come after the last checkpoint and are not yet vouched for.",
+                    v.anchored, v.entries
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            Ok(1)
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()> {
+    let mut audit = conn.audit().await?;
+    let mut stream = audit
+        .query(proto::AuditQueryRequest {
+            subject_hetu: hetu.to_owned(),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut rows = Vec::new();
+    while let Some(entry) = stream.next().await {
+        let e = entry?;
+        // Decode the canonical bytes ourselves: the report shows what the ledger holds.
+        let decoded =
+            Entry::decode(&e.entry).map_err(|err| anyhow::anyhow!("entry {}: {err}", e.index))?;
+        rows.push((e.index, decoded));
+    }
+    if json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(index, e)| {
+                serde_json::json!({
+                    "index": index, "time_ms": e.time_ms, "actor": e.actor_org, "role": e.actor_role,
+                    "action": e.action, "flow": e.flow_id, "outcome": e.outcome, "reason": e.reason,
+                    "policies": e.policy_ids, "fields": e.fields, "recipients": e.recipients,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "Disclosure report: {} ledger entries about this resident (identity code not shown).",
+        rows.len()
+    );
+    println!(
+        "{:<6} {:<24} {:<16} {:<30} {:<6} {:<20} {:<18} fields",
+        "entry", "time (UTC)", "by", "action", "", "reason", "received by"
+    );
+    for (index, e) in rows {
+        let time =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.time_ms) * 1_000_000)
+                .map(|t| {
+                    format!(
+                        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                        t.year(),
+                        u8::from(t.month()),
+                        t.day(),
+                        t.hour(),
+                        t.minute(),
+                        t.second()
+                    )
+                })
+                .unwrap_or_default();
+        let recipients = if e.recipients.is_empty() {
+            "—".to_owned()
+        } else {
+            e.recipients.join(", ")
+        };
+        let fields = if e.fields.is_empty() {
+            "—".to_owned()
+        } else {
+            e.fields.join(", ")
+        };
+        println!(
+            "{index:<6} {time:<24} {:<16} {:<30} {:<6} {:<20} {recipients:<18} {fields}",
+            e.actor_org, e.action, e.outcome, e.reason
+        );
+    }
+    Ok(())
+}

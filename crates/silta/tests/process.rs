@@ -1,0 +1,264 @@
+//! The real binary as an operator and an auditor use it: `silta serve` killed with SIGKILL in
+//! the middle of a load, restarted, and its ledger exported and verified offline by the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use silta_server::proto::landlord_client::LandlordClient;
+use silta_server::proto::social_services_client::SocialServicesClient;
+use silta_server::proto::{self, EvictionStage};
+
+const BIN: &str = env!("CARGO_BIN_EXE_silta");
+const RESIDENT: &str = "150385-9345";
+
+fn silta(args: &[&str], dir: &Path) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run silta");
+    assert!(
+        out.status.success() || args[0] == "audit",
+        "silta {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Server {
+    child: Child,
+}
+
+fn serve(dir: &Path, port: u16) -> Server {
+    let child = Command::new(BIN)
+        .args(["serve", "--config", "silta.toml"])
+        .current_dir(dir)
+        .env("SILTA_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("serve-{port}.log"))).expect("log file"))
+        .spawn()
+        .expect("spawn silta serve");
+    Server { child }
+}
+
+async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("silta serve did not listen on {port}");
+}
+
+fn pem(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join("pki").join(name)).expect("pem")
+}
+
+async fn channel(dir: &Path, port: u16, org: &str) -> tonic::transport::Channel {
+    silta_server::client::connect(
+        ([127, 0, 0, 1], port).into(),
+        &pem(dir, "ca.pem"),
+        &pem(dir, &format!("{org}.pem")),
+        &pem(dir, &format!("{org}.key")),
+    )
+    .await
+    .expect("connect")
+}
+
+fn report(key: &str) -> proto::ReportRentArrearsRequest {
+    proto::ReportRentArrearsRequest {
+        idempotency_key: key.into(),
+        hetu: RESIDENT.into(),
+        tenancy_ref: "T-1".into(),
+        arrears_cents: 90_000,
+        months_overdue: 2,
+        eviction_stage: EvictionStage::Warning.into(),
+        landlord_contact_office: "Kallio".into(),
+        free_text_note: String::new(),
+    }
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().to_path_buf();
+    silta(&["dev-pki", "--out", "pki"], &dir);
+    silta(&["keys", "generate", "--out", "pki/master.key"], &dir);
+    std::fs::write(
+        dir.join("silta.toml"),
+        "[store]\nurl = \"sqlite://silta.db\"\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
+         client_ca = \"pki/ca.pem\"\n[secrets]\nmaster_secret_file = \"pki/master.key\"\n[hetu]\n\
+         allow_temporary = true\n[ledger]\ncheckpoint_every = 10\ncheckpoint_interval_ms = 500\n",
+    )
+    .expect("config");
+    (tmp, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_no_acknowledged_report_and_the_ledger_verifies_offline() {
+    let (_tmp, dir) = setup();
+    let port = free_port();
+    let mut server = serve(&dir, port);
+    wait_listening(port).await;
+    let mut social = SocialServicesClient::new(channel(&dir, port, "helsinki-social").await);
+    let now = prost_types::Timestamp {
+        seconds: time::OffsetDateTime::now_utc().unix_timestamp() - 60,
+        nanos: 0,
+    };
+    let until = prost_types::Timestamp {
+        seconds: now.seconds + 86_400 * 30,
+        nanos: 0,
+    };
+    social
+        .enrol_client(proto::EnrolClientRequest {
+            hetu: RESIDENT.into(),
+            consent: Some(proto::Consent {
+                purpose: "eviction-prevention".into(),
+                given_at: Some(now),
+                valid_until: Some(until),
+                evidence_ref: "E-1".into(),
+                notice_version: String::new(),
+            }),
+        })
+        .await
+        .expect("enrolled");
+
+    // Eight writers report as fast as they can; the server is killed under them.
+    let landlord = LandlordClient::new(channel(&dir, port, "city-housing").await);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut client = landlord.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..10_000 {
+                let key = format!("w{w}-{i}");
+                match client.report_rent_arrears(report(&key)).await {
+                    Ok(receipt) => acknowledged.push((key, receipt.into_inner())),
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.child.kill().expect("SIGKILL"); // kill -9: no shutdown, no final checkpoint
+    server.child.wait().expect("reaped");
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.expect("writer"));
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "the load ran: {} reports acknowledged",
+        acknowledged.len()
+    );
+
+    // After a restart every acknowledged report is there: a retry returns its first receipt.
+    let port = free_port();
+    let server = serve(&dir, port);
+    wait_listening(port).await;
+    let mut landlord = LandlordClient::new(channel(&dir, port, "city-housing").await);
+    for (key, receipt) in &acknowledged {
+        let again = landlord
+            .report_rent_arrears(report(key))
+            .await
+            .expect("retry")
+            .into_inner();
+        assert_eq!(
+            &again, receipt,
+            "acknowledged report {key} was lost or changed"
+        );
+    }
+    // Stop cleanly (SIGTERM) so the final checkpoint covers everything.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut child = server.child;
+    assert!(
+        child.wait().expect("exit").success(),
+        "graceful shutdown exits 0"
+    );
+
+    // The auditor: export over mTLS as the DPO, verify offline with the published key.
+    let port = free_port();
+    let mut server = serve(&dir, port);
+    wait_listening(port).await;
+    let url = format!("https://127.0.0.1:{port}");
+    let pki = |f: &str| format!("pki/{f}");
+    let export = silta(
+        &[
+            "audit",
+            "export",
+            "--out",
+            "ledger.jsonl",
+            "--url",
+            &url,
+            "--ca",
+            &pki("ca.pem"),
+            "--cert",
+            &pki("dpo-office.pem"),
+            "--cert-key",
+            &pki("dpo-office.key"),
+        ],
+        &dir,
+    );
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    server.child.kill().expect("stop");
+    let _ = server.child.wait();
+    let keys = String::from_utf8(silta(&["keys", "show", "--config", "silta.toml"], &dir).stdout)
+        .expect("utf-8");
+    let key = keys
+        .lines()
+        .find_map(|l| l.strip_prefix("ledger checkpoint verifier key: "))
+        .expect("keys show prints the checkpoint key")
+        .to_owned();
+    let verified = silta(&["audit", "verify", "ledger.jsonl", "--key", &key], &dir);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success() && said.starts_with("OK:"),
+        "{said}"
+    );
+    let exported = std::fs::read_to_string(dir.join("ledger.jsonl")).expect("export");
+    assert!(
+        !exported.contains(RESIDENT) && !exported.contains("1503859345"),
+        "the export holds an identity code"
+    );
+
+    // One changed byte in the export is caught, with the entry named.
+    let tampered: String = exported
+        .lines()
+        .map(|l| {
+            if l.starts_with("{\"index\":3,") {
+                l.replacen("\"entry\":\"A", "\"entry\":\"B", 1)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("tampered.jsonl"), tampered).expect("write");
+    let refused = silta(&["audit", "verify", "tampered.jsonl", "--key", &key], &dir);
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !refused.status.success() && said.starts_with("FAILED:"),
+        "{said}"
+    );
+}
