@@ -416,3 +416,39 @@ async fn a_retried_withdrawal_by_an_old_consent_id_never_touches_a_newer_consent
         .expect("the newest consent still holds");
     assert_eq!(alert.consent_id, newer.consent_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_past_their_retention_are_purged_and_the_purge_is_in_the_ledger() {
+    let gw = TestGateway::start_with(|c| {
+        c.retention.alert_retention_s = 1;
+        c.retention.purge_interval_ms = 200;
+    })
+    .await;
+    let mut social = gw.social(SOCIAL_A).await;
+    social
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("enrolled");
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("old", RESIDENT))
+        .await
+        .expect("accepted");
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let mut alerts = social.subscribe_from_cursor(0).await;
+    assert!(
+        nothing_within(&mut alerts, 300).await,
+        "an expired alert was delivered"
+    );
+    assert!(
+        gw.query_strings("SELECT alert_id FROM alerts")
+            .await
+            .is_empty()
+    );
+    let purges = gw
+        .query_strings(
+            "SELECT actor_role || ':' || reason FROM audit WHERE action = 'RetentionPurge'",
+        )
+        .await;
+    assert_eq!(purges, ["gateway:purged-1-alerts-older-than-1s"]);
+}

@@ -48,6 +48,9 @@ pub enum Role {
     SocialServices,
     /// Reads and verifies the audit ledger.
     Dpo,
+    /// The gateway itself, acting on its own schedule (retention purges). No certificate can
+    /// claim it: it is not accepted by `Role::from_str`.
+    Gateway,
 }
 
 impl Role {
@@ -57,6 +60,7 @@ impl Role {
             Role::Landlord => "landlord",
             Role::SocialServices => "social_services",
             Role::Dpo => "dpo",
+            Role::Gateway => "gateway",
         }
     }
 }
@@ -111,5 +115,10 @@ mod tests {
         for r in [Role::Landlord, Role::SocialServices, Role::Dpo] {
             assert_eq!(r.as_str().parse::<Role>(), Ok(r));
         }
+    }
+
+    #[test]
+    fn no_certificate_can_claim_the_gateway_role() {
+        assert_eq!("gateway".parse::<Role>(), Err(UnknownRole));
     }
 }

@@ -23,6 +23,8 @@ pub struct Config {
     pub hetu: HetuConfig,
     /// The audit ledger.
     pub ledger: LedgerConfig,
+    /// How long data is kept.
+    pub retention: RetentionConfig,
     /// Group commit and delivery tuning.
     pub tuning: TuningConfig,
     /// Logging.
@@ -38,6 +40,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             hetu: HetuConfig::default(),
             ledger: LedgerConfig::default(),
+            retention: RetentionConfig::default(),
             tuning: TuningConfig::default(),
             log: LogConfig::default(),
         }
@@ -73,6 +76,14 @@ impl Config {
         }
         if self.ledger.checkpoint_every == 0 {
             return Err("ledger.checkpoint_every must be at least 1".into());
+        }
+        if self.retention.alert_retention_s == 0
+            || self.retention.alert_retention_s > 100 * 365 * 86_400
+        {
+            return Err("retention.alert_retention_s must be between 1 and 3153600000".into());
+        }
+        if !(100..=86_400_000).contains(&self.retention.purge_interval_ms) {
+            return Err("retention.purge_interval_ms must be between 100 and 86400000".into());
         }
         if self.log.format != "pretty" && self.log.format != "json" {
             return Err("log.format must be \"pretty\" or \"json\"".into());
@@ -161,6 +172,26 @@ impl Default for LedgerConfig {
             origin: "silta.local/audit".into(),
             checkpoint_interval_ms: 10_000,
             checkpoint_every: 1_000,
+        }
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Alerts are deleted this many seconds after they were created, delivered or not
+    /// (default 90 days). Ledger entries stay: they hold no payload.
+    pub alert_retention_s: u64,
+    /// How often the purge runs, in milliseconds.
+    pub purge_interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            alert_retention_s: 90 * 86_400,
+            purge_interval_ms: 3_600_000,
         }
     }
 }

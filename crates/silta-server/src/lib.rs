@@ -19,6 +19,7 @@ pub mod devpki;
 pub mod gateway;
 pub mod identity;
 mod proto_debug;
+mod retention;
 pub mod services;
 pub mod status;
 pub mod tls;
@@ -152,6 +153,11 @@ pub async fn start(
     let notifier = Arc::new(delivery::Notifier::default());
     let stop = CancellationToken::new();
     let checkpoint_task = tokio::spawn(Arc::clone(&checkpointer).run(stop.clone()));
+    tokio::spawn(retention::run(
+        Arc::clone(&store),
+        config.retention.clone(),
+        stop.clone(),
+    ));
 
     let (commits, jobs) = mpsc::channel(config.tuning.max_batch.max(1) * 4);
     let committer = tokio::spawn(commit::run(

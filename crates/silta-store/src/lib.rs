@@ -304,6 +304,10 @@ pub trait WriteTx: Send {
         now: OffsetDateTime,
     ) -> Result<u64>;
 
+    /// Deletes alerts created before `cutoff`, delivered or not (storage limitation). Returns
+    /// how many.
+    async fn purge_alerts_before(&mut self, cutoff: OffsetDateTime) -> Result<u64>;
+
     /// Appends an audit record to the ledger: its canonical entry becomes the next leaf, and
     /// the perfect subtrees it completes are stored. Returns its leaf index.
     async fn append_audit(&mut self, record: &AuditRecord) -> Result<u64>;

@@ -483,6 +483,14 @@ impl WriteTx for SqliteTx {
         Ok(done)
     }
 
+    async fn purge_alerts_before(&mut self, cutoff: OffsetDateTime) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM alerts WHERE created_at < ?")
+            .bind(to_ms(cutoff))
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected())
+    }
+
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {
         let entry = ledger_entry(r).encode()?;
         let leaf = leaf_hash(&entry);
