@@ -107,7 +107,7 @@ pub fn verify_export<'a>(
         };
     check(&frontier, &mut pending)?;
     for (index, bytes) in (0u64..).zip(entries) {
-        Entry::decode(bytes).map_err(|error| VerifyError::Entry { index, error })?;
+        Entry::check(bytes).map_err(|error| VerifyError::Entry { index, error })?;
         frontier.append(leaf_hash(bytes), |_, _, _| {});
         check(&frontier, &mut pending)?;
     }
