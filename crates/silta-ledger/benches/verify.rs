@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
     let mut notes = Vec::new();
     for e in &entries {
         frontier.append(silta_ledger::leaf_hash(e), |_, _, _| {});
-        if frontier.size() % 1_000 == 0 {
+        if frontier.size().is_multiple_of(1_000) {
             let cp = Checkpoint {
                 origin: "bench/audit".into(),
                 size: frontier.size(),
