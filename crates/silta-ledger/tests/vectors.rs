@@ -352,3 +352,48 @@ proptest! {
         prop_assert_eq!(resumed.root(), mth(&d));
     }
 }
+
+#[test]
+fn a_history_rewritten_and_re_signed_is_caught_by_a_checkpoint_kept_from_before() {
+    use silta_ledger::entry::Entry;
+    use silta_ledger::verify::{VerifyError, verify_export};
+    let signer = NoteSigner::from_seed("log/audit", &[5; 32]).expect("signer");
+    let verifier = NoteVerifier::parse(&signer.verifier_key()).expect("key");
+    let entry = |i: u64, who: &str| {
+        Entry {
+            time_ms: i64::try_from(i).expect("small"),
+            reason: who.into(),
+            ..Entry::default()
+        }
+        .encode()
+        .expect("encodes")
+    };
+    let checkpoint = |entries: &[Vec<u8>]| {
+        let hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+        let body = Checkpoint {
+            origin: "log/audit".into(),
+            size: entries.len() as u64,
+            root: mth(&hashes),
+        }
+        .body();
+        signer.sign(&body).expect("signed")
+    };
+    let original: Vec<Vec<u8>> = (0..8).map(|i| entry(i, "original")).collect();
+    let held = checkpoint(&original); // the auditor kept this one, at size 8
+
+    // The operator rewrites entries 5.. from the checkpoint at 5, grows the log, and signs fresh
+    // checkpoints with the real key. On its own the export is self-consistent.
+    let rewritten: Vec<Vec<u8>> = (0..10)
+        .map(|i| entry(i, if i < 5 { "original" } else { "rewritten" }))
+        .collect();
+    let resigned = [checkpoint(&rewritten[..5]), checkpoint(&rewritten)];
+    let mut notes: Vec<&str> = resigned.iter().map(String::as_str).collect();
+    let export = || rewritten.iter().map(Vec::as_slice);
+    assert!(verify_export(export(), &notes, &verifier, "log/audit").is_ok());
+    // With the checkpoint kept from before, the rewrite shows.
+    notes.push(&held);
+    assert_eq!(
+        verify_export(export(), &notes, &verifier, "log/audit"),
+        Err(VerifyError::RootMismatch { from: 5, to: 8 })
+    );
+}

@@ -50,6 +50,11 @@ pub enum AuditCommand {
         /// The log's origin, as configured in `ledger.origin`.
         #[arg(long, default_value = "silta.local/audit")]
         origin: String,
+        /// A checkpoint you kept earlier (a file holding the signed note), checked against the
+        /// export too: this is what catches a history rewritten and re-signed after you saw it.
+        /// Repeatable.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
     },
     /// Prints a resident's disclosure report: who received which of their data, when and why.
     Subject {
@@ -126,7 +131,17 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<i32> {
             export,
             key,
             origin,
-        } => verify(&export, &key, &origin),
+            checkpoints,
+        } => {
+            let held = checkpoints
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("--checkpoint {}", p.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            verify(&export, &key, &origin, &held)
+        }
         AuditCommand::Subject { hetu, json, conn } => subject(&hetu, json, &conn).await.map(|()| 0),
     }
 }
@@ -190,7 +205,7 @@ async fn export(out: &Path, conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(path: &Path, key: &str, origin: &str) -> anyhow::Result<i32> {
+fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Result<i32> {
     let key = match std::fs::read_to_string(key) {
         Ok(text) => text.trim().to_owned(),
         Err(_) => key.to_owned(),
@@ -225,7 +240,7 @@ fn verify(path: &Path, key: &str, origin: &str) -> anyhow::Result<i32> {
             bail!("{}: not an export line", at());
         }
     }
-    let notes: Vec<&str> = notes.iter().map(String::as_str).collect();
+    let notes: Vec<&str> = notes.iter().chain(held).map(String::as_str).collect();
     match verify_export(entries.iter().map(Vec::as_slice), &notes, &verifier, origin) {
         Ok(v) => {
             println!(
