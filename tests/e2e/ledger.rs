@@ -331,3 +331,102 @@ mod service {
         assert_eq!(err.code(), Code::InvalidArgument);
     }
 }
+
+mod tampering {
+    use silta_server::proto;
+    use silta_tests::{DPO, LANDLORD, SOCIAL_A, TestGateway, captured_logs, enrol, report};
+    use tokio_stream::StreamExt;
+    use tonic::Code;
+
+    const RESIDENT: &str = "150385-9345";
+    const OTHER: &str = "020702A9514";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gateway_refuses_to_sign_a_ledger_rewritten_behind_its_back() {
+        let mut gw = TestGateway::start_with(|c| c.ledger.checkpoint_every = 1).await;
+        gw.social(SOCIAL_A)
+            .await
+            .enrol_client(enrol(RESIDENT))
+            .await
+            .expect("enrolled");
+        gw.landlord(LANDLORD)
+            .await
+            .report_rent_arrears(report("t-1", RESIDENT))
+            .await
+            .expect("accepted");
+        gw.stop().await;
+        let signed = gw
+            .query_strings("SELECT CAST(MAX(size) AS TEXT) FROM checkpoints")
+            .await;
+        // Someone with database access rewrites the subtree over the first two entries.
+        gw.tamper(
+            "DROP TRIGGER ledger_nodes_no_update;
+             UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 0;",
+        )
+        .await;
+        gw.restart_after_stop().await;
+        gw.landlord(LANDLORD)
+            .await
+            .report_rent_arrears(report("t-2", RESIDENT))
+            .await
+            .expect("still serving");
+        gw.stop().await;
+        assert_eq!(
+            gw.query_strings("SELECT CAST(MAX(size) AS TEXT) FROM checkpoints")
+                .await,
+            signed,
+            "a rewritten tree was signed"
+        );
+        assert!(captured_logs().contains("does not extend the last signed checkpoint"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_index_column_never_puts_a_wrong_entry_into_a_report() {
+        let mut gw = TestGateway::start().await;
+        gw.social(SOCIAL_A)
+            .await
+            .enrol_client(enrol(RESIDENT))
+            .await
+            .expect("enrolled");
+        gw.social(SOCIAL_A)
+            .await
+            .enrol_client(enrol(OTHER))
+            .await
+            .expect("enrolled");
+        gw.stop().await;
+        // Entry 1 is about OTHER; make its index column claim it is about RESIDENT.
+        gw.tamper(
+            "DROP TRIGGER audit_no_update;
+             UPDATE audit SET subject = (SELECT subject FROM audit WHERE seq = 0) WHERE seq = 1;",
+        )
+        .await;
+        gw.restart_after_stop().await;
+        let query = proto::AuditQueryRequest {
+            subject_hetu: RESIDENT.into(),
+            ..Default::default()
+        };
+        let result: Result<Vec<proto::AuditEntry>, _> = match gw.audit(DPO).await.query(query).await
+        {
+            Ok(stream) => stream.into_inner().collect().await,
+            Err(e) => Err(e),
+        };
+        let err = result.expect_err("the mismatch is reported, not served");
+        assert_eq!(err.code(), Code::DataLoss);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_identity_code_pasted_as_a_pseudonym_is_refused_and_never_recorded() {
+        let gw = TestGateway::start().await;
+        let query = proto::AuditQueryRequest {
+            subject_pseudonym: RESIDENT.into(),
+            ..Default::default()
+        };
+        let err = gw.audit(DPO).await.query(query).await.expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(!format!("{err:?}").contains("150385"));
+        let subjects = gw
+            .query_strings("SELECT COALESCE(subject, '') FROM audit")
+            .await;
+        assert!(subjects.iter().all(|s| !s.contains("150385")));
+    }
+}

@@ -113,6 +113,12 @@ impl TestGateway {
         self.boot().await;
     }
 
+    /// Starts the gateway again after [`TestGateway::stop`], on the same database and secret.
+    pub async fn restart_after_stop(&mut self) {
+        assert!(self.running.is_none(), "stop it first");
+        self.boot().await;
+    }
+
     /// Stops the gateway gracefully.
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
@@ -154,6 +160,17 @@ impl TestGateway {
     /// A social-services client as `org`.
     pub async fn social(&self, org: &str) -> SocialServicesClient<Channel> {
         SocialServicesClient::new(self.channel(org).await)
+    }
+
+    /// Runs `sql` on the database with write access, as an attacker with database access
+    /// could (the gateway should be stopped).
+    pub async fn tamper(&self, sql: &str) {
+        let url = format!("sqlite://{}", self.db_path().display());
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("open database");
+        sqlx::raw_sql(sql).execute(&pool).await.expect("tamper");
+        pool.close().await;
     }
 
     /// Rows of `sql` (one blob column) from the database, read-only.

@@ -52,6 +52,20 @@ impl Pseudonym {
         &self.0
     }
 
+    /// Parses a pseudonym given by a caller: `ps<version>.<32 characters of a-z, 2-7>`.
+    /// Anything else (an identity code pasted into the wrong field, say) is refused.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (version, tag) = s.strip_prefix("ps")?.split_once('.')?;
+        let ok = !version.is_empty()
+            && version.len() <= 9
+            && version.bytes().all(|b| b.is_ascii_digit())
+            && tag.len() == 32
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        ok.then(|| Pseudonym(s.to_owned()))
+    }
+
     /// Re-reads a stored pseudonym (the store trusts what it wrote).
     pub fn from_stored(s: String) -> Self {
         Pseudonym(s)
@@ -210,6 +224,16 @@ mod tests {
             Pseudonymiser::new(secret(2), 1).pseudonym(&h, &org("social-a"))
         );
         assert!(a.as_str().starts_with("ps1."));
+        assert_eq!(Pseudonym::parse(a.as_str()), Some(a.clone()));
+        for bad in [
+            "",
+            "ps1.",
+            "150385-9345",
+            "ps.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "ps1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(Pseudonym::parse(bad), None, "{bad}");
+        }
         assert_eq!(a.as_str().len(), 4 + 32);
     }
 

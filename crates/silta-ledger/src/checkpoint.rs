@@ -204,7 +204,7 @@ impl NoteVerifier {
             .try_into()
             .map_err(|_| NoteError::BadKey("an Ed25519 key is 32 bytes"))?;
         let id = key_id(name, &public_key);
-        if id_hex != hex(&id) {
+        if !id_hex.eq_ignore_ascii_case(&hex(&id)) {
             return Err(NoteError::BadKey("key id does not match the key"));
         }
         Ok(NoteVerifier {
@@ -227,7 +227,14 @@ impl NoteVerifier {
                 "signature lines must end with a newline",
             ));
         }
-        let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
+        if note.contains('\r') {
+            return Err(NoteError::Malformed(
+                "carriage returns are not allowed in a note",
+            ));
+        }
+        // Every signature line must be well-formed, whatever key made it, so the verdict never
+        // depends on the order of the lines; signatures by other keys are then ignored.
+        let mut parsed = Vec::new();
         for line in sigs.lines() {
             let rest = line
                 .strip_prefix(SIG_PREFIX)
@@ -238,13 +245,20 @@ impl NoteVerifier {
             let blob = STANDARD
                 .decode(b64)
                 .map_err(|_| NoteError::Malformed("signature is not base64"))?;
-            if name == self.name
+            if blob.len() < 5 {
+                return Err(NoteError::Malformed("signature is too short"));
+            }
+            parsed.push((name, blob));
+        }
+        let key = UnparsedPublicKey::new(&ED25519, &self.public_key);
+        let ours = parsed.iter().any(|(name, blob)| {
+            *name == self.name
                 && blob.len() == 4 + 64
                 && blob[..4] == self.id
                 && key.verify(text.as_bytes(), &blob[4..]).is_ok()
-            {
-                return Ok(text);
-            }
+        });
+        if ours {
+            return Ok(text);
         }
         Err(NoteError::Unverified(self.name.clone()))
     }

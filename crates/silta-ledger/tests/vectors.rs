@@ -290,6 +290,23 @@ fn signed_notes_match_go_sumdb_note_byte_for_byte() {
     );
     let verifier = NoteVerifier::parse(PETER_VKEY).expect("key");
     assert_eq!(verifier.open(&note), Ok(PETER_TEXT));
+    // A cosignature by another key, before or after ours, is ignored either way.
+    let enoch = "\u{2014} EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n";
+    let cosigned_after = format!("{note}{enoch}");
+    let cosigned_before = format!("{PETER_TEXT}\n{enoch}\u{2014} PeterNeumann {PETER_SIG}\n");
+    assert_eq!(verifier.open(&cosigned_after), Ok(PETER_TEXT));
+    assert_eq!(verifier.open(&cosigned_before), Ok(PETER_TEXT));
+    // A malformed line fails the note wherever it stands; so does a carriage return.
+    assert!(verifier.open(&format!("{note}not a signature\n")).is_err());
+    assert!(
+        verifier
+            .open(&format!(
+                "{PETER_TEXT}\nnot a signature\n\u{2014} PeterNeumann {PETER_SIG}\n"
+            ))
+            .is_err()
+    );
+    assert!(verifier.open(&note.replace('\n', "\r\n")).is_err());
+    assert!(NoteVerifier::parse(&PETER_VKEY.replace("c74f20a3", "C74F20A3")).is_ok());
     let tampered = note.replace("cryptography", "cryptographY");
     assert!(matches!(
         verifier.open(&tampered),

@@ -1,28 +1,24 @@
 //! `silta.v1.Audit`: the DPO's queries, checkpoints, proofs and exports over the ledger.
 //!
-//! Every entry returned is decoded from the canonical bytes the ledger hashes, never from the
-//! index columns, so what the DPO reads is what the checkpoints vouch for. A DPO's query is
-//! itself recorded in the ledger: looking a resident up is processing too.
+//! Every entry returned is decoded from the canonical bytes the ledger hashes, and checked
+//! against the query's filter, so an index column changed behind the gateway's back cannot
+//! put a wrong entry into a report. A DPO's read is itself recorded in the ledger before it is
+//! served: looking a resident up is processing too.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use silta_core::audit::Outcome;
 use silta_core::validate::Violations;
-use silta_core::{Domain, Hetu, Role};
-use silta_ledger::Hash;
+use silta_core::{Domain, Hetu, Pseudonym, Role};
 use silta_ledger::checkpoint::Checkpoint;
 use silta_ledger::entry::Entry;
-use silta_ledger::proof::{consistency_proof, inclusion_proof};
-use silta_ledger::tree::{MissingNode, NodeSource};
-use silta_store::{AuditFilter, LedgerEntry, StoreError};
+use silta_store::{AuditFilter, LedgerEntry, StoreError, unix_ms as to_ms};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::gateway::{Gateway, RequestContext};
+use crate::ledger_proofs::{self, ProveError};
 use crate::proto;
 use crate::proto::audit_server::Audit;
 use crate::services::{context, finish, from_timestamp, timestamp};
@@ -46,35 +42,47 @@ impl AuditService {
     }
 }
 
-/// Records which perfect subtrees a proof needs, so they can be read in one go.
-struct Recorder(RefCell<Vec<(u32, u64)>>);
-
-impl NodeSource for Recorder {
-    type Error = Infallible;
-    fn node(&self, level: u32, index: u64) -> Result<Hash, Infallible> {
-        self.0.borrow_mut().push((level, index));
-        Ok([0; 32])
-    }
+fn unavailable(e: StoreError) -> ApiError {
+    ApiError::from(e)
 }
 
-/// The subtrees read for a proof.
-struct Fetched(HashMap<(u32, u64), Hash>);
-
-impl NodeSource for Fetched {
-    type Error = MissingNode;
-    fn node(&self, level: u32, index: u64) -> Result<Hash, MissingNode> {
-        self.0
-            .get(&(level, index))
-            .copied()
-            .ok_or(MissingNode { level, index })
-    }
+fn proof_failed(e: ProveError) -> ApiError {
+    tracing::error!(error = %e, "ledger proof could not be built");
+    ApiError::Integrity("the stored ledger is missing nodes for this proof; verify the ledger")
 }
 
-fn to_proto_entry(e: LedgerEntry) -> Result<proto::AuditEntry, ApiError> {
+/// Whether a canonical entry matches the filter its row was selected by.
+fn matches(e: &Entry, f: &AuditFilter) -> bool {
+    let org_ok = f
+        .organisation
+        .as_ref()
+        .is_none_or(|o| &e.actor_org == o || e.recipients.contains(o));
+    org_ok
+        && f.subject
+            .as_ref()
+            .is_none_or(|s| e.subject.as_ref() == Some(s))
+        && f.flow_id
+            .as_ref()
+            .is_none_or(|x| e.flow_id.as_ref() == Some(x))
+        && f.outcome.as_ref().is_none_or(|x| &e.outcome == x)
+        && f.from.is_none_or(|t| e.time_ms >= to_ms(t))
+        && f.until.is_none_or(|t| e.time_ms < to_ms(t))
+}
+
+fn to_proto_entry(e: LedgerEntry, filter: &AuditFilter) -> Result<proto::AuditEntry, ApiError> {
+    const MISMATCH: &str =
+        "a stored ledger entry disagrees with its index; run `silta audit verify` on an export";
     let decoded = Entry::decode(&e.entry).map_err(|err| {
         tracing::error!(index = e.index, error = %err, "stored ledger entry does not decode");
-        ApiError::Unavailable
+        ApiError::Integrity(MISMATCH)
     })?;
+    if !matches(&decoded, filter) {
+        tracing::error!(
+            index = e.index,
+            "ledger index columns disagree with the canonical entry"
+        );
+        return Err(ApiError::Integrity(MISMATCH));
+    }
     let time =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(decoded.time_ms) * 1_000_000).ok();
     Ok(proto::AuditEntry {
@@ -97,10 +105,6 @@ fn to_proto_entry(e: LedgerEntry) -> Result<proto::AuditEntry, ApiError> {
     })
 }
 
-fn unavailable(e: StoreError) -> ApiError {
-    ApiError::from(e)
-}
-
 impl AuditService {
     /// The size of the latest checkpoint; proofs and exports are anchored to checkpoints.
     async fn checkpointed_size(&self) -> Result<u64, ApiError> {
@@ -118,14 +122,33 @@ impl AuditService {
         }
     }
 
-    async fn fetch(&self, wanted: Vec<(u32, u64)>) -> Result<Fetched, ApiError> {
-        let hashes = self
+    /// `size` if a checkpoint was published at it (0: the latest); otherwise a refusal naming
+    /// `field`, since a proof to an unsigned size cannot be checked against anything.
+    async fn signed_size(
+        &self,
+        ctx: &RequestContext,
+        field: &str,
+        size: u64,
+    ) -> Result<u64, ApiError> {
+        if size == 0 {
+            return self.checkpointed_size().await;
+        }
+        match self
             .gw
             .store
-            .ledger_nodes(&wanted)
+            .checkpoint_at(size)
             .await
-            .map_err(unavailable)?;
-        Ok(Fetched(wanted.into_iter().zip(hashes).collect()))
+            .map_err(unavailable)?
+        {
+            Some(_) => Ok(size),
+            None => {
+                let err = ApiError::field(
+                    field,
+                    "must be the size of a published checkpoint (see GetCheckpoint), or 0 for the latest",
+                );
+                Err(self.gw.deny(ctx, err, None).await)
+            }
+        }
     }
 
     async fn query_filter(
@@ -145,7 +168,13 @@ impl AuditService {
                         .pseudonym(&h, &Domain::Audit)
                         .to_string()
                 }),
-            (true, false) => Some(r.subject_pseudonym.clone()),
+            (true, false) => match Pseudonym::parse(&r.subject_pseudonym) {
+                Some(p) => Some(p.to_string()),
+                None => {
+                    v.add("subject_pseudonym", "must be an audit pseudonym (ps<version>.<32 characters of a-z and 2-7>), as found in earlier results");
+                    None
+                }
+            },
             (false, false) => {
                 v.add(
                     "subject_pseudonym",
@@ -154,6 +183,14 @@ impl AuditService {
                 None
             }
         };
+        for (field, value) in [("organisation", &r.organisation), ("flow_id", &r.flow_id)] {
+            if value.len() > 128 || silta_core::hetu::contains_hetu(value) {
+                v.add(
+                    field,
+                    "must be at most 128 characters, with no personal identity code",
+                );
+            }
+        }
         if !matches!(r.outcome.as_str(), "" | "allow" | "deny") {
             v.add("outcome", "must be \"allow\", \"deny\" or empty");
         }
@@ -210,21 +247,17 @@ impl Audit for AuditService {
                 .ledger_entries(&filter)
                 .await
                 .map_err(unavailable)?;
-            // Recorded after the read, so a query does not list itself; the next one will show
-            // that the DPO looked this subject up.
-            let subject = filter
-                .subject
-                .clone()
-                .map(silta_core::Pseudonym::from_stored);
+            let items = entries
+                .into_iter()
+                .map(|e| to_proto_entry(e, &filter))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Recorded after the read (a query does not list itself) but before anything is
+            // served: a read that cannot be recorded is not served.
+            let subject = filter.subject.clone().map(Pseudonym::from_stored);
             self.gw
                 .record(&ctx, Outcome::Allow, "ledger-query", subject)
-                .await;
-            let request_id = ctx.request_id.clone();
-            let items: Vec<Result<proto::AuditEntry, Status>> = entries
-                .into_iter()
-                .map(|e| to_proto_entry(e).map_err(|err| err.into_status(&request_id)))
-                .collect();
-            Ok(Box::pin(tokio_stream::iter(items)) as EntryStream)
+                .await?;
+            Ok(Box::pin(tokio_stream::iter(items.into_iter().map(Ok))) as EntryStream)
         }
         .await;
         finish(&ctx, started, result)
@@ -238,21 +271,26 @@ impl Audit for AuditService {
         let ctx = context(&req, "Audit.GetCheckpoint")?;
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
-            let size = match req.get_ref().size {
-                0 => self.checkpointed_size().await?,
-                s => s,
+            let stored = match req.get_ref().size {
+                0 => self
+                    .gw
+                    .store
+                    .latest_checkpoint()
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or(ApiError::FailedPrecondition(
+                        "no checkpoint has been published yet; try again in a few seconds",
+                    ))?,
+                size => self
+                    .gw
+                    .store
+                    .checkpoint_at(size)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or(ApiError::NotFound(
+                        "no checkpoint was published at that size; ask for size 0 (the latest)",
+                    ))?,
             };
-            let stored = self
-                .gw
-                .store
-                .checkpoints(size)
-                .await
-                .map_err(unavailable)?
-                .into_iter()
-                .find(|c| c.size == size)
-                .ok_or(ApiError::NotFound(
-                    "no checkpoint was published at that size; ask for size 0 (the latest)",
-                ))?;
             let body = stored
                 .note
                 .split_once("\n\n")
@@ -260,7 +298,7 @@ impl Audit for AuditService {
                 .unwrap_or_default();
             let checkpoint = Checkpoint::parse(&body).map_err(|e| {
                 tracing::error!(error = %e, "stored checkpoint does not parse");
-                ApiError::Unavailable
+                ApiError::Integrity("a stored checkpoint is malformed; verify the ledger")
             })?;
             Ok(proto::SignedCheckpoint {
                 note: stored.note,
@@ -283,39 +321,14 @@ impl Audit for AuditService {
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let r = req.get_ref();
-            let latest = self.checkpointed_size().await?;
-            let size = if r.tree_size == 0 {
-                latest
-            } else {
-                r.tree_size
-            };
-            if size > latest {
-                return Err(ApiError::field(
-                    "tree_size",
-                    format!(
-                        "must be at most the latest checkpoint's size ({latest}); 0 means that size"
-                    ),
-                ));
-            }
+            let size = self.signed_size(&ctx, "tree_size", r.tree_size).await?;
             if r.index >= size {
-                return Err(ApiError::field(
-                    "index",
-                    format!("must be below the tree size ({size})"),
-                ));
+                let err = ApiError::field("index", format!("must be below the tree size ({size})"));
+                return Err(self.gw.deny(&ctx, err, None).await);
             }
-            let recorder = Recorder(RefCell::new(Vec::new()));
-            // The sizes were checked above, so the recording pass only lists the nodes.
-            let _ = inclusion_proof(&recorder, r.index, size);
-            let fetched = self.fetch(recorder.0.into_inner()).await?;
-            let hashes = match inclusion_proof(&fetched, r.index, size) {
-                Ok(Ok(p)) => p,
-                _ => return Err(ApiError::Unavailable),
-            };
-            let leaf = self
-                .fetch(vec![(0, r.index)])
-                .await?
-                .node(0, r.index)
-                .map_err(|_| ApiError::Unavailable)?;
+            let (leaf, hashes) = ledger_proofs::inclusion(&*self.gw.store, r.index, size)
+                .await
+                .map_err(proof_failed)?;
             Ok(proto::InclusionProof {
                 index: r.index,
                 tree_size: size,
@@ -336,29 +349,17 @@ impl Audit for AuditService {
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let r = req.get_ref();
-            let latest = self.checkpointed_size().await?;
-            let to = if r.to_size == 0 { latest } else { r.to_size };
-            if to > latest {
-                return Err(ApiError::field(
-                    "to_size",
-                    format!(
-                        "must be at most the latest checkpoint's size ({latest}); 0 means that size"
-                    ),
-                ));
-            }
+            let to = self.signed_size(&ctx, "to_size", r.to_size).await?;
             if r.from_size > to {
-                return Err(ApiError::field(
-                    "from_size",
-                    format!("must be at most to_size ({to})"),
-                ));
+                let err = ApiError::field("from_size", format!("must be at most to_size ({to})"));
+                return Err(self.gw.deny(&ctx, err, None).await);
             }
-            let recorder = Recorder(RefCell::new(Vec::new()));
-            let _ = consistency_proof(&recorder, r.from_size, to);
-            let fetched = self.fetch(recorder.0.into_inner()).await?;
-            let hashes = match consistency_proof(&fetched, r.from_size, to) {
-                Ok(Ok(p)) => p,
-                _ => return Err(ApiError::Unavailable),
-            };
+            if r.from_size > 0 {
+                self.signed_size(&ctx, "from_size", r.from_size).await?;
+            }
+            let hashes = ledger_proofs::consistency(&*self.gw.store, r.from_size, to)
+                .await
+                .map_err(proof_failed)?;
             Ok(proto::ConsistencyProof {
                 from_size: r.from_size,
                 to_size: to,
@@ -381,24 +382,16 @@ impl Audit for AuditService {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let r = req.get_ref();
             if r.from_index != 0 {
-                return Err(ApiError::field(
+                let err = ApiError::field(
                     "from_index",
                     "only whole-ledger exports (from_index 0) are supported",
-                ));
+                );
+                return Err(self.gw.deny(&ctx, err, None).await);
             }
-            let latest = self.checkpointed_size().await?;
-            let to = if r.to_index == 0 { latest } else { r.to_index };
-            if to > latest {
-                return Err(ApiError::field(
-                    "to_index",
-                    format!(
-                        "must be at most the latest checkpoint's size ({latest}); 0 means that size"
-                    ),
-                ));
-            }
+            let to = self.signed_size(&ctx, "to_index", r.to_index).await?;
             self.gw
                 .record(&ctx, Outcome::Allow, "ledger-export", None)
-                .await;
+                .await?;
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             let gw = Arc::clone(&self.gw);
             let request_id = ctx.request_id.clone();

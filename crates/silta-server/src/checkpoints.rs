@@ -1,33 +1,85 @@
 //! Publishes signed checkpoints of the audit ledger: every `checkpoint_interval_ms` while the
 //! ledger grows, as soon as `checkpoint_every` entries were appended, and once more at shutdown.
+//!
+//! Before signing, the checkpointer proves that the stored tree extends the last checkpoint it
+//! signed. Someone who rewrites the database (but holds no key) therefore cannot get the
+//! gateway to vouch for a rewritten history: it refuses, and says so loudly.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use silta_ledger::checkpoint::{Checkpoint, NoteSigner};
+use silta_ledger::Hash;
+use silta_ledger::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+use silta_ledger::proof::verify_consistency;
 use silta_store::{Store, StoreError};
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LedgerConfig;
+use crate::ledger_proofs;
+
+/// Why a checkpoint was not published.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckpointError {
+    /// The store failed; retried later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored ledger does not extend what was signed before: tampering or corruption.
+    #[error(
+        "the stored ledger does not extend the last signed checkpoint (size {0}): refusing to sign; investigate the database"
+    )]
+    NotAnExtension(u64),
+}
 
 /// Signs and stores checkpoints.
 pub(crate) struct Checkpointer {
     pub store: Arc<dyn Store>,
     pub signer: NoteSigner,
+    pub verifier: NoteVerifier,
     pub config: LedgerConfig,
     /// Poked by the committer after each batch.
     pub appended: Arc<Notify>,
+    /// The last (size, root) this gateway signed or verified at start-up.
+    pub last: Mutex<Option<(u64, Hash)>>,
 }
 
 impl Checkpointer {
-    /// Publishes a checkpoint of the current head if it is newer than the last one, returning
-    /// its size.
-    pub async fn publish(&self, last: u64) -> Result<u64, StoreError> {
+    /// Loads the latest stored checkpoint, trusting it only if its signature verifies.
+    pub async fn load(&self) -> Result<(), StoreError> {
+        let Some(stored) = self.store.latest_checkpoint().await? else {
+            return Ok(());
+        };
+        match self
+            .verifier
+            .open_checkpoint(&stored.note, &self.config.origin)
+        {
+            Ok(c) => *self.last.lock().await = Some((c.size, c.root)),
+            Err(e) => {
+                tracing::error!(error = %e, size = stored.size, "the latest stored checkpoint does not verify with this gateway's key")
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a checkpoint of the current head if the ledger grew since the last one.
+    pub async fn publish(&self) -> Result<(), CheckpointError> {
+        let mut last = self.last.lock().await;
         let head = self.store.ledger_head().await?;
-        if head.size <= last {
-            return Ok(last);
+        if let Some((size, root)) = *last {
+            if head.size <= size {
+                if head.size == size && head.root != root {
+                    return Err(CheckpointError::NotAnExtension(size));
+                }
+                return Ok(());
+            }
+            let proof = ledger_proofs::consistency(&*self.store, size, head.size)
+                .await
+                .map_err(|_| CheckpointError::NotAnExtension(size))?;
+            verify_consistency(size, head.size, &root, &head.root, &proof)
+                .map_err(|_| CheckpointError::NotAnExtension(size))?;
+        } else if head.size == 0 {
+            return Ok(());
         }
         let checkpoint = Checkpoint {
             origin: self.config.origin.clone(),
@@ -43,20 +95,14 @@ impl Checkpointer {
         tx.append_checkpoint(head.size, &head.root, &note, OffsetDateTime::now_utc())
             .await?;
         tx.commit().await?;
+        *last = Some((head.size, head.root));
         tracing::debug!(size = head.size, "checkpoint published");
-        Ok(head.size)
+        Ok(())
     }
 
     /// Runs until `stop`; the final checkpoint is the caller's, once the last commits are in.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let interval = Duration::from_millis(self.config.checkpoint_interval_ms);
-        let mut last = match self.store.latest_checkpoint().await {
-            Ok(c) => c.map_or(0, |c| c.size),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the latest checkpoint");
-                0
-            }
-        };
         let mut deadline = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
@@ -65,15 +111,15 @@ impl Checkpointer {
                     deadline = tokio::time::Instant::now() + interval;
                 }
                 () = self.appended.notified() => {
+                    let last = self.last.lock().await.map_or(0, |(size, _)| size);
                     match self.store.ledger_head().await {
                         Ok(h) if h.size >= last + self.config.checkpoint_every => {}
                         _ => continue,
                     }
                 }
             }
-            match self.publish(last).await {
-                Ok(size) => last = size,
-                Err(e) => tracing::error!(error = %e, "checkpoint not published; will retry"),
+            if let Err(e) = self.publish().await {
+                tracing::error!(error = %e, "checkpoint not published; will retry");
             }
         }
     }

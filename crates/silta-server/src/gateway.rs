@@ -111,7 +111,9 @@ impl Gateway {
         err: &ApiError,
         subject: Option<Pseudonym>,
     ) {
-        self.record(ctx, Outcome::Deny, err.reason(), subject).await;
+        if let Err(e) = self.record(ctx, Outcome::Deny, err.reason(), subject).await {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "denial not recorded");
+        }
     }
 
     /// Records a decision that writes nothing else (a denial, a DPO's query) through the
@@ -122,7 +124,7 @@ impl Gateway {
         outcome: Outcome,
         reason: &str,
         subject: Option<Pseudonym>,
-    ) {
+    ) -> Result<(), ApiError> {
         let mut record = AuditRecord::new(
             OffsetDateTime::now_utc(),
             &ctx.request_id,
@@ -137,13 +139,11 @@ impl Gateway {
             record: Box::new(record),
             reply,
         };
-        if self.commits.send(job).await.is_err() {
-            tracing::error!(request_id = %ctx.request_id, "decision not recorded: committer stopped");
-            return;
-        }
-        if let Ok(Err(e)) | Err(e) = done.await.map_err(|_| ApiError::ShuttingDown) {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "decision not recorded");
-        }
+        self.commits
+            .send(job)
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        done.await.map_err(|_| ApiError::ShuttingDown)?
     }
 
     /// `Landlord.ReportRentArrears`.

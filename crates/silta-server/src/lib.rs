@@ -18,6 +18,7 @@ mod delivery;
 pub mod devpki;
 pub mod gateway;
 pub mod identity;
+mod ledger_proofs;
 mod proto_debug;
 mod retention;
 pub mod services;
@@ -146,14 +147,18 @@ pub async fn start(
     let appended = Arc::new(tokio::sync::Notify::new());
     let checkpointer = Arc::new(checkpoints::Checkpointer {
         store: Arc::clone(&store),
+        verifier: silta_ledger::checkpoint::NoteVerifier::parse(&checkpoint_signer.verifier_key())
+            .map_err(|e| ServeError::Config(format!("ledger.origin: {e}")))?,
         signer: checkpoint_signer,
         config: config.ledger.clone(),
         appended: Arc::clone(&appended),
+        last: tokio::sync::Mutex::new(None),
     });
+    checkpointer.load().await?;
     let notifier = Arc::new(delivery::Notifier::default());
     let stop = CancellationToken::new();
     let checkpoint_task = tokio::spawn(Arc::clone(&checkpointer).run(stop.clone()));
-    tokio::spawn(retention::run(
+    let retention_task = tokio::spawn(retention::run(
         Arc::clone(&store),
         config.retention.clone(),
         stop.clone(),
@@ -255,13 +260,8 @@ pub async fn start(
         // The last checkpoint covers everything committed, so an auditor can verify up to the
         // final entry.
         let _ = checkpoint_task.await;
-        let last = store
-            .latest_checkpoint()
-            .await
-            .ok()
-            .flatten()
-            .map_or(0, |c| c.size);
-        if let Err(e) = checkpointer.publish(last).await {
+        let _ = retention_task.await;
+        if let Err(e) = checkpointer.publish().await {
             tracing::error!(error = %e, "final checkpoint not published");
         }
         drop(checkpointer);

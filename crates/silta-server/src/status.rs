@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The request cannot be served in the current state (e.g. no checkpoint yet).
     #[error("{0}")]
     FailedPrecondition(&'static str),
+    /// Stored data failed an integrity check.
+    #[error("{0}")]
+    Integrity(&'static str),
     /// The idempotency key was used with a different body.
     #[error("{0}")]
     AlreadyExists(&'static str),
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "role-not-allowed",
             ApiError::NotFound(_) => "not-found",
             ApiError::FailedPrecondition(_) => "failed-precondition",
+            ApiError::Integrity(_) => "integrity-check-failed",
             ApiError::AlreadyExists(_) => "idempotency-conflict",
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Integrity(_) => Code::DataLoss,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
         }

@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 pub use ledger::ledger_entry;
 pub use silta_ledger::Hash;
 pub use sqlite::SqliteStore;
+pub use time_conv::to_ms as unix_ms;
 
 /// A store failure. Callers map it to `UNAVAILABLE`: the request may be retried.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +225,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The checkpoint with the largest tree size, if any.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
+
+    /// The checkpoint published at exactly `size`, if any.
+    async fn checkpoint_at(&self, size: u64) -> Result<Option<StoredCheckpoint>>;
 
     /// Every checkpoint with a size up to `max_size`, smallest first.
     async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>>;

@@ -128,6 +128,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn checkpoint_at(&self, size: u64) -> Result<Option<StoredCheckpoint>> {
+        let note: Option<String> =
+            sqlx::query_scalar("SELECT note FROM checkpoints WHERE size = ?")
+                .bind(seq_to_i64(size))
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(note.map(|note| StoredCheckpoint { size, note }))
+    }
+
     async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>> {
         let rows = sqlx::query("SELECT size, note FROM checkpoints WHERE size <= ? ORDER BY size")
             .bind(seq_to_i64(max_size))

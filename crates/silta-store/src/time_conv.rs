@@ -4,7 +4,8 @@ use time::OffsetDateTime;
 
 use crate::StoreError;
 
-pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
+/// A time as stored: Unix milliseconds, UTC.
+pub fn to_ms(t: OffsetDateTime) -> i64 {
     // Milliseconds since 1970 fit in i64 for ±292 million years; saturate beyond.
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }

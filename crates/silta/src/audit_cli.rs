@@ -58,9 +58,10 @@ pub enum AuditCommand {
     },
     /// Prints a resident's disclosure report: who received which of their data, when and why.
     Subject {
-        /// The resident's personal identity code.
+        /// The resident's personal identity code. Better left out: you are then asked for it on
+        /// standard input, and it never reaches the shell history or the process list.
         #[arg(long)]
-        hetu: String,
+        hetu: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -142,7 +143,18 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<i32> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             verify(&export, &key, &origin, &held)
         }
-        AuditCommand::Subject { hetu, json, conn } => subject(&hetu, json, &conn).await.map(|()| 0),
+        AuditCommand::Subject { hetu, json, conn } => {
+            let hetu = match hetu {
+                Some(h) => zeroize::Zeroizing::new(h),
+                None => {
+                    eprint!("resident's identity code: ");
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin().read_line(&mut line)?;
+                    zeroize::Zeroizing::new(line.trim().to_owned())
+                }
+            };
+            subject(&hetu, json, &conn).await.map(|()| 0)
+        }
     }
 }
 
@@ -273,21 +285,28 @@ fn hex(bytes: &[u8]) -> String {
 
 async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()> {
     let mut audit = conn.audit().await?;
-    let mut stream = audit
-        .query(proto::AuditQueryRequest {
+    let mut rows = Vec::new();
+    let mut start_index = 0;
+    loop {
+        let page = proto::AuditQueryRequest {
             subject_hetu: hetu.to_owned(),
+            start_index,
             limit: 10_000,
             ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut rows = Vec::new();
-    while let Some(entry) = stream.next().await {
-        let e = entry?;
-        // Decode the canonical bytes ourselves: the report shows what the ledger holds.
-        let decoded =
-            Entry::decode(&e.entry).map_err(|err| anyhow::anyhow!("entry {}: {err}", e.index))?;
-        rows.push((e.index, decoded));
+        };
+        let mut stream = audit.query(page).await?.into_inner();
+        let before = rows.len();
+        while let Some(entry) = stream.next().await {
+            let e = entry?;
+            // Decode the canonical bytes ourselves: the report shows what the ledger holds.
+            let decoded = Entry::decode(&e.entry)
+                .map_err(|err| anyhow::anyhow!("entry {}: {err}", e.index))?;
+            start_index = e.index + 1;
+            rows.push((e.index, decoded));
+        }
+        if rows.len() - before < 10_000 {
+            break;
+        }
     }
     if json {
         let list: Vec<serde_json::Value> = rows

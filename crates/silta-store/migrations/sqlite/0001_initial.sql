@@ -105,6 +105,10 @@ CREATE TABLE checkpoints (
     note       TEXT NOT NULL,
     created_at INTEGER NOT NULL
 ) STRICT;
+-- Leaf indexes are consecutive: an entry can only be appended at the end.
+CREATE TRIGGER audit_append_only_at_the_end BEFORE INSERT ON audit
+WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq) + 1, 0) FROM audit)
+BEGIN SELECT RAISE(ABORT, 'audit entries are appended at the next index only'); END;
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
