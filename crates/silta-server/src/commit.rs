@@ -153,14 +153,7 @@ async fn apply_report(
         ctx, flow, report, ..
     } = job;
     let landlord = &ctx.caller.org;
-    let mut record = AuditRecord::new(
-        job.received_at,
-        &ctx.request_id,
-        &ctx.caller,
-        ctx.action,
-        Outcome::Deny,
-        "",
-    );
+    let mut record = ctx.audit_record(job.received_at, Outcome::Deny, "");
     record.flow_id = Some(flow.id.to_owned());
     record.subject = Some(job.audit_subject.clone());
 

@@ -37,6 +37,20 @@ pub struct RequestContext {
     pub action: &'static str,
 }
 
+impl RequestContext {
+    /// An audit record of this request's decision, with nothing disclosed yet.
+    pub fn audit_record(&self, at: OffsetDateTime, outcome: Outcome, reason: &str) -> AuditRecord {
+        AuditRecord::new(
+            at,
+            &self.request_id,
+            &self.caller,
+            self.action,
+            outcome,
+            reason,
+        )
+    }
+}
+
 /// A report receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
@@ -125,14 +139,7 @@ impl Gateway {
         reason: &str,
         subject: Option<Pseudonym>,
     ) -> Result<(), ApiError> {
-        let mut record = AuditRecord::new(
-            OffsetDateTime::now_utc(),
-            &ctx.request_id,
-            &ctx.caller,
-            ctx.action,
-            outcome,
-            reason,
-        );
+        let mut record = ctx.audit_record(OffsetDateTime::now_utc(), outcome, reason);
         record.subject = subject;
         let (reply, done) = oneshot::channel();
         let job = Job::Audit {
@@ -243,14 +250,7 @@ impl Gateway {
             now,
         })
         .await?;
-        let mut record = AuditRecord::new(
-            now,
-            &ctx.request_id,
-            &ctx.caller,
-            ctx.action,
-            Outcome::Allow,
-            "consent-recorded",
-        );
+        let mut record = ctx.audit_record(now, Outcome::Allow, "consent-recorded");
         record.subject = Some(audit_subject);
         record.flow_id = Some(RENT_ARREARS.id.to_owned());
         tx.append_audit(&record).await?;
@@ -306,14 +306,8 @@ impl Gateway {
                     Some(s) => {
                         // Already withdrawn or superseded: nothing to do. Above all, a retried
                         // withdrawal must not touch a newer consent the client gave since.
-                        let mut record = AuditRecord::new(
-                            now,
-                            &ctx.request_id,
-                            &ctx.caller,
-                            ctx.action,
-                            Outcome::Allow,
-                            "consent-already-inactive",
-                        );
+                        let mut record =
+                            ctx.audit_record(now, Outcome::Allow, "consent-already-inactive");
                         record.subject = Some(s.audit_subject);
                         tx.append_audit(&record).await?;
                         tx.commit().await?;
@@ -353,14 +347,7 @@ impl Gateway {
         let done = tx
             .withdraw(&ctx.caller.org, &subject_key, &purpose, now)
             .await?;
-        let mut record = AuditRecord::new(
-            now,
-            &ctx.request_id,
-            &ctx.caller,
-            ctx.action,
-            Outcome::Allow,
-            "consent-withdrawn",
-        );
+        let mut record = ctx.audit_record(now, Outcome::Allow, "consent-withdrawn");
         record.subject = Some(audit_subject);
         record.flow_id = Some(RENT_ARREARS.id.to_owned());
         tx.append_audit(&record).await?;
