@@ -192,7 +192,8 @@ mod tests {
 
     fn fixture(name: &str) -> String {
         let path = format!(
-            "{}/../../../shared/fixtures/{name}",
+            // The shared synthetic fixtures, vendored; CI checks they match ../shared/fixtures.
+            "{}/../../tests/fixtures/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
