@@ -2,9 +2,10 @@
 
 use silta_server::proto;
 use silta_tests::{
-    LANDLORD, SOCIAL_A, SOCIAL_B, TestGateway, captured_logs, enrol, invalid_hetus, report,
+    DPO, LANDLORD, SOCIAL_A, SOCIAL_B, TestGateway, captured_logs, enrol, invalid_hetus, report,
     valid_hetus,
 };
+use tokio_stream::StreamExt;
 
 /// The forms a leaked code could take: as sent, and without its century marker.
 fn forms(code: &str) -> Vec<String> {
@@ -62,6 +63,28 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
         let _ = landlord
             .report_rent_arrears(report(&format!("i-{i}"), code))
             .await;
+    }
+    // The DPO looks every resident up, by code and (wrongly) by code as a pseudonym, and exports.
+    let mut audit = gw.audit(DPO).await;
+    for code in valid.iter().chain(invalid_hetus().iter().map(|(c, _)| c)) {
+        if let Ok(stream) = audit
+            .query(proto::AuditQueryRequest {
+                subject_hetu: code.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            let _: Vec<_> = stream.into_inner().collect().await;
+        }
+        let _ = audit
+            .query(proto::AuditQueryRequest {
+                subject_pseudonym: code.clone(),
+                ..Default::default()
+            })
+            .await;
+    }
+    if let Ok(stream) = audit.export(proto::ExportRequest::default()).await {
+        let _: Vec<_> = stream.into_inner().collect().await;
     }
     gw.stop().await;
 
