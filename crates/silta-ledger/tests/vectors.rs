@@ -414,3 +414,18 @@ fn a_history_rewritten_and_re_signed_is_caught_by_a_checkpoint_kept_from_before(
         Err(VerifyError::RootMismatch { from: 5, to: 8 })
     );
 }
+
+proptest! {
+    #[test]
+    fn note_and_checkpoint_parsers_never_panic_on_hostile_text(
+        text in "\\PC{0,200}",
+        lines in proptest::collection::vec("(\u{2014} )?[A-Za-z0-9+/=. -]{0,80}", 0..6),
+    ) {
+        let verifier = NoteVerifier::parse(PETER_VKEY).expect("key");
+        let note = format!("{text}\n\n{}\n", lines.join("\n"));
+        prop_assert!(verifier.open(&note).is_err());
+        let _ = verifier.open(&text);
+        let _ = Checkpoint::parse(&text);
+        let _ = NoteVerifier::parse(&text);
+    }
+}
