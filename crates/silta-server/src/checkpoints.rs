@@ -62,12 +62,13 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Publishes a checkpoint of the current head if the ledger grew since the last one.
-    pub async fn publish(&self) -> Result<(), CheckpointError> {
+    /// Publishes a checkpoint of the current head if the ledger grew by at least `min_growth`
+    /// entries since the last one.
+    pub async fn publish(&self, min_growth: u64) -> Result<(), CheckpointError> {
         let mut last = self.last.lock().await;
         let head = self.store.ledger_head().await?;
         if let Some((size, root)) = *last {
-            if head.size <= size {
+            if head.size < size.saturating_add(min_growth.max(1)) {
                 if head.size == size && head.root != root {
                     return Err(CheckpointError::NotAnExtension(size));
                 }
@@ -78,7 +79,7 @@ impl Checkpointer {
                 .map_err(|_| CheckpointError::NotAnExtension(size))?;
             verify_consistency(size, head.size, &root, &head.root, &proof)
                 .map_err(|_| CheckpointError::NotAnExtension(size))?;
-        } else if head.size == 0 {
+        } else if head.size < min_growth.max(1) {
             return Ok(());
         }
         let checkpoint = Checkpoint {
@@ -111,14 +112,14 @@ impl Checkpointer {
                     deadline = tokio::time::Instant::now() + interval;
                 }
                 () = self.appended.notified() => {
-                    let last = self.last.lock().await.map_or(0, |(size, _)| size);
-                    match self.store.ledger_head().await {
-                        Ok(h) if h.size >= last + self.config.checkpoint_every => {}
-                        _ => continue,
+                    // After a batch, sign only once `checkpoint_every` entries have accrued.
+                    if let Err(e) = self.publish(self.config.checkpoint_every).await {
+                        tracing::error!(error = %e, "checkpoint not published; will retry");
                     }
+                    continue;
                 }
             }
-            if let Err(e) = self.publish().await {
+            if let Err(e) = self.publish(1).await {
                 tracing::error!(error = %e, "checkpoint not published; will retry");
             }
         }

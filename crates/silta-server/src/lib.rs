@@ -261,7 +261,7 @@ pub async fn start(
         // final entry.
         let _ = checkpoint_task.await;
         let _ = retention_task.await;
-        if let Err(e) = checkpointer.publish().await {
+        if let Err(e) = checkpointer.publish(1).await {
             tracing::error!(error = %e, "final checkpoint not published");
         }
         drop(checkpointer);
