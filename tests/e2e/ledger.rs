@@ -48,8 +48,8 @@ async fn every_decision_is_in_a_ledger_that_verifies_and_tampering_is_found() {
     let (entries, notes) = export(&gw).await;
     assert_eq!(
         entries.len(),
-        6 + 12 + 1,
-        "one leaf per decision: enrolments, reports, the denial"
+        1 + 6 + 12 + 1,
+        "one leaf per decision: the policy set loaded, enrolments, reports, the denial"
     );
     assert!(
         notes.len() >= 2,
@@ -59,7 +59,7 @@ async fn every_decision_is_in_a_ledger_that_verifies_and_tampering_is_found() {
     let verified = verify(&entries, &notes, &gw.checkpoint_key).expect("the ledger verifies");
     assert_eq!(
         (verified.entries, verified.anchored),
-        (19, 19),
+        (20, 20),
         "the final checkpoint covers every entry"
     );
 
@@ -72,7 +72,7 @@ async fn every_decision_is_in_a_ledger_that_verifies_and_tampering_is_found() {
     let allowed = entries
         .iter()
         .filter_map(|b| Entry::decode(b).ok())
-        .find(|e| e.reason == "consent")
+        .find(|e| e.reason == "disclosed")
         .expect("a disclosure");
     assert_eq!(allowed.recipients, [SOCIAL_A]);
     assert!(allowed.fields.contains(&"arrears_band".to_owned()));
@@ -135,7 +135,8 @@ async fn the_ledger_continues_across_restarts() {
     gw.stop().await;
     let (entries, notes) = export(&gw).await;
     let verified = verify(&entries, &notes, &gw.checkpoint_key).expect("one tree across restarts");
-    assert_eq!((verified.entries, verified.anchored), (2, 2));
+    // Each start records the policy set it loaded.
+    assert_eq!((verified.entries, verified.anchored), (4, 4));
 }
 
 mod service {
@@ -213,7 +214,7 @@ mod service {
             what,
             [
                 ("SocialServices.EnrolClient", "consent-recorded"),
-                ("Landlord.ReportRentArrears", "consent")
+                ("Landlord.ReportRentArrears", "disclosed")
             ]
         );
         let disclosure = &entries[1];
@@ -394,10 +395,11 @@ mod tampering {
             .await
             .expect("enrolled");
         gw.stop().await;
-        // Entry 1 is about OTHER; make its index column claim it is about RESIDENT.
+        // Entry 0 records the policy set; entry 2 is about OTHER: make its index column claim
+        // it is about RESIDENT (entry 1).
         gw.tamper(
             "DROP TRIGGER audit_no_update;
-             UPDATE audit SET subject = (SELECT subject FROM audit WHERE seq = 0) WHERE seq = 1;",
+             UPDATE audit SET subject = (SELECT subject FROM audit WHERE seq = 1) WHERE seq = 2;",
         )
         .await;
         gw.restart_after_stop().await;

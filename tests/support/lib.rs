@@ -248,6 +248,7 @@ pub fn consent() -> proto::Consent {
         valid_until: Some(ts(now + time::Duration::days(365))),
         evidence_ref: "DOC-1".into(),
         notice_version: "v1".into(),
+        share_outcome_with_landlord: true,
     }
 }
 
@@ -270,6 +271,47 @@ pub fn report(key: &str, hetu: &str) -> proto::ReportRentArrearsRequest {
         eviction_stage: EvictionStage::Warning.into(),
         landlord_contact_office: "Kallio office".into(),
         free_text_note: "private note that must never cross".into(),
+        purpose: "eviction-prevention".into(),
+        legal_basis: CONSENT.into(),
+    }
+}
+
+/// The legal basis id of the consent-based flows.
+pub const CONSENT: &str = "gdpr-6-1-a-consent";
+/// The legal basis id of the statutory flow.
+pub const STATUTORY: &str = "fi-shl-35-notification";
+
+/// An eviction-stage report for `hetu` under `key`, on `legal_basis`.
+pub fn eviction(
+    key: &str,
+    hetu: &str,
+    stage: EvictionStage,
+    legal_basis: &str,
+) -> proto::ReportEvictionStageRequest {
+    proto::ReportEvictionStageRequest {
+        idempotency_key: key.into(),
+        hetu: hetu.into(),
+        tenancy_ref: "T-1/A".into(),
+        purpose: "eviction-prevention".into(),
+        legal_basis: legal_basis.into(),
+        eviction_stage: stage.into(),
+        stage_date: "2026-12-15".into(),
+        landlord_contact_office: "Kallio office".into(),
+    }
+}
+
+/// A disturbance notice for `hetu` under `key`.
+pub fn disturbance(key: &str, hetu: &str) -> proto::ReportDisturbanceRequest {
+    proto::ReportDisturbanceRequest {
+        idempotency_key: key.into(),
+        hetu: hetu.into(),
+        tenancy_ref: "T-1/A".into(),
+        purpose: "eviction-prevention".into(),
+        legal_basis: CONSENT.into(),
+        category: proto::DisturbanceCategory::Noise.into(),
+        count_in_period: 3,
+        period_month: "2026-10".into(),
+        landlord_contact_office: "Kallio office".into(),
     }
 }
 

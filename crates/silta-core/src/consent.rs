@@ -4,8 +4,8 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::flow::{Flow, is_known_purpose};
 use crate::org::OrgId;
+use crate::policy::Policies;
 use crate::pseudonym::{Pseudonym, Pseudonymiser};
 use crate::validate::{Violations, check_text};
 
@@ -61,6 +61,8 @@ pub struct ConsentRecord {
     pub valid_until: OffsetDateTime,
     /// Lifecycle state.
     pub state: ConsentState,
+    /// Whether the client agreed that the landlord may be told the outcome (support notices).
+    pub covers_landlord: bool,
 }
 
 impl ConsentRecord {
@@ -83,6 +85,8 @@ pub struct ConsentInput<'a> {
     pub evidence_ref: &'a str,
     /// Privacy-notice version.
     pub notice_version: &'a str,
+    /// Whether the landlord may be told the outcome.
+    pub share_outcome_with_landlord: bool,
 }
 
 /// A validated new consent.
@@ -98,25 +102,32 @@ pub struct NewConsent {
     pub evidence_ref: String,
     /// Notice version, possibly empty.
     pub notice_version: String,
+    /// Whether the landlord may be told the outcome.
+    pub covers_landlord: bool,
 }
 
-/// Validates a consent under field prefix `prefix` (e.g. `consent`).
+/// Validates a consent under field prefix `prefix` (e.g. `consent`); its purpose must be
+/// declared in `policies`.
 pub fn validate_consent(
     input: &ConsentInput<'_>,
     prefix: &str,
     now: OffsetDateTime,
+    policies: &Policies,
     v: &mut Violations,
 ) -> Option<NewConsent> {
     let field = |f: &str| format!("{prefix}.{f}");
     if input.purpose.is_empty() {
         v.add(
             &field("purpose"),
-            "is required (known purposes: eviction-prevention)",
+            format!("is required (purposes: {})", policies.consent_purposes().join(", ")),
         );
-    } else if !is_known_purpose(input.purpose) {
+    } else if !policies.consent_purposes().iter().any(|p| p == input.purpose) {
         v.add(
             &field("purpose"),
-            "is not a known purpose (known purposes: eviction-prevention)",
+            format!(
+                "is not a purpose any consent-based flow serves (purposes: {})",
+                policies.consent_purposes().join(", ")
+            ),
         );
     }
     match input.given_at {
@@ -143,6 +154,7 @@ pub fn validate_consent(
             valid_until,
             evidence_ref: input.evidence_ref.to_owned(),
             notice_version: input.notice_version.to_owned(),
+            covers_landlord: input.share_outcome_with_landlord,
         }),
         _ => None,
     }
@@ -170,9 +182,11 @@ pub struct ReceiptBody {
     /// Purpose.
     pub purpose: String,
     /// Legal basis id.
-    pub legal_basis: &'static str,
-    /// Data categories that may cross.
-    pub data_categories: Vec<&'static str>,
+    pub legal_basis: String,
+    /// Data categories that may cross: the ids of the flows the consent opens.
+    pub data_categories: Vec<String>,
+    /// Whether the landlord may be told the outcome (support notices).
+    pub share_outcome_with_landlord: bool,
     /// Validity start.
     #[serde(with = "time::serde::rfc3339")]
     pub valid_from: OffsetDateTime,
@@ -186,15 +200,23 @@ pub struct ReceiptBody {
 }
 
 impl ReceiptBody {
-    /// The receipt of `consent` given to `org` for `flow`.
+    /// The receipt of `consent` given to `org`, under the flows of `policies` it opens.
     pub fn new(
         consent_id: &str,
         org: &OrgId,
         subject: &Pseudonym,
         consent: &NewConsent,
-        flow: &Flow,
+        policies: &Policies,
         issued_at: OffsetDateTime,
     ) -> Self {
+        let flows: Vec<_> = policies
+            .flows()
+            .iter()
+            .filter(|f| f.requires_consent && f.purpose == consent.purpose)
+            .collect();
+        let legal_basis = flows
+            .first()
+            .map_or_else(String::new, |f| f.legal_basis.clone());
         ReceiptBody {
             version: "silta-consent-receipt/1",
             receipt_id: consent_id.to_owned(),
@@ -204,8 +226,9 @@ impl ReceiptBody {
             recipient: org.to_string(),
             subject_pseudonym: subject.to_string(),
             purpose: consent.purpose.clone(),
-            legal_basis: flow.legal_basis,
-            data_categories: flow.data_categories.to_vec(),
+            legal_basis,
+            data_categories: policies.consent_categories(&consent.purpose, consent.covers_landlord),
+            share_outcome_with_landlord: consent.covers_landlord,
             valid_from: consent.given_at,
             valid_until: consent.valid_until,
             notice_version: consent.notice_version.clone(),
@@ -278,13 +301,14 @@ mod tests {
             valid_until: Some(NOW + Duration::days(365)),
             evidence_ref: "DOC-2026-1",
             notice_version: "v3",
+            share_outcome_with_landlord: false,
         }
     }
 
     #[test]
     fn a_good_consent_passes() {
         let mut v = Violations::default();
-        assert!(validate_consent(&input(), "consent", NOW, &mut v).is_some());
+        assert!(validate_consent(&input(), "consent", NOW, &Policies::builtin(), &mut v).is_some());
         assert!(v.0.is_empty());
     }
 
@@ -336,7 +360,7 @@ mod tests {
         ];
         for (field, case) in cases {
             let mut v = Violations::default();
-            assert!(validate_consent(&case, "consent", NOW, &mut v).is_none());
+            assert!(validate_consent(&case, "consent", NOW, &Policies::builtin(), &mut v).is_none());
             assert!(v.names(field), "{field}: {v:?}");
         }
     }
@@ -350,6 +374,7 @@ mod tests {
             valid_from: NOW,
             valid_until: NOW + Duration::days(1),
             state: ConsentState::Active,
+            covers_landlord: false,
         };
         assert!(rec.is_valid_at(NOW));
         assert!(!rec.is_valid_at(NOW + Duration::days(1)));

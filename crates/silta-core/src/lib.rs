@@ -9,12 +9,12 @@
 
 pub mod audit;
 pub mod consent;
-pub mod decision;
-pub mod flow;
 pub mod hetu;
 pub mod org;
+pub mod policy;
 pub mod pseudonym;
 pub mod report;
+pub mod support;
 pub mod secret;
 pub mod validate;
 

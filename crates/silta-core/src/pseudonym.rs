@@ -129,9 +129,12 @@ impl Pseudonymiser {
     /// A keyed fingerprint of `parts` (length-prefixed, so boundaries count). Used to compare
     /// request bodies that hold an identity code without storing anything guessable: a plain
     /// hash of a code could be reversed by trying every code.
-    pub fn fingerprint(&self, hetu: &Hetu, parts: &[&[u8]]) -> [u8; 32] {
+    /// `hetu` is `None` for a body that holds none (a support notice).
+    pub fn fingerprint(&self, hetu: Option<&Hetu>, parts: &[&[u8]]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.inner.fingerprint);
-        ctx.update(hetu.clear_bytes());
+        if let Some(hetu) = hetu {
+            ctx.update(hetu.clear_bytes());
+        }
         for p in parts {
             ctx.update(&(p.len() as u64).to_be_bytes());
             ctx.update(p);

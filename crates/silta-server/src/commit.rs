@@ -9,11 +9,10 @@
 use std::sync::Arc;
 
 use silta_core::audit::{AuditRecord, Outcome};
-use silta_core::decision::decide;
-use silta_core::flow::Flow;
-use silta_core::report::RentArrearsReport;
-use silta_core::{Domain, OrgId, Pseudonym, Pseudonymiser};
-use silta_store::{NewAlert, NewReport, Store, StoreError, WriteTx};
+use silta_core::policy::{ConsentView, DecisionInput, Policies};
+use silta_core::report::EvictionStage;
+use silta_core::{Domain, Hetu, OrgId, Pseudonym, Pseudonymiser};
+use silta_store::{NewAlert, NewCase, NewReport, Store, StoreError, WriteTx};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -24,27 +23,45 @@ use crate::status::ApiError;
 
 /// Work for the committer.
 pub(crate) enum Job {
-    /// A validated report to decide and store.
-    Report(Box<ReportJob>),
-    /// A denial to record.
+    /// A validated message to decide and store.
+    Message(
+        Box<MessageJob>,
+        oneshot::Sender<Result<Receipt, ApiError>>,
+    ),
+    /// A decision that writes nothing else (a denial, a DPO's query) to record.
     Audit {
         record: Box<AuditRecord>,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
 }
 
-/// A report, ready to decide and commit.
-pub(crate) struct ReportJob {
+/// Where a message goes.
+pub(crate) enum Route {
+    /// A landlord's report, to social services: about the resident with this identity code
+    /// (kept only to derive each recipient's pseudonym) in this tenancy.
+    ToSocialServices { hetu: Hetu, tenancy_ref: String },
+    /// A support notice, to the landlord of a case, under its own tenancy reference.
+    ToLandlord { landlord: OrgId, tenancy_ref: String },
+}
+
+/// A message, validated, minimised and pre-checked, ready to decide and commit.
+pub(crate) struct MessageJob {
     pub ctx: RequestContext,
-    pub flow: &'static Flow,
-    pub report: RentArrearsReport,
+    /// The policy set the request started with.
+    pub policies: Arc<Policies>,
+    pub flow_id: String,
+    pub purpose: String,
+    pub legal_basis: String,
+    pub eviction_stage: Option<EvictionStage>,
+    pub idempotency_key: String,
+    pub route: Route,
+    /// The resident in the lookup domain: finds the consents.
     pub lookup_key: Pseudonym,
     pub audit_subject: Pseudonym,
     pub fingerprint: [u8; 32],
     /// The minimised fields, JSON.
     pub payload: String,
     pub received_at: OffsetDateTime,
-    pub reply: oneshot::Sender<Result<Receipt, ApiError>>,
 }
 
 /// Runs until `stop` is cancelled (or every sender is gone), then commits the jobs already
@@ -105,11 +122,11 @@ enum Answer {
 fn reply(job: Job, answer: Option<Answer>) {
     // A caller that gave up has dropped its receiver; its work is committed all the same.
     match (job, answer) {
-        (Job::Report(j), Some(Answer::Receipt(r))) => {
-            let _ = j.reply.send(r);
+        (Job::Message(_, reply), Some(Answer::Receipt(r))) => {
+            let _ = reply.send(r);
         }
-        (Job::Report(j), _) => {
-            let _ = j.reply.send(Err(ApiError::Unavailable));
+        (Job::Message(_, reply), _) => {
+            let _ = reply.send(Err(ApiError::Unavailable));
         }
         (Job::Audit { reply, .. }, Some(Answer::Recorded)) => {
             let _ = reply.send(Ok(()));
@@ -130,7 +147,7 @@ async fn apply_batch(
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         results.push(match job {
-            Job::Report(j) => Answer::Receipt(apply_report(&mut *tx, p, j, woken).await?),
+            Job::Message(j, _) => Answer::Receipt(apply_message(&mut *tx, p, j, woken).await?),
             Job::Audit { record, .. } => {
                 tx.append_audit(record).await?;
                 Answer::Recorded
@@ -141,76 +158,137 @@ async fn apply_batch(
     Ok(results)
 }
 
-/// Decides one report against the stored consents and writes the report, its alerts and its
-/// audit record. Returns the caller's answer; `Err(StoreError)` aborts the whole batch.
-async fn apply_report(
+/// Decides one message against the consents as stored in this transaction and writes the
+/// report, its outbox rows and its audit record. Returns the caller's answer;
+/// `Err(StoreError)` aborts the whole batch.
+async fn apply_message(
     tx: &mut dyn WriteTx,
     p: &Pseudonymiser,
-    job: &ReportJob,
+    job: &MessageJob,
     woken: &mut Vec<(OrgId, u64)>,
 ) -> Result<Result<Receipt, ApiError>, StoreError> {
-    let ReportJob {
-        ctx, flow, report, ..
-    } = job;
-    let landlord = &ctx.caller.org;
+    let ctx = &job.ctx;
+    let sender = &ctx.caller.org;
     let mut record = ctx.audit_record(job.received_at, Outcome::Deny, "");
-    record.flow_id = Some(flow.id.to_owned());
+    record.flow_id = Some(job.flow_id.clone());
     record.subject = Some(job.audit_subject.clone());
 
-    if let Some(prior) = tx.find_report(landlord, &report.idempotency_key).await? {
+    if let Some(prior) = tx.find_report(sender, &job.idempotency_key).await? {
         if prior.fingerprint == job.fingerprint {
             // A retry: the first receipt, unchanged; nothing new crosses.
             return Ok(Ok(Receipt {
                 report_id: prior.report_id,
                 received_at: prior.received_at,
-                idempotency_key: report.idempotency_key.clone(),
+                idempotency_key: job.idempotency_key.clone(),
             }));
         }
         let err = ApiError::AlreadyExists(
-            "this idempotency key was already used with a different report; use a new key for a new report",
+            "this idempotency key was already used with a different message; use a new key for a new message",
         );
         record.reason = err.reason().to_owned();
         tx.append_audit(&record).await?;
         return Ok(Err(err));
     }
 
-    let consents = tx.consents_for(&job.lookup_key, flow.purpose).await?;
-    let disclosure = decide(flow, &consents, job.received_at);
+    // The flow was resolved from this very policy set, which is immutable.
+    let Some(flow) = job.policies.flow(&job.flow_id) else {
+        tracing::error!(flow = %job.flow_id, "flow vanished from its own policy set");
+        return Ok(Err(ApiError::Unavailable));
+    };
+    let consents = tx.consents_for(&job.lookup_key, &flow.purpose).await?;
+    let now = job.received_at;
+    let candidates: Vec<(OrgId, ConsentView)> = match &job.route {
+        // Consent-based: whoever holds a consent record, each with its own consent's state.
+        Route::ToSocialServices { .. } if flow.requires_consent => {
+            ConsentView::by_recipient(&consents, now)
+        }
+        // Statutory: the organisations the flow names (their consent is recorded, not needed).
+        Route::ToSocialServices { .. } => flow
+            .recipients
+            .iter()
+            .map(|org| {
+                let own = consents.iter().filter(|c| &c.recipient == org);
+                (org.clone(), ConsentView::of(own, now))
+            })
+            .collect(),
+        // Back to the landlord: under the sender's own consent for the resident.
+        Route::ToLandlord { landlord, .. } => {
+            let own = consents.iter().filter(|c| &c.recipient == sender);
+            vec![(landlord.clone(), ConsentView::of(own, now))]
+        }
+    };
+    let input = DecisionInput {
+        flow,
+        sender: &ctx.caller,
+        purpose: &job.purpose,
+        legal_basis: &job.legal_basis,
+        eviction_stage: job.eviction_stage,
+    };
+    let disclosure = job.policies.decide(&input, &candidates);
+    record.policy_ids.clone_from(&disclosure.policy_ids);
+    record.reason = match (disclosure.permits.is_empty(), flow.requires_consent) {
+        (true, _) => disclosure.reason.to_owned(),
+        (false, true) => "disclosed".to_owned(),
+        // A disclosure without consent is an override of the resident's choice: say so.
+        (false, false) => "disclosed-statutory".to_owned(),
+    };
+
+    if disclosure.permits.is_empty() {
+        if let Route::ToLandlord { .. } = job.route {
+            // Social services knows its client: tell it why, and keep nothing to retry.
+            tx.append_audit(&record).await?;
+            return Ok(Err(ApiError::PolicyDenied {
+                message: job.policies.reasons(&disclosure.policy_ids),
+                policy_ids: disclosure.policy_ids,
+            }));
+        }
+    }
 
     let report_id = uuid::Uuid::now_v7().to_string();
     tx.insert_report(&NewReport {
         report_id: &report_id,
-        landlord,
-        idempotency_key: &report.idempotency_key,
+        landlord: sender,
+        idempotency_key: &job.idempotency_key,
         fingerprint: &job.fingerprint,
-        received_at: job.received_at,
+        received_at: now,
     })
     .await?;
     for permit in &disclosure.permits {
         let recipient = permit.recipient();
-        let pseudonym = p.pseudonym(&report.hetu, &Domain::Org(recipient.clone()));
-        let new_case = format!("case-{}", uuid::Uuid::new_v4().simple());
-        let case_ref = tx
-            .case_ref(
-                landlord,
-                &report.tenancy_ref,
-                recipient,
-                &new_case,
-                job.received_at,
-            )
-            .await?;
+        let (pseudonym, case_ref) = match &job.route {
+            Route::ToSocialServices { hetu, tenancy_ref } => {
+                let pseudonym = p.pseudonym(hetu, &Domain::Org(recipient.clone()));
+                let new_ref = format!("case-{}", uuid::Uuid::new_v4().simple());
+                let case_ref = tx
+                    .case_ref(&NewCase {
+                        landlord: sender,
+                        tenancy_ref,
+                        recipient,
+                        subject_key: &job.lookup_key,
+                        audit_subject: &job.audit_subject,
+                        new_ref: &new_ref,
+                        now,
+                    })
+                    .await?;
+                (pseudonym.to_string(), case_ref)
+            }
+            // The landlord learns no pseudonym, and the case under its own reference.
+            Route::ToLandlord { tenancy_ref, .. } => (String::new(), tenancy_ref.clone()),
+        };
         let alert_id = uuid::Uuid::now_v7().to_string();
         let seq = tx
             .insert_alert(
                 permit,
                 &NewAlert {
                     alert_id: &alert_id,
-                    flow_id: flow.id,
+                    flow_id: &flow.id,
+                    purpose: &flow.purpose,
+                    legal_basis: &flow.legal_basis,
                     report_id: &report_id,
                     subject_pseudonym: &pseudonym,
                     case_ref: &case_ref,
                     payload: &job.payload,
-                    now: job.received_at,
+                    now,
                 },
             )
             .await?;
@@ -222,8 +300,6 @@ async fn apply_report(
     } else {
         Outcome::Allow
     };
-    record.reason = disclosure.reason.to_owned();
-    record.policy_ids = disclosure.policy_ids;
     record.recipients = disclosure
         .permits
         .iter()
@@ -235,7 +311,7 @@ async fn apply_report(
     tx.append_audit(&record).await?;
     Ok(Ok(Receipt {
         report_id,
-        received_at: job.received_at,
-        idempotency_key: report.idempotency_key.clone(),
+        received_at: now,
+        idempotency_key: job.idempotency_key.clone(),
     }))
 }

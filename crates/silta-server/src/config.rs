@@ -21,6 +21,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Identity-code rules.
     pub hetu: HetuConfig,
+    /// The policy set.
+    pub policy: PolicyConfig,
     /// The audit ledger.
     pub ledger: LedgerConfig,
     /// How long data is kept.
@@ -39,6 +41,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             secrets: SecretsConfig::default(),
             hetu: HetuConfig::default(),
+            policy: PolicyConfig::default(),
             ledger: LedgerConfig::default(),
             retention: RetentionConfig::default(),
             tuning: TuningConfig::default(),
@@ -153,6 +156,15 @@ pub struct HetuConfig {
     pub allow_temporary: bool,
 }
 
+/// `[policy]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory holding `schema.cedarschema`, `flows.toml` and the `*.cedar` policies. Unset:
+    /// the built-in copy of the repository's `policies/`. Re-read on SIGHUP.
+    pub dir: Option<PathBuf>,
+}
+
 /// `[ledger]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -180,8 +192,9 @@ impl Default for LedgerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Alerts are deleted this many seconds after they were created, delivered or not
-    /// (default 90 days). Ledger entries stay: they hold no payload.
+    /// The longest any alert or support notice is kept, in seconds (default 90 days): each is
+    /// deleted after its flow's `retention_days` or this, whichever is shorter, delivered or
+    /// not. Ledger entries stay: they hold no payload.
     pub alert_retention_s: u64,
     /// How often the purge runs, in milliseconds.
     pub purge_interval_ms: u64,

@@ -12,8 +12,12 @@ use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::consent::{
     ConsentInput, ConsentState, ReceiptBody, ReceiptSigner, SignedReceipt, validate_consent,
 };
-use silta_core::flow::{RENT_ARREARS, is_known_purpose};
-use silta_core::report::{RentArrearsInput, minimise, validate_rent_arrears};
+use silta_core::policy::{DecisionInput, Flow, Message, MessageKind, Policies, Verdict, minimise};
+use silta_core::report::{
+    DisturbanceInput, EvictionStageInput, Header, RentArrearsInput, validate_disturbance,
+    validate_eviction_stage, validate_rent_arrears,
+};
+use silta_core::support::{SupportNoticeInput, validate_support_notice};
 use silta_core::validate::Violations;
 use silta_core::{Caller, Domain, Hetu, HetuRules, Pseudonym, Pseudonymiser, Role};
 use silta_store::{NewConsentRow, Store, StoredAlert};
@@ -21,9 +25,10 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Job, ReportJob};
+use crate::commit::{Job, MessageJob, Route};
 use crate::config::TuningConfig;
 use crate::delivery::Notifier;
+use crate::policy_source::PolicyHandle;
 use crate::status::ApiError;
 
 /// Who asked, and which request this is.
@@ -101,6 +106,7 @@ pub struct Gateway {
     pub(crate) stop: CancellationToken,
     pub(crate) tuning: TuningConfig,
     pub(crate) checkpoint_verifier_key: String,
+    pub(crate) policies: Arc<PolicyHandle>,
 }
 
 impl Gateway {
@@ -159,52 +165,293 @@ impl Gateway {
         ctx: &RequestContext,
         input: RentArrearsInput<'_>,
     ) -> Result<Receipt, ApiError> {
-        // Identity: only landlords report.
-        self.authorize(ctx, Role::Landlord).await?;
-        // Validate: every field at once; nothing but the audited denial is kept.
         let report = match validate_rent_arrears(&input, self.hetu_rules) {
             Ok(r) => r,
             Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
         };
+        let body = [
+            &report.arrears_cents.to_be_bytes()[..],
+            &report.months_overdue.to_be_bytes(),
+            report.eviction_stage.as_str().as_bytes(),
+            // Not stored, but part of the body: a different note is a different report.
+            input.free_text_note.as_bytes(),
+        ];
+        let header = report.header.clone();
+        self.report(ctx, header, Arc::new(report), &body).await
+    }
+
+    /// `Landlord.ReportEvictionStage`.
+    pub async fn report_eviction_stage(
+        &self,
+        ctx: &RequestContext,
+        input: EvictionStageInput<'_>,
+    ) -> Result<Receipt, ApiError> {
+        let report = match validate_eviction_stage(&input, self.hetu_rules) {
+            Ok(r) => r,
+            Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
+        };
+        let date = report.stage_date.to_string();
+        let body = [report.eviction_stage.as_str().as_bytes(), date.as_bytes()];
+        let header = report.header.clone();
+        self.report(ctx, header, Arc::new(report), &body).await
+    }
+
+    /// `Landlord.ReportDisturbance`.
+    pub async fn report_disturbance(
+        &self,
+        ctx: &RequestContext,
+        input: DisturbanceInput<'_>,
+    ) -> Result<Receipt, ApiError> {
+        let report = match validate_disturbance(&input, self.hetu_rules) {
+            Ok(r) => r,
+            Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
+        };
+        let count = report.count_in_period.to_be_bytes();
+        let month = report.period_month.clone();
+        let body = [report.category.as_str().as_bytes(), &count, month.as_bytes()];
+        let header = report.header.clone();
+        self.report(ctx, header, Arc::new(report), &body).await
+    }
+
+    /// A landlord's report, validated: find its flow, ask the policy, pseudonymise, minimise,
+    /// and hand it to the committer, which decides each recipient against the consents as
+    /// stored in its transaction.
+    async fn report(
+        &self,
+        ctx: &RequestContext,
+        header: Header,
+        message: Arc<dyn Message + Send + Sync>,
+        body: &[&[u8]],
+    ) -> Result<Receipt, ApiError> {
+        let policies = self.policies.get();
+        let kind = message.kind();
+        let flow = self
+            .resolve(ctx, &policies, kind, &header.purpose, &header.legal_basis)
+            .await?;
+        let input = DecisionInput {
+            flow,
+            sender: &ctx.caller,
+            purpose: &header.purpose,
+            legal_basis: &header.legal_basis,
+            eviction_stage: message.eviction_stage(),
+        };
+        if let Err(verdict) = policies.precheck(&input) {
+            // Refused whatever the resident's consent: saying so reveals nothing about them.
+            return Err(self.refuse(ctx, &policies, flow, verdict, None).await);
+        }
         // Pseudonymise: the lookup key finds consents, the audit pseudonym names the subject
-        // in the audit trail, the fingerprint recognises retries. The code itself goes no further.
-        let lookup_key = self.pseudonymiser.pseudonym(&report.hetu, &Domain::Lookup);
-        let audit_subject = self.pseudonymiser.pseudonym(&report.hetu, &Domain::Audit);
-        let fingerprint = self.pseudonymiser.fingerprint(
-            &report.hetu,
-            &[
-                report.tenancy_ref.as_bytes(),
-                &report.arrears_cents.to_be_bytes(),
-                &report.months_overdue.to_be_bytes(),
-                format!("{:?}", report.eviction_stage).as_bytes(),
-                report.landlord_contact_office.as_bytes(),
-                // Not stored, but part of the body: a different note is a different report.
-                input.free_text_note.as_bytes(),
-            ],
-        );
-        // Minimise: what would cross, the same for every recipient.
+        // in the audit trail, the fingerprint recognises retries. The code itself stays in the
+        // job only to derive each recipient's pseudonym.
+        let lookup_key = self.pseudonymiser.pseudonym(&header.hetu, &Domain::Lookup);
+        let audit_subject = self.pseudonymiser.pseudonym(&header.hetu, &Domain::Audit);
+        let mut parts: Vec<&[u8]> = vec![kind.as_str().as_bytes()];
+        parts.extend(header.fingerprint_parts());
+        parts.extend_from_slice(body);
+        let fingerprint = self.pseudonymiser.fingerprint(Some(&header.hetu), &parts);
         let received_at = now_millis();
-        let alert = minimise(&report, received_at);
-        // Serialising a struct of strings and enums cannot fail.
-        let payload = serde_json_string(&alert);
-        // Decide and commit, in the group committer's transaction; respond once durable.
-        let (reply, done) = oneshot::channel();
-        let job = ReportJob {
+        let payload = outbox_payload(kind, minimise(flow, &*message, received_at));
+        let flow_id = flow.id.clone();
+        let eviction_stage = message.eviction_stage();
+        drop(message);
+        let job = MessageJob {
             ctx: ctx.clone(),
-            flow: &RENT_ARREARS,
-            report,
+            policies: Arc::clone(&policies),
+            flow_id,
+            purpose: header.purpose,
+            legal_basis: header.legal_basis,
+            eviction_stage,
+            idempotency_key: header.idempotency_key,
+            route: Route::ToSocialServices {
+                hetu: header.hetu,
+                tenancy_ref: header.tenancy_ref,
+            },
             lookup_key,
             audit_subject,
             fingerprint,
             payload,
             received_at,
-            reply,
         };
+        self.submit(job).await
+    }
+
+    /// `SocialServices.SendSupportNotice`.
+    pub async fn send_support_notice(
+        &self,
+        ctx: &RequestContext,
+        input: SupportNoticeInput<'_>,
+    ) -> Result<Receipt, ApiError> {
+        let notice = match validate_support_notice(&input) {
+            Ok(n) => n,
+            Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
+        };
+        // Only a case the caller received an alert on exists for it; a made-up reference and
+        // another organisation's look the same.
+        let Some(case) = self.store.find_case(&ctx.caller.org, &notice.case_ref).await? else {
+            let err = ApiError::NotFound(
+                "no case of yours has this case_ref; use the case_ref of an alert you received",
+            );
+            return Err(self.deny(ctx, err, None).await);
+        };
+        let policies = self.policies.get();
+        let flow = self
+            .resolve(
+                ctx,
+                &policies,
+                MessageKind::SupportNotice,
+                &notice.purpose,
+                &notice.legal_basis,
+            )
+            .await?;
+        let input = DecisionInput {
+            flow,
+            sender: &ctx.caller,
+            purpose: &notice.purpose,
+            legal_basis: &notice.legal_basis,
+            eviction_stage: None,
+        };
+        if let Err(verdict) = policies.precheck(&input) {
+            let subject = Some(case.audit_subject.clone());
+            return Err(self.refuse(ctx, &policies, flow, verdict, subject).await);
+        }
+        let commitment = notice
+            .commitment
+            .as_ref()
+            .map(|(c, m)| format!("{c}/{m}"))
+            .unwrap_or_default();
+        let fingerprint = self.pseudonymiser.fingerprint(
+            None,
+            &[
+                MessageKind::SupportNotice.as_str().as_bytes(),
+                notice.case_ref.as_bytes(),
+                notice.purpose.as_bytes(),
+                notice.legal_basis.as_bytes(),
+                notice.outcome.as_str().as_bytes(),
+                commitment.as_bytes(),
+            ],
+        );
+        let received_at = now_millis();
+        let payload = outbox_payload(
+            MessageKind::SupportNotice,
+            minimise(flow, &notice, received_at),
+        );
+        let job = MessageJob {
+            ctx: ctx.clone(),
+            policies: Arc::clone(&policies),
+            flow_id: flow.id.clone(),
+            purpose: notice.purpose,
+            legal_basis: notice.legal_basis,
+            eviction_stage: None,
+            idempotency_key: notice.idempotency_key,
+            route: Route::ToLandlord {
+                landlord: case.landlord,
+                tenancy_ref: case.tenancy_ref,
+            },
+            lookup_key: case.subject_key,
+            audit_subject: case.audit_subject,
+            fingerprint,
+            payload,
+            received_at,
+        };
+        self.submit(job).await
+    }
+
+    /// Queues a message for the committer and waits until it is durable.
+    async fn submit(&self, job: MessageJob) -> Result<Receipt, ApiError> {
+        let (reply, done) = oneshot::channel();
         self.commits
-            .send(Job::Report(Box::new(job)))
+            .send(Job::Message(Box::new(job), reply))
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
         done.await.map_err(|_| ApiError::ShuttingDown)?
+    }
+
+    /// The declared flow for `kind` on `legal_basis`, or the audited refusal.
+    async fn resolve<'p>(
+        &self,
+        ctx: &RequestContext,
+        policies: &'p Policies,
+        kind: MessageKind,
+        purpose: &str,
+        legal_basis: &str,
+    ) -> Result<&'p Flow, ApiError> {
+        let mut v = Violations::default();
+        if !policies.is_known_purpose(purpose) {
+            v.add(
+                "purpose",
+                format!(
+                    "is not a declared purpose (declared: {})",
+                    policies.purpose_list()
+                ),
+            );
+        }
+        if !policies.declarations().legal_bases.contains_key(legal_basis) {
+            v.add(
+                "legal_basis",
+                format!(
+                    "is not a declared legal basis (declared: {})",
+                    policies.legal_basis_list()
+                ),
+            );
+        }
+        if !v.0.is_empty() {
+            return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await);
+        }
+        match policies.route(kind, legal_basis) {
+            Some(flow) => Ok(flow),
+            None => {
+                let err = ApiError::UndeclaredFlow(format!(
+                    "no flow is declared for {} on legal basis {legal_basis:?}; declared bases for it: {}",
+                    kind.rpc(),
+                    policies.bases_for(kind)
+                ));
+                let mut record =
+                    ctx.audit_record(OffsetDateTime::now_utc(), Outcome::Deny, err.reason());
+                record.policy_ids = vec![silta_core::policy::FLOWS_FILE.to_owned()];
+                self.record_full(record).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Records and returns a policy refusal that does not depend on the resident.
+    async fn refuse(
+        &self,
+        ctx: &RequestContext,
+        policies: &Policies,
+        flow: &Flow,
+        verdict: Verdict,
+        subject: Option<Pseudonym>,
+    ) -> ApiError {
+        let err = ApiError::PolicyDenied {
+            message: policies.reasons(&verdict.policy_ids),
+            policy_ids: verdict.policy_ids,
+        };
+        let mut record = ctx.audit_record(OffsetDateTime::now_utc(), Outcome::Deny, err.reason());
+        record.flow_id = Some(flow.id.clone());
+        record.subject = subject;
+        if let ApiError::PolicyDenied { policy_ids, .. } = &err {
+            record.policy_ids.clone_from(policy_ids);
+        }
+        self.record_full(record).await;
+        err
+    }
+
+    /// Records a complete audit record through the committer; a failure is logged (refusing is
+    /// always safe).
+    async fn record_full(&self, record: AuditRecord) {
+        let request_id = record.request_id.clone();
+        let (reply, done) = oneshot::channel();
+        let job = Job::Audit {
+            record: Box::new(record),
+            reply,
+        };
+        let recorded = match self.commits.send(job).await {
+            Ok(()) => done.await.map_err(|_| ApiError::ShuttingDown).and_then(|r| r),
+            Err(_) => Err(ApiError::ShuttingDown),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(%request_id, error = %e, "denial not recorded");
+        }
     }
 
     /// `SocialServices.EnrolClient`. `v` holds violations already found while decoding.
@@ -217,9 +464,10 @@ impl Gateway {
     ) -> Result<Enrolment, ApiError> {
         self.authorize(ctx, Role::SocialServices).await?;
         let now = OffsetDateTime::now_utc();
+        let policies = self.policies.get();
         let hetu = self.parse_hetu(&mut v, "hetu", hetu);
         let consent = match &consent {
-            Some(c) => validate_consent(c, "consent", now, &mut v),
+            Some(c) => validate_consent(c, "consent", now, &policies, &mut v),
             None => {
                 v.add("consent", "is required");
                 None
@@ -247,12 +495,12 @@ impl Gateway {
             valid_until: consent.valid_until,
             evidence_ref: &consent.evidence_ref,
             notice_version: &consent.notice_version,
+            covers_landlord: consent.covers_landlord,
             now,
         })
         .await?;
         let mut record = ctx.audit_record(now, Outcome::Allow, "consent-recorded");
         record.subject = Some(audit_subject);
-        record.flow_id = Some(RENT_ARREARS.id.to_owned());
         tx.append_audit(&record).await?;
         tx.commit().await?;
 
@@ -261,7 +509,7 @@ impl Gateway {
             &ctx.caller.org,
             &subject_pseudonym,
             &consent,
-            &RENT_ARREARS,
+            &policies,
             now,
         );
         let receipt = self.signer.sign(&body);
@@ -322,10 +570,14 @@ impl Gateway {
             WithdrawTarget::Subject { hetu, purpose } => {
                 let mut v = Violations::default();
                 let hetu = self.parse_hetu(&mut v, "subject.hetu", hetu);
-                if !is_known_purpose(purpose) {
+                let purposes = self.policies.get().consent_purposes();
+                if !purposes.iter().any(|p| p == purpose) {
                     v.add(
                         "subject.purpose",
-                        "is not a known purpose (known purposes: eviction-prevention)",
+                        format!(
+                            "is not a purpose consents are given for (purposes: {})",
+                            purposes.join(", ")
+                        ),
                     );
                 }
                 let Some(hetu) = hetu.filter(|_| v.0.is_empty()) else {
@@ -349,7 +601,6 @@ impl Gateway {
             .await?;
         let mut record = ctx.audit_record(now, Outcome::Allow, "consent-withdrawn");
         record.subject = Some(audit_subject);
-        record.flow_id = Some(RENT_ARREARS.id.to_owned());
         tx.append_audit(&record).await?;
         if done.purged_alerts > 0 {
             let mut purge = record.clone();
@@ -361,14 +612,16 @@ impl Gateway {
         Ok(done)
     }
 
-    /// `SocialServices.AckAlerts`.
+    /// `SocialServices.AckAlerts` and `Landlord.AckNotices`: acknowledges the caller's
+    /// outbox messages; `role` is the role the RPC is for.
     pub async fn ack_alerts(
         &self,
         ctx: &RequestContext,
+        role: Role,
         up_to: u64,
         seqs: &[u64],
     ) -> Result<u64, ApiError> {
-        self.authorize(ctx, Role::SocialServices).await?;
+        self.authorize(ctx, role).await?;
         if up_to == 0 && seqs.is_empty() {
             let err = ApiError::field(
                 "up_to_sequence",
@@ -391,14 +644,16 @@ impl Gateway {
         Ok(n)
     }
 
-    /// `SocialServices.SubscribeAlerts`: starts the subscription task; alerts arrive on the
-    /// returned channel in sequence order.
+    /// `SocialServices.SubscribeAlerts` and `Landlord.SubscribeNotices`: starts the
+    /// subscription task; the caller's outbox messages arrive on the returned channel in
+    /// sequence order. `role` is the role the RPC is for.
     pub async fn subscribe_alerts(
         self: &Arc<Self>,
         ctx: &RequestContext,
+        role: Role,
         after: u64,
     ) -> Result<mpsc::Receiver<Result<StoredAlert, ApiError>>, ApiError> {
-        self.authorize(ctx, Role::SocialServices).await?;
+        self.authorize(ctx, role).await?;
         let (tx, rx) = mpsc::channel(64);
         let gw = Arc::clone(self);
         let org = ctx.caller.org.clone();
@@ -466,10 +721,60 @@ impl Gateway {
         err
     }
 
+    /// The policy set in force.
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.get()
+    }
+
+    /// Re-reads the policy set; swaps it in only if valid, and records the outcome in the
+    /// ledger either way. Returns the new set's digest.
+    pub async fn reload_policies(&self) -> Result<String, silta_core::policy::PolicyErrors> {
+        let result = self.policies.reload();
+        let (outcome, reason) = match &result {
+            Ok(p) => (Outcome::Allow, format!("policy-set-{}", p.digest())),
+            Err(_) => (Outcome::Deny, "policy-set-invalid-old-set-kept".to_owned()),
+        };
+        self.record_gateway_event("ReloadPolicies", outcome, &reason).await;
+        match result {
+            Ok(p) => {
+                tracing::info!(source = %self.policies.describe(), digest = p.digest(), flows = p.flows().len(), "policy set reloaded");
+                Ok(p.digest().to_owned())
+            }
+            Err(e) => {
+                tracing::error!(source = %self.policies.describe(), errors = %e, "policy reload refused; the previous set keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// Records something the gateway did on its own (loading policies, …) in the ledger.
+    pub(crate) async fn record_gateway_event(&self, action: &str, outcome: Outcome, reason: &str) {
+        let gateway = Caller {
+            // A literal that follows the organisation id rules.
+            org: silta_core::OrgId::new("silta-gateway").expect("valid literal org id"),
+            role: Role::Gateway,
+        };
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let record = AuditRecord::new(
+            OffsetDateTime::now_utc(),
+            &request_id,
+            &gateway,
+            action,
+            outcome,
+            reason,
+        );
+        self.record_full(record).await;
+    }
+
     /// The public key that verifies consent receipts.
     pub fn receipt_public_key(&self) -> &[u8] {
         self.signer.public_key()
     }
+}
+
+/// The stored form of an outbox message: its kind and its minimised fields.
+fn outbox_payload(kind: MessageKind, fields: serde_json::Map<String, serde_json::Value>) -> String {
+    serde_json::json!({ "message": kind.as_str(), "fields": fields }).to_string()
 }
 
 /// Now, to the millisecond: the precision the store keeps, so a retry's receipt is identical.
@@ -479,7 +784,4 @@ fn now_millis() -> OffsetDateTime {
         .unwrap_or(t)
 }
 
-fn serde_json_string<T: serde::Serialize>(value: &T) -> String {
-    // Only called with plain structs of strings, numbers and enums, which always serialise.
-    serde_json::to_string(value).expect("plain data serialises")
-}
+

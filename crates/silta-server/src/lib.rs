@@ -19,6 +19,7 @@ pub mod devpki;
 pub mod gateway;
 pub mod identity;
 mod ledger_proofs;
+pub mod policy_source;
 mod proto_debug;
 mod retention;
 pub mod services;
@@ -71,6 +72,9 @@ pub enum ServeError {
     /// A part of the gateway failed while running.
     #[error("internal: {0}")]
     Internal(String),
+    /// The policy set is invalid (every problem, one per line, with file and line).
+    #[error("the policy set is invalid; the gateway does not start:\n{0}")]
+    Policy(String),
     /// Reflection could not be built from the descriptor.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -84,8 +88,24 @@ pub struct RunningGateway {
     pub receipt_public_key: Vec<u8>,
     /// The verifier key of the ledger's checkpoints (C2SP signed-note form).
     pub checkpoint_verifier_key: String,
+    /// Reloads the policy set (what SIGHUP does).
+    pub reloader: PolicyReloader,
     stop: CancellationToken,
     server: JoinHandle<Result<(), ServeError>>,
+}
+
+/// Reloads a running gateway's policy set.
+#[derive(Clone)]
+pub struct PolicyReloader {
+    gw: Arc<gateway::Gateway>,
+}
+
+impl PolicyReloader {
+    /// Re-reads and validates the policy set; swaps it in only if valid (the old set keeps
+    /// serving otherwise). Both outcomes are recorded in the ledger. Returns the new digest.
+    pub async fn reload(&self) -> Result<String, silta_core::policy::PolicyErrors> {
+        self.gw.reload_policies().await
+    }
 }
 
 impl RunningGateway {
@@ -133,6 +153,10 @@ pub async fn start(
         &config.tls.key,
         &config.tls.client_ca,
     )?);
+    let policies = Arc::new(
+        policy_source::PolicyHandle::open(config.policy.dir.clone())
+            .map_err(|e| ServeError::Policy(e.to_string()))?,
+    );
     let store = open_store(&config.store.url).await?;
     let pseudonymiser =
         Pseudonymiser::new(secret, config.secrets.pseudonym_key_version.unwrap_or(1));
@@ -160,6 +184,7 @@ pub async fn start(
     let checkpoint_task = tokio::spawn(Arc::clone(&checkpointer).run(stop.clone()));
     let retention_task = tokio::spawn(retention::run(
         Arc::clone(&store),
+        Arc::clone(&policies),
         config.retention.clone(),
         stop.clone(),
     ));
@@ -201,7 +226,22 @@ pub async fn start(
         stop: stop.clone(),
         tuning: config.tuning.clone(),
         checkpoint_verifier_key: checkpoint_verifier_key.clone(),
+        policies: Arc::clone(&policies),
     });
+    // Which policy set decides from now on, in the ledger: an auditor can match decisions to
+    // the exact files the DPO signed off.
+    let loaded = policies.get();
+    gw.record_gateway_event(
+        "LoadPolicies",
+        silta_core::audit::Outcome::Allow,
+        &format!("policy-set-{}", loaded.digest()),
+    )
+    .await;
+    tracing::info!(source = %policies.describe(), digest = loaded.digest(), flows = loaded.flows().len(), "policy set loaded");
+    drop(loaded);
+    let reloader = PolicyReloader {
+        gw: Arc::clone(&gw),
+    };
 
     // Reflection in both versions: grpcurl and other tools older than 2023 speak only v1alpha.
     let reflection = || {
@@ -280,6 +320,7 @@ pub async fn start(
         local_addr,
         receipt_public_key,
         checkpoint_verifier_key,
+        reloader,
         stop,
         server,
     })

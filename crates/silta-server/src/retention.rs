@@ -11,16 +11,33 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionConfig;
+use crate::policy_source::PolicyHandle;
 
-/// Deletes expired alerts once; returns how many.
+/// Deletes expired outbox messages once, flow by flow (each after its flow's
+/// `retention_days`, capped by `alert_retention_s`); returns how many.
 pub(crate) async fn purge_once(
     store: &dyn Store,
+    policies: &PolicyHandle,
     config: &RetentionConfig,
 ) -> Result<u64, StoreError> {
     let now = OffsetDateTime::now_utc();
-    let keep = time::Duration::seconds(i64::try_from(config.alert_retention_s).unwrap_or(i64::MAX));
+    let mut total = 0;
+    for flow in policies.get().flows() {
+        let keep_s = (u64::from(flow.retention_days) * 86_400).min(config.alert_retention_s);
+        total += purge_flow(store, &flow.id, keep_s, now).await?;
+    }
+    Ok(total)
+}
+
+async fn purge_flow(
+    store: &dyn Store,
+    flow_id: &str,
+    keep_s: u64,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let keep = time::Duration::seconds(i64::try_from(keep_s).unwrap_or(i64::MAX));
     let mut tx = store.begin().await?;
-    let purged = tx.purge_alerts_before(now - keep).await?;
+    let purged = tx.purge_alerts_before(flow_id, now - keep).await?;
     if purged > 0 {
         let gateway = Caller {
             // A literal that follows the organisation id rules.
@@ -28,33 +45,36 @@ pub(crate) async fn purge_once(
             role: Role::Gateway,
         };
         let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let reason = format!(
-            "purged-{purged}-alerts-older-than-{}s",
-            config.alert_retention_s
-        );
-        tx.append_audit(&AuditRecord::new(
+        let reason = format!("purged-{purged}-messages-older-than-{keep_s}s");
+        let mut record = AuditRecord::new(
             now,
             &request_id,
             &gateway,
             "RetentionPurge",
             Outcome::Allow,
             &reason,
-        ))
-        .await?;
+        );
+        record.flow_id = Some(flow_id.to_owned());
+        tx.append_audit(&record).await?;
     }
     tx.commit().await?;
     Ok(purged)
 }
 
 /// Purges every `purge_interval_ms` until `stop`.
-pub(crate) async fn run(store: Arc<dyn Store>, config: RetentionConfig, stop: CancellationToken) {
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    policies: Arc<PolicyHandle>,
+    config: RetentionConfig,
+    stop: CancellationToken,
+) {
     let interval = Duration::from_millis(config.purge_interval_ms);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        match purge_once(&*store, &config).await {
+        match purge_once(&*store, &policies, &config).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(alerts = n, "retention purge"),
             Err(e) => tracing::error!(error = %e, "retention purge failed; will retry"),

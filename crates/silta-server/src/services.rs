@@ -4,7 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use silta_core::consent::ConsentInput;
-use silta_core::report::{self, RentArrearsAlert, RentArrearsInput};
+use silta_core::Role;
+use silta_core::policy::MessageKind;
+use silta_core::report::{
+    self, DisturbanceCategory, DisturbanceInput, EvictionStageInput, RentArrearsInput,
+    ReportHeader,
+};
+use silta_core::support::{SupportNoticeInput, SupportOutcome};
 use silta_core::validate::Violations;
 use silta_store::StoredAlert;
 use time::OffsetDateTime;
@@ -12,7 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::gateway::{Gateway, RequestContext, WithdrawTarget};
+use crate::gateway::{Gateway, Receipt, RequestContext, WithdrawTarget};
 use crate::proto;
 use crate::proto::landlord_server::Landlord;
 use crate::proto::social_services_server::SocialServices;
@@ -139,27 +145,179 @@ fn band_to_proto(band: report::ArrearsBand) -> proto::ArrearsBand {
     }
 }
 
-/// The stored alert as the subscriber sees it.
+fn category_from_proto(value: i32) -> Option<DisturbanceCategory> {
+    use proto::DisturbanceCategory as P;
+    match P::try_from(value).ok()? {
+        P::Unspecified => None,
+        P::Noise => Some(DisturbanceCategory::Noise),
+        P::Damage => Some(DisturbanceCategory::Damage),
+        P::ThreatToSafety => Some(DisturbanceCategory::ThreatToSafety),
+        P::Other => Some(DisturbanceCategory::Other),
+    }
+}
+
+fn category_to_proto(c: DisturbanceCategory) -> proto::DisturbanceCategory {
+    use proto::DisturbanceCategory as P;
+    match c {
+        DisturbanceCategory::Noise => P::Noise,
+        DisturbanceCategory::Damage => P::Damage,
+        DisturbanceCategory::ThreatToSafety => P::ThreatToSafety,
+        DisturbanceCategory::Other => P::Other,
+    }
+}
+
+fn outcome_from_proto(value: i32) -> Option<SupportOutcome> {
+    use proto::SupportOutcome as P;
+    match P::try_from(value).ok()? {
+        P::Unspecified => None,
+        P::SupportEngaged => Some(SupportOutcome::SupportEngaged),
+        P::PaymentCommitment => Some(SupportOutcome::PaymentCommitment),
+        P::ClientNotReached => Some(SupportOutcome::ClientNotReached),
+        P::CaseClosed => Some(SupportOutcome::CaseClosed),
+    }
+}
+
+fn outcome_to_proto(o: SupportOutcome) -> proto::SupportOutcome {
+    use proto::SupportOutcome as P;
+    match o {
+        SupportOutcome::SupportEngaged => P::SupportEngaged,
+        SupportOutcome::PaymentCommitment => P::PaymentCommitment,
+        SupportOutcome::ClientNotReached => P::ClientNotReached,
+        SupportOutcome::CaseClosed => P::CaseClosed,
+    }
+}
+
+/// An outbox message's stored payload: its kind and its minimised fields.
+struct Payload {
+    kind: MessageKind,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Payload {
+    fn parse(a: &StoredAlert) -> Result<Self, ApiError> {
+        let unreadable = |why: &str| {
+            tracing::error!(seq = a.seq, why, "stored outbox payload unreadable");
+            ApiError::Unavailable
+        };
+        let mut v: serde_json::Value =
+            serde_json::from_str(&a.payload).map_err(|_| unreadable("not JSON"))?;
+        let kind = v
+            .get("message")
+            .and_then(|k| k.as_str())
+            .and_then(MessageKind::parse)
+            .ok_or_else(|| unreadable("no message kind"))?;
+        let fields = match v.get_mut("fields").map(serde_json::Value::take) {
+            Some(serde_json::Value::Object(m)) => m,
+            _ => return Err(unreadable("no fields")),
+        };
+        Ok(Payload { kind, fields })
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        self.fields.get(key)?.as_str().map(str::to_owned)
+    }
+
+    fn count(&self, key: &str) -> Option<u32> {
+        u32::try_from(self.fields.get(key)?.as_u64()?).ok()
+    }
+
+    fn parsed<T>(&self, key: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+        parse(self.fields.get(key)?.as_str()?)
+    }
+}
+
+/// A stored alert as the social-services subscriber sees it. Fields the flow did not declare
+/// are absent from the payload and stay unset.
 pub fn alert_to_proto(a: StoredAlert) -> Result<proto::Alert, ApiError> {
-    let body: RentArrearsAlert = serde_json::from_str(&a.payload).map_err(|e| {
-        tracing::error!(seq = a.seq, error = %e, "stored alert payload unreadable");
-        ApiError::Unavailable
-    })?;
+    use proto::alert::Details;
+    let p = Payload::parse(&a)?;
+    let stage = |key| {
+        p.parsed(key, report::EvictionStage::parse)
+            .map(|s| stage_to_proto(s).into())
+    };
+    let details = match p.kind {
+        MessageKind::RentArrears => Some(Details::RentArrears(proto::RentArrearsDetails {
+            arrears_band: p
+                .parsed("arrears_band", report::ArrearsBand::parse)
+                .map(|b| band_to_proto(b).into()),
+            months_overdue: p.count("months_overdue"),
+            eviction_stage: stage("eviction_stage"),
+        })),
+        MessageKind::EvictionStage => Some(Details::EvictionStageChange(
+            proto::EvictionStageDetails {
+                eviction_stage: stage("eviction_stage"),
+                stage_month: p.text("stage_month"),
+            },
+        )),
+        MessageKind::Disturbance => Some(Details::Disturbance(proto::DisturbanceDetails {
+            category: p
+                .parsed("category", DisturbanceCategory::parse)
+                .map(|c| category_to_proto(c).into()),
+            count_in_period: p.count("count_in_period"),
+            period_month: p.text("period_month"),
+        })),
+        MessageKind::SupportNotice => None,
+    };
     Ok(proto::Alert {
         sequence: a.seq,
         alert_id: a.alert_id,
         flow_id: a.flow_id,
-        purpose: silta_core::flow::RENT_ARREARS.purpose.to_owned(),
-        legal_basis: silta_core::flow::RENT_ARREARS.legal_basis.to_owned(),
+        purpose: a.purpose,
+        legal_basis: a.legal_basis,
         consent_id: a.consent_id,
         subject_pseudonym: a.subject_pseudonym,
         case_ref: a.case_ref,
-        report_month: body.report_month,
-        arrears_band: band_to_proto(body.arrears_band).into(),
-        months_overdue: body.months_overdue,
-        eviction_stage: stage_to_proto(body.eviction_stage).into(),
-        landlord_contact_office: body.landlord_contact_office,
+        report_month: p.text("report_month"),
+        landlord_contact_office: p.text("landlord_contact_office"),
+        details,
     })
+}
+
+/// A stored support notice as the landlord sees it.
+pub fn notice_to_proto(a: StoredAlert) -> Result<proto::SupportNotice, ApiError> {
+    let p = Payload::parse(&a)?;
+    Ok(proto::SupportNotice {
+        sequence: a.seq,
+        notice_id: a.alert_id,
+        flow_id: a.flow_id,
+        purpose: a.purpose,
+        legal_basis: a.legal_basis,
+        // For a landlord, the outbox keeps its own tenancy reference as the case reference.
+        tenancy_ref: a.case_ref,
+        notice_month: p.text("notice_month"),
+        outcome: p
+            .parsed("outcome", SupportOutcome::parse)
+            .map(|o| outcome_to_proto(o).into()),
+        commitment_band: p
+            .parsed("commitment_band", report::ArrearsBand::parse)
+            .map(|b| band_to_proto(b).into()),
+        commitment_month: p.text("commitment_month"),
+    })
+}
+
+fn receipt_to_proto(receipt: Receipt) -> proto::ReportReceipt {
+    proto::ReportReceipt {
+        report_id: receipt.report_id,
+        received_at: Some(timestamp(receipt.received_at)),
+        idempotency_key: receipt.idempotency_key,
+    }
+}
+
+type Outbox<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Subscribes the caller to its outbox and maps each stored message with `to_proto`.
+async fn subscribe<T: Send + 'static>(
+    gw: &Arc<Gateway>,
+    ctx: &RequestContext,
+    role: Role,
+    after: u64,
+    to_proto: fn(StoredAlert) -> Result<T, ApiError>,
+) -> Result<Outbox<T>, ApiError> {
+    let rx = gw.subscribe_alerts(ctx, role, after).await?;
+    let request_id = ctx.request_id.clone();
+    let stream = ReceiverStream::new(rx)
+        .map(move |item| item.and_then(to_proto).map_err(|e| e.into_status(&request_id)));
+    Ok(Box::pin(stream))
 }
 
 /// `silta.v1.Landlord`.
@@ -185,24 +343,95 @@ impl Landlord for LandlordService {
         let ctx = context(&req, "Landlord.ReportRentArrears")?;
         let r = req.get_ref();
         let input = RentArrearsInput {
-            idempotency_key: &r.idempotency_key,
-            hetu: &r.hetu,
-            tenancy_ref: &r.tenancy_ref,
+            header: ReportHeader {
+                idempotency_key: &r.idempotency_key,
+                hetu: &r.hetu,
+                tenancy_ref: &r.tenancy_ref,
+                purpose: &r.purpose,
+                legal_basis: &r.legal_basis,
+                landlord_contact_office: &r.landlord_contact_office,
+            },
             arrears_cents: r.arrears_cents,
             months_overdue: r.months_overdue,
             eviction_stage: stage_from_proto(r.eviction_stage),
-            landlord_contact_office: &r.landlord_contact_office,
             free_text_note: &r.free_text_note,
         };
+        let result = self.gw.report_rent_arrears(&ctx, input).await;
+        finish(&ctx, started, result.map(receipt_to_proto))
+    }
+
+    async fn report_eviction_stage(
+        &self,
+        req: Request<proto::ReportEvictionStageRequest>,
+    ) -> Result<Response<proto::ReportReceipt>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "Landlord.ReportEvictionStage")?;
+        let r = req.get_ref();
+        let input = EvictionStageInput {
+            header: ReportHeader {
+                idempotency_key: &r.idempotency_key,
+                hetu: &r.hetu,
+                tenancy_ref: &r.tenancy_ref,
+                purpose: &r.purpose,
+                legal_basis: &r.legal_basis,
+                landlord_contact_office: &r.landlord_contact_office,
+            },
+            eviction_stage: stage_from_proto(r.eviction_stage),
+            stage_date: &r.stage_date,
+        };
+        let result = self.gw.report_eviction_stage(&ctx, input).await;
+        finish(&ctx, started, result.map(receipt_to_proto))
+    }
+
+    async fn report_disturbance(
+        &self,
+        req: Request<proto::ReportDisturbanceRequest>,
+    ) -> Result<Response<proto::ReportReceipt>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "Landlord.ReportDisturbance")?;
+        let r = req.get_ref();
+        let input = DisturbanceInput {
+            header: ReportHeader {
+                idempotency_key: &r.idempotency_key,
+                hetu: &r.hetu,
+                tenancy_ref: &r.tenancy_ref,
+                purpose: &r.purpose,
+                legal_basis: &r.legal_basis,
+                landlord_contact_office: &r.landlord_contact_office,
+            },
+            category: category_from_proto(r.category),
+            count_in_period: r.count_in_period,
+            period_month: &r.period_month,
+        };
+        let result = self.gw.report_disturbance(&ctx, input).await;
+        finish(&ctx, started, result.map(receipt_to_proto))
+    }
+
+    type SubscribeNoticesStream = Outbox<proto::SupportNotice>;
+
+    async fn subscribe_notices(
+        &self,
+        req: Request<proto::SubscribeNoticesRequest>,
+    ) -> Result<Response<Self::SubscribeNoticesStream>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "Landlord.SubscribeNotices")?;
+        let after = req.get_ref().after_sequence;
+        let result = subscribe(&self.gw, &ctx, Role::Landlord, after, notice_to_proto).await;
+        finish(&ctx, started, result)
+    }
+
+    async fn ack_notices(
+        &self,
+        req: Request<proto::AckNoticesRequest>,
+    ) -> Result<Response<proto::AckNoticesResponse>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "Landlord.AckNotices")?;
+        let r = req.get_ref();
         let result = self
             .gw
-            .report_rent_arrears(&ctx, input)
+            .ack_alerts(&ctx, Role::Landlord, r.up_to_sequence, &r.sequences)
             .await
-            .map(|receipt| proto::ReportReceipt {
-                report_id: receipt.report_id,
-                received_at: Some(timestamp(receipt.received_at)),
-                idempotency_key: receipt.idempotency_key,
-            });
+            .map(|acknowledged| proto::AckNoticesResponse { acknowledged });
         finish(&ctx, started, result)
     }
 }
@@ -220,9 +449,6 @@ impl SocialServicesService {
     }
 }
 
-type AlertStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Alert, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl SocialServices for SocialServicesService {
     async fn enrol_client(
@@ -239,6 +465,7 @@ impl SocialServices for SocialServicesService {
             valid_until: from_timestamp(&mut times, "consent.valid_until", c.valid_until.as_ref()),
             evidence_ref: &c.evidence_ref,
             notice_version: &c.notice_version,
+            share_outcome_with_landlord: c.share_outcome_with_landlord,
         });
         let result = self
             .gw
@@ -256,13 +483,9 @@ impl SocialServices for SocialServicesService {
                     recipient: e.body.recipient,
                     subject_pseudonym: e.body.subject_pseudonym,
                     purpose: e.body.purpose,
-                    legal_basis: e.body.legal_basis.to_owned(),
-                    data_categories: e
-                        .body
-                        .data_categories
-                        .iter()
-                        .map(|c| (*c).to_owned())
-                        .collect(),
+                    legal_basis: e.body.legal_basis,
+                    data_categories: e.body.data_categories,
+                    share_outcome_with_landlord: e.body.share_outcome_with_landlord,
                     valid_from: Some(timestamp(e.body.valid_from)),
                     valid_until: Some(timestamp(e.body.valid_until)),
                     notice_version: e.body.notice_version,
@@ -297,7 +520,7 @@ impl SocialServices for SocialServicesService {
         finish(&ctx, started, result)
     }
 
-    type SubscribeAlertsStream = AlertStream;
+    type SubscribeAlertsStream = Outbox<proto::Alert>;
 
     async fn subscribe_alerts(
         &self,
@@ -305,18 +528,8 @@ impl SocialServices for SocialServicesService {
     ) -> Result<Response<Self::SubscribeAlertsStream>, Status> {
         let started = Instant::now();
         let ctx = context(&req, "SocialServices.SubscribeAlerts")?;
-        let result = self
-            .gw
-            .subscribe_alerts(&ctx, req.get_ref().after_sequence)
-            .await;
-        let request_id = ctx.request_id.clone();
-        let result = result.map(|rx| {
-            let stream = ReceiverStream::new(rx).map(move |item| {
-                item.and_then(alert_to_proto)
-                    .map_err(|e| e.into_status(&request_id))
-            });
-            Box::pin(stream) as AlertStream
-        });
+        let after = req.get_ref().after_sequence;
+        let result = subscribe(&self.gw, &ctx, Role::SocialServices, after, alert_to_proto).await;
         finish(&ctx, started, result)
     }
 
@@ -329,9 +542,37 @@ impl SocialServices for SocialServicesService {
         let r = req.get_ref();
         let result = self
             .gw
-            .ack_alerts(&ctx, r.up_to_sequence, &r.sequences)
+            .ack_alerts(&ctx, Role::SocialServices, r.up_to_sequence, &r.sequences)
             .await
             .map(|acknowledged| proto::AckAlertsResponse { acknowledged });
+        finish(&ctx, started, result)
+    }
+
+    async fn send_support_notice(
+        &self,
+        req: Request<proto::SendSupportNoticeRequest>,
+    ) -> Result<Response<proto::SupportNoticeReceipt>, Status> {
+        let started = Instant::now();
+        let ctx = context(&req, "SocialServices.SendSupportNotice")?;
+        let r = req.get_ref();
+        let input = SupportNoticeInput {
+            idempotency_key: &r.idempotency_key,
+            case_ref: &r.case_ref,
+            purpose: &r.purpose,
+            legal_basis: &r.legal_basis,
+            outcome: outcome_from_proto(r.outcome),
+            commitment_cents: r.commitment_cents,
+            commitment_month: &r.commitment_month,
+        };
+        let result = self
+            .gw
+            .send_support_notice(&ctx, input)
+            .await
+            .map(|receipt| proto::SupportNoticeReceipt {
+                notice_id: receipt.report_id,
+                received_at: Some(timestamp(receipt.received_at)),
+                idempotency_key: receipt.idempotency_key,
+            });
         finish(&ctx, started, result)
     }
 }

@@ -26,6 +26,18 @@ pub enum ApiError {
     /// The caller's role may not call this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The policy refuses, whatever the resident's consent (or, for social services, because
+    /// of it). Carries the deciding policy ids and their `@reason` texts.
+    #[error("refused by policy {}: {message}", policy_ids.join(", "))]
+    PolicyDenied {
+        /// The deciding policies.
+        policy_ids: Vec<String>,
+        /// Their reasons.
+        message: String,
+    },
+    /// No flow is declared for this message on this legal basis.
+    #[error("{0}")]
+    UndeclaredFlow(String),
     /// The thing asked about does not exist for this caller.
     #[error("{0}")]
     NotFound(&'static str),
@@ -70,6 +82,8 @@ impl ApiError {
             ApiError::InvalidArgument(_) => "invalid-argument",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::PermissionDenied(_) => "role-not-allowed",
+            ApiError::PolicyDenied { .. } => "policy-denied",
+            ApiError::UndeclaredFlow(_) => "undeclared-flow",
             ApiError::NotFound(_) => "not-found",
             ApiError::FailedPrecondition(_) => "failed-precondition",
             ApiError::Integrity(_) => "integrity-check-failed",
@@ -83,7 +97,9 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
-            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::PermissionDenied(_)
+            | ApiError::PolicyDenied { .. }
+            | ApiError::UndeclaredFlow(_) => Code::PermissionDenied,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Integrity(_) => Code::DataLoss,
@@ -102,10 +118,14 @@ impl ApiError {
                     .collect::<Vec<_>>(),
             );
         }
+        let mut metadata = std::collections::HashMap::new();
+        if let ApiError::PolicyDenied { policy_ids, .. } = &self {
+            metadata.insert("policy_ids".to_owned(), policy_ids.join(","));
+        }
         details.set_error_info(
             self.reason().to_uppercase().replace('-', "_"),
             ERROR_DOMAIN,
-            std::collections::HashMap::new(),
+            metadata,
         );
         details.set_request_info(request_id, "");
         Status::with_error_details(self.code(), self.to_string(), details)

@@ -7,7 +7,7 @@
 //! **API boundary:** every write happens inside a [`WriteTx`], which the caller commits. The
 //! report path puts the report, its audit record and its alerts into one transaction, and the
 //! gateway answers only after [`WriteTx::commit`] returns, so an acknowledged report is never
-//! lost. Alerts can only be inserted with a [`silta_core::decision::Permit`].
+//! lost. Alerts can only be inserted with a [`silta_core::policy::Permit`].
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use silta_core::OrgId;
 use silta_core::audit::AuditRecord;
 use silta_core::consent::{ConsentRecord, ConsentState};
-use silta_core::decision::Permit;
+use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
 use time::OffsetDateTime;
 
@@ -96,26 +96,53 @@ pub struct NewConsentRow<'a> {
     pub evidence_ref: &'a str,
     /// Notice version.
     pub notice_version: &'a str,
+    /// Whether the landlord may be told the outcome.
+    pub covers_landlord: bool,
     /// Creation time.
     pub now: OffsetDateTime,
 }
 
-/// An alert to put in the outbox.
+/// A message to put in a recipient's outbox: an alert to social services, or a support notice
+/// to a landlord.
 #[derive(Debug, Clone)]
 pub struct NewAlert<'a> {
-    /// silta's id for the alert.
+    /// silta's id for the message.
     pub alert_id: &'a str,
     /// Flow id.
     pub flow_id: &'a str,
-    /// The report it comes from.
+    /// The flow's purpose.
+    pub purpose: &'a str,
+    /// The flow's legal basis.
+    pub legal_basis: &'a str,
+    /// The report or notice it comes from.
     pub report_id: &'a str,
-    /// The subject's pseudonym in the recipient's domain.
-    pub subject_pseudonym: &'a Pseudonym,
-    /// The case reference.
+    /// The subject's pseudonym in the recipient's domain; empty for a landlord.
+    pub subject_pseudonym: &'a str,
+    /// The reference the recipient knows the case by: silta's case reference for social
+    /// services, the landlord's own tenancy reference for a landlord.
     pub case_ref: &'a str,
     /// The minimised fields, JSON.
     pub payload: &'a str,
     /// Creation time.
+    pub now: OffsetDateTime,
+}
+
+/// A case to find or open.
+#[derive(Debug, Clone)]
+pub struct NewCase<'a> {
+    /// The landlord.
+    pub landlord: &'a OrgId,
+    /// Its tenancy reference.
+    pub tenancy_ref: &'a str,
+    /// The recipient organisation.
+    pub recipient: &'a OrgId,
+    /// The resident in the lookup domain.
+    pub subject_key: &'a Pseudonym,
+    /// The resident in the audit domain.
+    pub audit_subject: &'a Pseudonym,
+    /// The reference to use if the case is new.
+    pub new_ref: &'a str,
+    /// Now.
     pub now: OffsetDateTime,
 }
 
@@ -128,7 +155,11 @@ pub struct StoredAlert {
     pub alert_id: String,
     /// Flow id.
     pub flow_id: String,
-    /// The consent it was delivered under.
+    /// The flow's purpose.
+    pub purpose: String,
+    /// The flow's legal basis.
+    pub legal_basis: String,
+    /// The consent it was delivered under; empty on a flow that needs none.
     pub consent_id: String,
     /// The subject's pseudonym in the recipient's domain.
     pub subject_pseudonym: String,
@@ -136,6 +167,19 @@ pub struct StoredAlert {
     pub case_ref: String,
     /// The minimised fields, JSON.
     pub payload: String,
+}
+
+/// A case: one tenancy, one resident, one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseRow {
+    /// The landlord whose tenancy it is.
+    pub landlord: OrgId,
+    /// The landlord's tenancy reference.
+    pub tenancy_ref: String,
+    /// The resident in the lookup domain.
+    pub subject_key: Pseudonym,
+    /// The resident in the audit domain.
+    pub audit_subject: Pseudonym,
 }
 
 /// Who and what a consent is about.
@@ -220,6 +264,10 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_alerts(&self, org: &OrgId, after: u64, limit: u32)
     -> Result<Vec<StoredAlert>>;
 
+    /// The case `case_ref` of `recipient`: `None` when it does not exist or is another
+    /// organisation's.
+    async fn find_case(&self, recipient: &OrgId, case_ref: &str) -> Result<Option<CaseRow>>;
+
     /// The ledger's current size and root (O(log n) reads).
     async fn ledger_head(&self) -> Result<LedgerHead>;
 
@@ -262,16 +310,9 @@ pub trait WriteTx: Send {
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>>;
 
-    /// The case reference for a tenancy and recipient: the existing one, or `new_ref` stored
-    /// as the new one.
-    async fn case_ref(
-        &mut self,
-        landlord: &OrgId,
-        tenancy_ref: &str,
-        recipient: &OrgId,
-        new_ref: &str,
-        now: OffsetDateTime,
-    ) -> Result<String>;
+    /// The case reference for a tenancy, resident and recipient: the existing one, or
+    /// `new_ref` stored as the new one.
+    async fn case_ref(&mut self, case: &NewCase<'_>) -> Result<String>;
 
     /// Puts an alert in the recipient's outbox, as the permit allows. Returns its sequence in
     /// the recipient's own stream (1, 2, 3, …; never reused).
@@ -308,9 +349,10 @@ pub trait WriteTx: Send {
         now: OffsetDateTime,
     ) -> Result<u64>;
 
-    /// Deletes alerts created before `cutoff`, delivered or not (storage limitation). Returns
-    /// how many.
-    async fn purge_alerts_before(&mut self, cutoff: OffsetDateTime) -> Result<u64>;
+    /// Deletes `flow_id`'s messages created before `cutoff`, delivered or not (storage
+    /// limitation). Returns how many.
+    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime)
+    -> Result<u64>;
 
     /// Appends an audit record to the ledger: its canonical entry becomes the next leaf, and
     /// the perfect subtrees it completes are stored. Returns its leaf index.

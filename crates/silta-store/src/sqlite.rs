@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use silta_core::OrgId;
 use silta_core::audit::AuditRecord;
 use silta_core::consent::{ConsentRecord, ConsentState};
-use silta_core::decision::Permit;
+use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
 use silta_ledger::tree::Frontier;
 use silta_ledger::{Hash, leaf_hash};
@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use crate::ledger::ledger_entry;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
+    CaseRow, NewCase,
     AuditFilter, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewConsentRow, NewReport,
     Result, Store, StoreError, StoredAlert, StoredCheckpoint, StoredReport, Withdrawal, WriteTx,
 };
@@ -75,6 +76,28 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn find_case(&self, recipient: &OrgId, case_ref: &str) -> Result<Option<CaseRow>> {
+        let row = sqlx::query(
+            "SELECT landlord_org, tenancy_ref, subject_key, audit_subject FROM cases
+             WHERE case_ref = ? AND recipient_org = ?",
+        )
+        .bind(case_ref)
+        .bind(recipient.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            let landlord: String = r.try_get("landlord_org")?;
+            Ok(CaseRow {
+                landlord: OrgId::new(&landlord)
+                    .map_err(|e| StoreError::Corrupt(format!("case landlord: {e}")))?,
+                tenancy_ref: r.try_get("tenancy_ref")?,
+                subject_key: Pseudonym::from_stored(r.try_get("subject_key")?),
+                audit_subject: Pseudonym::from_stored(r.try_get("audit_subject")?),
+            })
+        })
+        .transpose()
+    }
+
     async fn ledger_head(&self) -> Result<LedgerHead> {
         let mut conn = self.read.acquire().await?;
         let frontier = load_frontier(&mut conn).await?;
@@ -104,7 +127,8 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<StoredAlert>> {
         let rows = sqlx::query(
-            "SELECT seq, alert_id, flow_id, consent_id, subject_pseudonym, case_ref, payload
+            "SELECT seq, alert_id, flow_id, purpose, legal_basis, consent_id, subject_pseudonym,
+                    case_ref, payload
              FROM alerts WHERE recipient_org = ? AND seq > ? AND acked_at IS NULL
              ORDER BY seq LIMIT ?",
         )
@@ -119,6 +143,8 @@ impl Store for SqliteStore {
                     seq: seq_from_i64(r.try_get("seq")?)?,
                     alert_id: r.try_get("alert_id")?,
                     flow_id: r.try_get("flow_id")?,
+                    purpose: r.try_get("purpose")?,
+                    legal_basis: r.try_get("legal_basis")?,
                     consent_id: r.try_get("consent_id")?,
                     subject_pseudonym: r.try_get("subject_pseudonym")?,
                     case_ref: r.try_get("case_ref")?,
@@ -295,7 +321,8 @@ impl WriteTx for SqliteTx {
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>> {
         let rows = sqlx::query(
-            "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state
+            "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
+                    covers_landlord
              FROM consents WHERE subject_key = ? AND purpose = ?",
         )
         .bind(subject_key.as_str())
@@ -315,31 +342,28 @@ impl WriteTx for SqliteTx {
                     valid_until: from_ms(r.try_get("valid_until")?)?,
                     state: ConsentState::parse(&state)
                         .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
+                    covers_landlord: r.try_get::<i64, _>("covers_landlord")? != 0,
                 })
             })
             .collect()
     }
 
-    async fn case_ref(
-        &mut self,
-        landlord: &OrgId,
-        tenancy_ref: &str,
-        recipient: &OrgId,
-        new_ref: &str,
-        now: OffsetDateTime,
-    ) -> Result<String> {
+    async fn case_ref(&mut self, c: &NewCase<'_>) -> Result<String> {
         let row = sqlx::query(
-            "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, created_at)
-             VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (landlord_org, tenancy_ref, recipient_org)
+            "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
+                                audit_subject, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (landlord_org, tenancy_ref, recipient_org, subject_key)
              DO UPDATE SET case_ref = case_ref
              RETURNING case_ref",
         )
-        .bind(new_ref)
-        .bind(landlord.as_str())
-        .bind(tenancy_ref)
-        .bind(recipient.as_str())
-        .bind(to_ms(now))
+        .bind(c.new_ref)
+        .bind(c.landlord.as_str())
+        .bind(c.tenancy_ref)
+        .bind(c.recipient.as_str())
+        .bind(c.subject_key.as_str())
+        .bind(c.audit_subject.as_str())
+        .bind(to_ms(c.now))
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(row.try_get("case_ref")?)
@@ -356,17 +380,20 @@ impl WriteTx for SqliteTx {
         .fetch_one(&mut *self.tx)
         .await?;
         sqlx::query(
-            "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, consent_id, report_id,
-                                 subject_pseudonym, case_ref, payload, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
+                                 consent_id, report_id, subject_pseudonym, case_ref, payload,
+                                 created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(alert.alert_id)
         .bind(recipient)
         .bind(seq)
         .bind(alert.flow_id)
-        .bind(permit.consent_id())
+        .bind(alert.purpose)
+        .bind(alert.legal_basis)
+        .bind(permit.consent_id().unwrap_or(""))
         .bind(alert.report_id)
-        .bind(alert.subject_pseudonym.as_str())
+        .bind(alert.subject_pseudonym)
         .bind(alert.case_ref)
         .bind(alert.payload)
         .bind(to_ms(alert.now))
@@ -389,8 +416,8 @@ impl WriteTx for SqliteTx {
         sqlx::query(
             "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
                                    valid_from, valid_until, evidence_ref, notice_version, state,
-                                   created_at, changed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+                                   created_at, changed_at, covers_landlord)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
         )
         .bind(c.consent_id)
         .bind(c.subject_key.as_str())
@@ -403,6 +430,7 @@ impl WriteTx for SqliteTx {
         .bind(c.notice_version)
         .bind(to_ms(c.now))
         .bind(to_ms(c.now))
+        .bind(i64::from(c.covers_landlord))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -492,8 +520,9 @@ impl WriteTx for SqliteTx {
         Ok(done)
     }
 
-    async fn purge_alerts_before(&mut self, cutoff: OffsetDateTime) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM alerts WHERE created_at < ?")
+    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")
+            .bind(flow_id)
             .bind(to_ms(cutoff))
             .execute(&mut *self.tx)
             .await?

@@ -3,10 +3,13 @@
 
 use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::consent::ConsentState;
-use silta_core::decision::{Permit, decide};
-use silta_core::flow::RENT_ARREARS;
+use silta_core::policy::{ConsentView, DecisionInput, Permit, Policies};
+use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Pseudonym, Role};
-use silta_store::{NewAlert, NewConsentRow, NewReport, SqliteStore, Store};
+use silta_store::{NewAlert, NewCase, NewConsentRow, NewReport, SqliteStore, Store};
+
+const PURPOSE: &str = "eviction-prevention";
+const FLOW: &str = "rent-arrears";
 use time::{Duration, OffsetDateTime};
 
 fn org(s: &str) -> OrgId {
@@ -29,11 +32,12 @@ async fn enrol(store: &dyn Store, id: &str, subject: &str, recipient: &str) {
         subject_key: &ps(subject),
         audit_subject: &ps(&format!("audit-{subject}")),
         recipient: &org(recipient),
-        purpose: RENT_ARREARS.purpose,
+        purpose: PURPOSE,
         valid_from: now() - Duration::hours(1),
         valid_until: now() + Duration::days(30),
         evidence_ref: "E-1",
         notice_version: "v1",
+        covers_landlord: false,
         now: now(),
     })
     .await
@@ -41,14 +45,29 @@ async fn enrol(store: &dyn Store, id: &str, subject: &str, recipient: &str) {
     tx.commit().await.expect("commit");
 }
 
-/// Decides as the gateway does: permits come only from `decide`.
+/// Decides as the gateway does: permits come only from the policy decision.
 async fn permits(store: &dyn Store, subject: &str) -> Vec<Permit> {
     let mut tx = store.begin().await.expect("begin");
     let consents = tx
-        .consents_for(&ps(subject), RENT_ARREARS.purpose)
+        .consents_for(&ps(subject), PURPOSE)
         .await
         .expect("consents");
-    decide(&RENT_ARREARS, &consents, now()).permits
+    let policies = Policies::builtin();
+    let landlord = Caller {
+        org: org("landlord-1"),
+        role: Role::Landlord,
+    };
+    let flow = policies.flow(FLOW).expect("declared");
+    let input = DecisionInput {
+        flow,
+        sender: &landlord,
+        purpose: PURPOSE,
+        legal_basis: &flow.legal_basis,
+        eviction_stage: Some(EvictionStage::None),
+    };
+    policies
+        .decide(&input, &ConsentView::by_recipient(&consents, now()))
+        .permits
 }
 
 async fn deliver(store: &dyn Store, permit: &Permit, n: usize) -> u64 {
@@ -59,9 +78,11 @@ async fn deliver(store: &dyn Store, permit: &Permit, n: usize) -> u64 {
             permit,
             &NewAlert {
                 alert_id: &id,
-                flow_id: RENT_ARREARS.id,
+                flow_id: FLOW,
+                purpose: PURPOSE,
+                legal_basis: "gdpr-6-1-a-consent",
                 report_id: "r",
-                subject_pseudonym: &ps("recipient-ps"),
+                subject_pseudonym: "recipient-ps",
                 case_ref: "case-1",
                 payload: "{}",
                 now: now(),
@@ -89,7 +110,7 @@ async fn consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(sto
     enrol(store, "c3", "subject-1", "ss-b").await;
     let mut tx = store.begin().await.expect("begin");
     let mut states: Vec<(String, ConsentState)> = tx
-        .consents_for(&ps("subject-1"), RENT_ARREARS.purpose)
+        .consents_for(&ps("subject-1"), PURPOSE)
         .await
         .expect("consents")
         .into_iter()
@@ -113,7 +134,7 @@ async fn consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(sto
     }
     let mut tx = store.begin().await.expect("begin");
     let done = tx
-        .withdraw(&org("ss-a"), &ps("subject-1"), RENT_ARREARS.purpose, now())
+        .withdraw(&org("ss-a"), &ps("subject-1"), PURPOSE, now())
         .await
         .expect("withdraw");
     tx.commit().await.expect("commit");
@@ -194,15 +215,39 @@ async fn reports_are_found_by_key_and_cases_are_stable(store: &dyn Store) {
     .await
     .expect("insert report");
     let first = tx
-        .case_ref(&landlord, "T-1", &org("ss-a"), "case-new-1", at)
+        .case_ref(&NewCase {
+            landlord: &landlord,
+            tenancy_ref: "T-1",
+            recipient: &org("ss-a"),
+            subject_key: &ps("subject-c"),
+            audit_subject: &ps("audit-subject-c"),
+            new_ref: "case-new-1",
+            now: at,
+        })
         .await
         .expect("case");
     let again = tx
-        .case_ref(&landlord, "T-1", &org("ss-a"), "case-new-2", at)
+        .case_ref(&NewCase {
+            landlord: &landlord,
+            tenancy_ref: "T-1",
+            recipient: &org("ss-a"),
+            subject_key: &ps("subject-c"),
+            audit_subject: &ps("audit-subject-c"),
+            new_ref: "case-new-2",
+            now: at,
+        })
         .await
         .expect("case");
     let other = tx
-        .case_ref(&landlord, "T-1", &org("ss-b"), "case-new-3", at)
+        .case_ref(&NewCase {
+            landlord: &landlord,
+            tenancy_ref: "T-1",
+            recipient: &org("ss-b"),
+            subject_key: &ps("subject-c"),
+            audit_subject: &ps("audit-subject-c"),
+            new_ref: "case-new-3",
+            now: at,
+        })
         .await
         .expect("case");
     tx.commit().await.expect("commit");
@@ -254,7 +299,7 @@ async fn an_uncommitted_transaction_leaves_nothing(store: &dyn Store) {
     enrol(store, "c-z", "subject-z", "ss-z").await;
     let mut tx = store.begin().await.expect("begin");
     assert_eq!(
-        tx.consents_for(&ps("subject-z"), RENT_ARREARS.purpose)
+        tx.consents_for(&ps("subject-z"), PURPOSE)
             .await
             .expect("consents")
             .len(),

@@ -51,6 +51,8 @@ fn report(key: &str, hetu: &str) -> proto::ReportRentArrearsRequest {
         eviction_stage: EvictionStage::Warning.into(),
         landlord_contact_office: "Kallio customer service".into(),
         free_text_note: "Tenant mentioned losing their job in September.".into(),
+        purpose: "eviction-prevention".into(),
+        legal_basis: "gdpr-6-1-a-consent".into(),
     }
 }
 
@@ -110,6 +112,7 @@ pub async fn run() -> anyhow::Result<bool> {
                 valid_until: Some(ts(now + time::Duration::days(365))),
                 evidence_ref: "SOS-2026-000123".into(),
                 notice_version: "2026-01".into(),
+                share_outcome_with_landlord: true,
             }),
         })
         .await?
@@ -162,7 +165,12 @@ pub async fn run() -> anyhow::Result<bool> {
     };
 
     s.title("what the landlord sent, and what crossed to social services");
-    let band = ArrearsBand::try_from(alert.arrears_band).unwrap_or_default();
+    let details = match &alert.details {
+        Some(proto::alert::Details::RentArrears(d)) => d.clone(),
+        _ => proto::RentArrearsDetails::default(),
+    };
+    let band = ArrearsBand::try_from(details.arrears_band.unwrap_or_default()).unwrap_or_default();
+    let unset = || "— (not declared)".to_owned();
     let stage = |v: i32| {
         EvictionStage::try_from(v)
             .unwrap_or_default()
@@ -188,24 +196,28 @@ pub async fn run() -> anyhow::Result<bool> {
         (
             "months overdue",
             sent.months_overdue.to_string(),
-            alert.months_overdue.to_string(),
+            details.months_overdue.map_or_else(unset, |m| m.to_string()),
         ),
         (
             "eviction stage",
             stage(sent.eviction_stage),
-            stage(alert.eviction_stage),
+            stage(details.eviction_stage.unwrap_or_default()),
         ),
         (
             "contact office",
             sent.landlord_contact_office.clone(),
-            alert.landlord_contact_office.clone(),
+            alert.landlord_contact_office.clone().unwrap_or_else(unset),
         ),
         (
             "free-text note",
             sent.free_text_note.clone(),
             "— (never crosses)".to_owned(),
         ),
-        ("report month", "—".to_owned(), alert.report_month.clone()),
+        (
+            "report month",
+            "—".to_owned(),
+            alert.report_month.clone().unwrap_or_else(unset),
+        ),
     ];
     let (f, a, b) = ("field", "landlord sent", "social services received");
     println!("  {f:<18} {a:<50} {b}");
@@ -339,7 +351,7 @@ pub async fn run() -> anyhow::Result<bool> {
     let reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
     s.check(
         "the ledger shows the enrolment, the disclosure, the withdrawal and the report not forwarded",
-        ["consent-recorded", "consent", "consent-withdrawn", "no-valid-consent"].iter().all(|r| reasons.contains(r)),
+        ["consent-recorded", "disclosed", "consent-withdrawn", "not-disclosed"].iter().all(|r| reasons.contains(r)),
     );
     s.check(
         "no ledger entry holds the identity code",

@@ -88,6 +88,8 @@ fn report(key: &str) -> proto::ReportRentArrearsRequest {
         eviction_stage: EvictionStage::Warning.into(),
         landlord_contact_office: "Kallio".into(),
         free_text_note: String::new(),
+        purpose: "eviction-prevention".into(),
+        legal_basis: "gdpr-6-1-a-consent".into(),
     }
 }
 
@@ -130,6 +132,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_report_and_the_ledger_verifies_o
                 valid_until: Some(until),
                 evidence_ref: "E-1".into(),
                 notice_version: String::new(),
+                share_outcome_with_landlord: false,
             }),
         })
         .await
