@@ -79,18 +79,18 @@ async fn every_decision_is_in_a_ledger_that_verifies_and_tampering_is_found() {
 
     // A byte changed in one entry.
     let mut changed = entries.clone();
-    let last = changed[7].len() - 1;
-    changed[7][last] ^= 1;
+    let last = changed[8].len() - 1;
+    changed[8][last] ^= 1;
     assert!(matches!(
         verify(&changed, &notes, &gw.checkpoint_key),
-        Err(VerifyError::Entry { index: 7, .. } | VerifyError::RootMismatch { .. })
+        Err(VerifyError::Entry { index: 8, .. } | VerifyError::RootMismatch { .. })
     ));
     let mut rewritten = entries.clone();
-    let mut entry = Entry::decode(&rewritten[7]).expect("canonical");
+    let mut entry = Entry::decode(&rewritten[8]).expect("canonical");
     entry.recipients.clear();
-    rewritten[7] = entry.encode().expect("encodes");
+    rewritten[8] = entry.encode().expect("encodes");
     match verify(&rewritten, &notes, &gw.checkpoint_key) {
-        Err(VerifyError::RootMismatch { from, to }) => assert!(from <= 7 && 7 < to, "{from}..{to}"),
+        Err(VerifyError::RootMismatch { from, to }) => assert!(from <= 8 && 8 < to, "{from}..{to}"),
         other => panic!("a rewritten entry was not found: {other:?}"),
     }
     // An entry deleted; two entries swapped.
