@@ -21,6 +21,8 @@ pub const SOCIAL_A: &str = "social-a";
 pub const SOCIAL_B: &str = "social-b";
 /// The DPO's organisation.
 pub const DPO: &str = "dpo-office";
+/// The municipal social services the statutory flow names in `policies/flows.toml`.
+pub const MUNICIPAL: &str = "helsinki-social";
 
 /// A gateway under test.
 pub struct TestGateway {
@@ -41,6 +43,7 @@ fn callers() -> Vec<Caller> {
         (LANDLORD, Role::Landlord),
         (SOCIAL_A, Role::SocialServices),
         (SOCIAL_B, Role::SocialServices),
+        (MUNICIPAL, Role::SocialServices),
         (DPO, Role::Dpo),
     ]
     .into_iter()
@@ -124,6 +127,23 @@ impl TestGateway {
         if let Some(running) = self.running.take() {
             running.shutdown().await.expect("clean shutdown");
         }
+    }
+
+    /// Reloads the policy set, as SIGHUP does.
+    pub async fn reload_policies(&self) -> Result<String, silta_core::policy::PolicyErrors> {
+        let running = self.running.as_ref().expect("running");
+        running.reloader.reload().await
+    }
+
+    /// The repository's `policies/` copied into a fresh directory of this gateway's, for a
+    /// test to edit and point `policy.dir` at.
+    pub fn copy_policies(dir: &std::path::Path) -> PathBuf {
+        let target = dir.join("policies");
+        std::fs::create_dir_all(&target).expect("create policy dir");
+        for (name, text) in silta_core::policy::BUILTIN_FILES {
+            std::fs::write(target.join(name), text).expect("write policy file");
+        }
+        target
     }
 
     /// The SQLite database file.
