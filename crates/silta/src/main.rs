@@ -4,6 +4,7 @@
 
 mod audit_cli;
 mod demo;
+mod policy_cli;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit_cli::AuditCommand,
+    },
+    /// Validates a policy directory, prints its flows, explains a decision.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cli::PolicyCommand,
     },
     /// Manages the master secret and shows derived public keys.
     Keys {
@@ -107,6 +113,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Policy { command } => {
+            let code = policy_cli::run(command)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Keys { command } => match command {
             KeysCommand::Generate { out } => generate_secret(&out),
             KeysCommand::Show { config } => {
@@ -146,6 +159,7 @@ async fn serve(config: Config, secret: MasterSecret) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     let gateway = silta_server::start(&config, secret, listener).await?;
+    reload_on_sighup(gateway.reloader.clone());
     let stop = gateway.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -158,6 +172,29 @@ async fn serve(config: Config, secret: MasterSecret) -> anyhow::Result<()> {
     });
     gateway.wait().await?;
     Ok(())
+}
+
+/// SIGHUP re-reads the policy set; a set that fails validation is refused and the old one
+/// keeps serving (the gateway logs why, with file and line, and records it in the ledger).
+fn reload_on_sighup(reloader: silta_server::PolicyReloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the policy set");
+                        // The outcome is logged and audited by the reloader itself.
+                        let _ = reloader.reload().await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "SIGHUP handler not installed; policy reload needs a restart"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 async fn shutdown_signal() {
