@@ -63,7 +63,10 @@ async fn happy_path_enrol_report_alert_ack_then_reconnect_gets_nothing_new() {
     assert_eq!(details.arrears_band(), ArrearsBand::ArrearsBand500To1500);
     assert_eq!(details.months_overdue, Some(2));
     assert_eq!(details.eviction_stage(), EvictionStage::Warning);
-    assert_eq!(alert.landlord_contact_office.as_deref(), Some("Kallio office"));
+    assert_eq!(
+        alert.landlord_contact_office.as_deref(),
+        Some("Kallio office")
+    );
     assert!(alert.case_ref.starts_with("case-"));
     assert_eq!(alert.report_month.as_deref().map(str::len), Some(7));
 

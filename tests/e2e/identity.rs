@@ -56,7 +56,10 @@ async fn a_role_calling_another_roles_rpc_is_permission_denied_and_audited() {
     let (policy, role): (Vec<_>, Vec<_>) =
         denials.iter().partition(|d| d.ends_with(":policy-denied"));
     assert_eq!(policy.len(), 2, "{denials:?}");
-    assert!(role.iter().all(|d| d.ends_with(":role-not-allowed")), "{denials:?}");
+    assert!(
+        role.iter().all(|d| d.ends_with(":role-not-allowed")),
+        "{denials:?}"
+    );
     assert!(
         gw.query_strings("SELECT report_id FROM reports")
             .await

@@ -2,6 +2,7 @@
 //! a real SQLite file. One test binary, so it links once.
 
 mod delivery;
+mod flows;
 mod identity;
 mod ledger;
 mod privacy;

@@ -2,10 +2,13 @@
 """Cross-language check of the contract, as an outside integrator would do it.
 
 Generates a Python client from proto/silta/v1/*.proto with grpcio-tools, mints dev
-certificates with `silta dev-pki`, runs `silta serve`, and exercises every RPC over mTLS,
-including bad input, decoding google.rpc error details with the standard library.
+certificates with `silta dev-pki`, runs `silta serve`, and exercises every Landlord and
+SocialServices RPC over mTLS: reports of each kind on their declared flows, alerts read through
+the `details` oneof, a support notice round trip back to the landlord, policy refusals and bad
+input, decoding google.rpc error details with the standard library.
 
-Usage: python_client.py PATH/TO/silta   (needs: grpcio grpcio-tools grpcio-status)
+Usage: python_client.py PATH/TO/silta
+(needs: grpcio grpcio-tools grpcio-status grpcio-reflection)
 Exits non-zero on the first unexpected behaviour. Loopback only; stops its server.
 """
 
@@ -22,7 +25,19 @@ from grpc_status import rpc_status
 from grpc_tools import protoc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESIDENT = "150385-9345"  # synthetic: individual number 900-999
+# Synthetic codes: individual numbers 900-999, which no real person has (tests/fixtures).
+RESIDENT = "150385-9345"
+UNENROLLED = "020464-911D"  # a resident nobody enrolled: only a statutory flow reaches them
+
+# The organisations this run mints certificates for. helsinki-social is also the municipal
+# social services that the statutory flow in policies/flows.toml names.
+LANDLORD = "city-housing"
+SOCIAL = "helsinki-social"
+OTHER_SOCIAL = "espoo-social"
+
+PURPOSE = "eviction-prevention"
+CONSENT_BASIS = "gdpr-6-1-a-consent"
+STATUTORY_BASIS = "fi-shl-35-notification"
 
 
 def check(what, ok):
@@ -37,17 +52,48 @@ def free_port():
         return s.getsockname()[1]
 
 
+def details_of(err, kind):
+    """The google.rpc details of type `kind` in a failed call's status."""
+    status = rpc_status.from_call(err)
+    found = []
+    for detail in status.details if status else []:
+        if detail.Is(kind.DESCRIPTOR):
+            msg = kind()
+            detail.Unpack(msg)
+            found.append(msg)
+    return found
+
+
 def bad_request_fields(err):
     from google.rpc import error_details_pb2
 
-    status = rpc_status.from_call(err)
-    fields = []
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            fields += [v.field for v in br.field_violations]
-    return fields
+    return [v.field for br in details_of(err, error_details_pb2.BadRequest) for v in br.field_violations]
+
+
+def error_info(err):
+    """(reason, domain, metadata) of the call's google.rpc.ErrorInfo, or None."""
+    from google.rpc import error_details_pb2
+
+    infos = details_of(err, error_details_pb2.ErrorInfo)
+    return (infos[0].reason, infos[0].domain, dict(infos[0].metadata)) if infos else None
+
+
+def refused(call, *args, **kwargs):
+    """Runs a call that must fail; returns its RpcError."""
+    try:
+        call(*args, timeout=10, **kwargs)
+    except grpc.RpcError as err:
+        return err
+    return None
+
+
+def is_policy_denied(err, policy_id):
+    """PERMISSION_DENIED with ErrorInfo POLICY_DENIED whose policy_ids name `policy_id`."""
+    if err is None or err.code() != grpc.StatusCode.PERMISSION_DENIED:
+        return False
+    info = error_info(err)
+    return (info is not None and info[0] == "POLICY_DENIED" and info[1] == "silta"
+            and policy_id in info[2].get("policy_ids", "").split(","))
 
 
 def main():
@@ -64,7 +110,9 @@ def main():
     from silta.v1 import common_pb2, landlord_pb2, landlord_pb2_grpc, social_services_pb2 as ss, social_services_pb2_grpc
 
     pki = os.path.join(work, "pki")
-    subprocess.run([silta, "dev-pki", "--out", pki], check=True, stdout=subprocess.DEVNULL)
+    clients = [f"{LANDLORD}:landlord", f"{SOCIAL}:social_services", f"{OTHER_SOCIAL}:social_services"]
+    subprocess.run([silta, "dev-pki", "--out", pki, *(a for c in clients for a in ("--client", c))],
+                   check=True, stdout=subprocess.DEVNULL)
     subprocess.run([silta, "keys", "generate", "--out", os.path.join(pki, "master.key")], check=True, stdout=subprocess.DEVNULL)
     port = free_port()
     config = os.path.join(work, "silta.toml")
@@ -96,7 +144,8 @@ allow_temporary = true
     check("silta serve stopped cleanly on SIGTERM", code == 0)
     with open(os.path.join(work, "serve.log")) as f:
         logs = f.read()
-    check("the server log holds no identity code", RESIDENT not in logs and "1503859345" not in logs)
+    check("the server log holds no identity code",
+          all(c not in logs and c.replace("-", "") not in logs for c in (RESIDENT, UNENROLLED)))
     print("interop passed")
 
 
@@ -106,6 +155,27 @@ def channel(port, pki, org):
     ch = grpc.secure_channel(f"localhost:{port}", creds)
     grpc.channel_ready_future(ch).result(timeout=15)
     return ch
+
+
+def first(subscribe, request):
+    """The first message of a server stream (a subscription), then cancels the stream."""
+    stream = subscribe(request, timeout=10)
+    try:
+        return next(stream)
+    finally:
+        stream.cancel()
+
+
+def nothing_pending(subscribe, request):
+    """True when a subscription delivers nothing within a short deadline."""
+    stream = subscribe(request, timeout=1.5)
+    try:
+        next(stream)
+        return False
+    except grpc.RpcError as err:
+        return err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        stream.cancel()
 
 
 def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
@@ -119,35 +189,165 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
                 check("silta serve is listening", False)
             time.sleep(0.1)
 
-    social = ss_grpc.SocialServicesStub(channel(port, pki, "helsinki-social"))
-    landlord = landlord_pb2_grpc.LandlordStub(channel(port, pki, "city-housing"))
+    social = ss_grpc.SocialServicesStub(channel(port, pki, SOCIAL))
+    other_social = ss_grpc.SocialServicesStub(channel(port, pki, OTHER_SOCIAL))
+    landlord = landlord_pb2_grpc.LandlordStub(channel(port, pki, LANDLORD))
     now = datetime.now(timezone.utc)
-    consent = ss.Consent(purpose="eviction-prevention", evidence_ref="SOS-1", notice_version="v1")
-    consent.given_at.FromDatetime(now - timedelta(minutes=5))
-    consent.valid_until.FromDatetime(now + timedelta(days=365))
 
-    enrolled = social.EnrolClient(ss.EnrolClientRequest(hetu=RESIDENT, consent=consent), timeout=10)
+    def consent(share):
+        c = ss.Consent(purpose=PURPOSE, evidence_ref="SOS-1", notice_version="v1", share_outcome_with_landlord=share)
+        c.given_at.FromDatetime(now - timedelta(minutes=5))
+        c.valid_until.FromDatetime(now + timedelta(days=365))
+        return c
+
+    # --- Consent: one organisation lets the landlord be told the outcome, the other does not.
+    enrolled = social.EnrolClient(ss.EnrolClientRequest(hetu=RESIDENT, consent=consent(True)), timeout=10)
     check("EnrolClient returns a pseudonym and a consent id", enrolled.subject_pseudonym.startswith("ps") and enrolled.consent_id)
     check("the consent receipt carries a 64-byte signature", len(enrolled.receipt.signature) == 64)
+    check("the receipt says the landlord may be told the outcome",
+          enrolled.receipt.share_outcome_with_landlord and "support-notice" in enrolled.receipt.data_categories)
+    check("the receipt's legal basis is consent", enrolled.receipt.legal_basis == CONSENT_BASIS)
+    other = other_social.EnrolClient(ss.EnrolClientRequest(hetu=RESIDENT, consent=consent(False)), timeout=10)
+    check("another organisation gets another pseudonym for the same person",
+          other.subject_pseudonym.startswith("ps") and other.subject_pseudonym != enrolled.subject_pseudonym)
+    check("a consent without share_outcome_with_landlord does not open support notices",
+          not other.receipt.share_outcome_with_landlord and "support-notice" not in other.receipt.data_categories)
 
+    # --- Rent arrears, flow rent-arrears.
     report = landlord_pb2.ReportRentArrearsRequest(
         idempotency_key="py-1", hetu=RESIDENT, tenancy_ref="T-9", arrears_cents=620_00, months_overdue=2,
         eviction_stage=common_pb2.EVICTION_STAGE_COURT_APPLICATION, landlord_contact_office="Itäkeskus office",
-        free_text_note="never crosses")
+        free_text_note="never crosses", purpose=PURPOSE, legal_basis=CONSENT_BASIS)
     receipt, call = landlord.ReportRentArrears.with_call(report, timeout=10)
     check("ReportRentArrears returns a receipt", receipt.report_id and receipt.received_at.seconds > 0)
     check("the response carries x-request-id", any(k == "x-request-id" for k, _ in call.initial_metadata()))
     again = landlord.ReportRentArrears(report, timeout=10)
     check("a retry with the same key returns the same receipt", again == receipt)
 
-    stream = social.SubscribeAlerts(ss.SubscribeAlertsRequest(after_sequence=0), timeout=10)
-    alert = next(iter(stream))
-    check("the alert carries the enrolment pseudonym", alert.subject_pseudonym == enrolled.subject_pseudonym)
-    check("the exact sum crossed as a band", alert.arrears_band == common_pb2.ARREARS_BAND_500_TO_1500)
+    alert = first(social.SubscribeAlerts, ss.SubscribeAlertsRequest(after_sequence=0))
+    check("the alert carries the enrolment pseudonym and consent",
+          alert.subject_pseudonym == enrolled.subject_pseudonym and alert.consent_id == enrolled.consent_id)
+    check("the alert names its flow, purpose and legal basis",
+          (alert.flow_id, alert.purpose, alert.legal_basis) == ("rent-arrears", PURPOSE, CONSENT_BASIS))
+    check("the alert's details are rent arrears", alert.WhichOneof("details") == "rent_arrears"
+          and alert.HasField("rent_arrears") and not alert.HasField("eviction_stage_change"))
+    arrears = alert.rent_arrears
+    check("the exact sum crossed as a band",
+          arrears.HasField("arrears_band") and arrears.arrears_band == common_pb2.ARREARS_BAND_500_TO_1500)
+    check("months overdue and eviction stage crossed as sent",
+          arrears.HasField("months_overdue") and arrears.months_overdue == 2
+          and arrears.eviction_stage == common_pb2.EVICTION_STAGE_COURT_APPLICATION)
+    check("report month and contact office are set",
+          alert.HasField("report_month") and len(alert.report_month) == 7
+          and alert.HasField("landlord_contact_office") and alert.landlord_contact_office == "Itäkeskus office")
     check("no tenancy ref, no free text", "T-9" not in str(alert) and "never crosses" not in str(alert))
-    stream.cancel()
+    check("the alert carries a case reference", alert.case_ref != "")
     acked = social.AckAlerts(ss.AckAlertsRequest(up_to_sequence=alert.sequence), timeout=10)
     check("AckAlerts acknowledges one alert", acked.acknowledged == 1)
+    other_alert = first(other_social.SubscribeAlerts, ss.SubscribeAlertsRequest(after_sequence=0))
+    check("the other consenting organisation gets its own alert, pseudonym and case",
+          other_alert.subject_pseudonym == other.subject_pseudonym and other_alert.case_ref != alert.case_ref)
+
+    # --- A support notice back to the landlord, flow support-notice.
+    notice_req = ss.SendSupportNoticeRequest(
+        idempotency_key="py-notice-1", case_ref=alert.case_ref, purpose=PURPOSE, legal_basis=CONSENT_BASIS,
+        outcome=common_pb2.SUPPORT_OUTCOME_SUPPORT_ENGAGED)
+    notice_receipt = social.SendSupportNotice(notice_req, timeout=10)
+    check("SendSupportNotice returns a receipt", notice_receipt.notice_id and notice_receipt.received_at.seconds > 0)
+    check("a retried support notice returns the same receipt",
+          social.SendSupportNotice(notice_req, timeout=10) == notice_receipt)
+    notice = first(landlord.SubscribeNotices, landlord_pb2.SubscribeNoticesRequest(after_sequence=0))
+    check("the landlord receives the notice under its own tenancy ref", notice.tenancy_ref == "T-9")
+    check("the notice has an id and a sequence", notice.notice_id != "" and notice.sequence >= 1)
+    check("the notice names its flow, purpose and legal basis",
+          (notice.flow_id, notice.purpose, notice.legal_basis) == ("support-notice", PURPOSE, CONSENT_BASIS))
+    check("the notice carries the outcome and its month",
+          notice.HasField("outcome") and notice.outcome == common_pb2.SUPPORT_OUTCOME_SUPPORT_ENGAGED
+          and notice.HasField("notice_month") and len(notice.notice_month) == 7)
+    check("no commitment on a SUPPORT_ENGAGED notice",
+          not notice.HasField("commitment_band") and not notice.HasField("commitment_month"))
+    check("the notice carries neither pseudonym nor case reference",
+          enrolled.subject_pseudonym not in str(notice) and alert.case_ref not in str(notice))
+    acked = landlord.AckNotices(landlord_pb2.AckNoticesRequest(up_to_sequence=notice.sequence), timeout=10)
+    check("AckNotices acknowledges one notice", acked.acknowledged == 1)
+    check("an acknowledged notice is not sent again",
+          nothing_pending(landlord.SubscribeNotices, landlord_pb2.SubscribeNoticesRequest(after_sequence=0)))
+
+    err = refused(other_social.SendSupportNotice, ss.SendSupportNoticeRequest(
+        idempotency_key="py-notice-2", case_ref=other_alert.case_ref, purpose=PURPOSE, legal_basis=CONSENT_BASIS,
+        outcome=common_pb2.SUPPORT_OUTCOME_CLIENT_NOT_REACHED))
+    check("a notice under a consent that does not cover the landlord: POLICY_DENIED",
+          is_policy_denied(err, "support-notice-needs-consent-to-tell-landlord"))
+    for what, case_ref in (("another organisation's case_ref", alert.case_ref), ("a made-up case_ref", "case-0")):
+        err = refused(other_social.SendSupportNotice, ss.SendSupportNoticeRequest(
+            idempotency_key="py-notice-3", case_ref=case_ref, purpose=PURPOSE, legal_basis=CONSENT_BASIS,
+            outcome=common_pb2.SUPPORT_OUTCOME_CASE_CLOSED))
+        check(f"SendSupportNotice on {what}: NOT_FOUND", err is not None and err.code() == grpc.StatusCode.NOT_FOUND)
+
+    # --- An eviction step on consent (flow eviction-stage) and a disturbance (disturbance-notice).
+    stage = landlord.ReportEvictionStage(landlord_pb2.ReportEvictionStageRequest(
+        idempotency_key="py-stage-1", hetu=RESIDENT, tenancy_ref="T-9", purpose=PURPOSE, legal_basis=CONSENT_BASIS,
+        eviction_stage=common_pb2.EVICTION_STAGE_WARNING, stage_date="2026-10-15",
+        landlord_contact_office="Itäkeskus office"), timeout=10)
+    check("ReportEvictionStage returns a receipt", stage.report_id and stage.report_id != receipt.report_id)
+    step = first(social.SubscribeAlerts, ss.SubscribeAlertsRequest(after_sequence=alert.sequence))
+    check("the eviction-stage alert crossed on flow eviction-stage",
+          step.flow_id == "eviction-stage" and step.WhichOneof("details") == "eviction_stage_change")
+    check("the stage crossed as sent, its date only as a month",
+          step.eviction_stage_change.eviction_stage == common_pb2.EVICTION_STAGE_WARNING
+          and step.eviction_stage_change.stage_month == "2026-10" and "2026-10-15" not in str(step))
+    check("the same tenancy keeps its case_ref", step.case_ref == alert.case_ref)
+
+    landlord.ReportDisturbance(landlord_pb2.ReportDisturbanceRequest(
+        idempotency_key="py-dist-1", hetu=RESIDENT, tenancy_ref="T-9", purpose=PURPOSE, legal_basis=CONSENT_BASIS,
+        category=common_pb2.DISTURBANCE_CATEGORY_NOISE, count_in_period=3, period_month="2026-10",
+        landlord_contact_office="Itäkeskus office"), timeout=10)
+    dist = first(social.SubscribeAlerts, ss.SubscribeAlertsRequest(after_sequence=step.sequence))
+    check("the disturbance alert crossed on flow disturbance-notice",
+          dist.flow_id == "disturbance-notice" and dist.WhichOneof("details") == "disturbance")
+    check("category, count and month crossed",
+          (dist.disturbance.category, dist.disturbance.count_in_period, dist.disturbance.period_month)
+          == (common_pb2.DISTURBANCE_CATEGORY_NOISE, 3, "2026-10"))
+
+    # --- The statutory notice: no consent needed, only for an enforcement date.
+    statutory = landlord_pb2.ReportEvictionStageRequest(
+        idempotency_key="py-stat-1", hetu=UNENROLLED, tenancy_ref="T-10", purpose=PURPOSE,
+        legal_basis=STATUTORY_BASIS, eviction_stage=common_pb2.EVICTION_STAGE_ENFORCEMENT_SCHEDULED,
+        stage_date="2026-12-01", landlord_contact_office="Itäkeskus office")
+    landlord.ReportEvictionStage(statutory, timeout=10)
+    notified = first(social.SubscribeAlerts, ss.SubscribeAlertsRequest(after_sequence=dist.sequence))
+    check("the statutory notice reaches the municipal social services without consent",
+          notified.flow_id == "eviction-enforcement-notice" and notified.legal_basis == STATUTORY_BASIS
+          and notified.consent_id == "" and notified.eviction_stage_change.stage_month == "2026-12")
+    social.AckAlerts(ss.AckAlertsRequest(up_to_sequence=notified.sequence), timeout=10)
+
+    # --- Policy refusals: independent of the resident, so the landlord is told.
+    debt = landlord_pb2.ReportRentArrearsRequest()
+    debt.CopyFrom(report)
+    debt.idempotency_key, debt.purpose = "py-debt", "debt-collection"
+    err = refused(landlord.ReportRentArrears, debt)
+    check("purpose debt-collection: PERMISSION_DENIED, ErrorInfo POLICY_DENIED naming purpose-limitation",
+          is_policy_denied(err, "purpose-limitation"))
+    check("the refusal does not echo the identity code",
+          RESIDENT not in (err.details() or "") + str(rpc_status.from_call(err)))
+    undeclared = landlord_pb2.ReportRentArrearsRequest()
+    undeclared.CopyFrom(report)
+    undeclared.idempotency_key, undeclared.legal_basis = "py-undeclared", STATUTORY_BASIS
+    err = refused(landlord.ReportRentArrears, undeclared)
+    check("rent arrears on the statutory basis: PERMISSION_DENIED, ErrorInfo UNDECLARED_FLOW",
+          err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED
+          and (error_info(err) or ("",))[0] == "UNDECLARED_FLOW")
+    early = landlord_pb2.ReportEvictionStageRequest()
+    early.CopyFrom(statutory)
+    early.idempotency_key, early.eviction_stage = "py-stat-2", common_pb2.EVICTION_STAGE_COURT_DECISION
+    err = refused(landlord.ReportEvictionStage, early)
+    check("a statutory notice before enforcement: POLICY_DENIED naming statutory-notice-only-at-enforcement",
+          is_policy_denied(err, "statutory-notice-only-at-enforcement"))
+    err = refused(social.SendSupportNotice, ss.SendSupportNoticeRequest(
+        idempotency_key="py-notice-4", case_ref=alert.case_ref, purpose="debt-collection",
+        legal_basis=CONSENT_BASIS, outcome=common_pb2.SUPPORT_OUTCOME_CASE_CLOSED))
+    check("a support notice for debt collection: POLICY_DENIED naming purpose-limitation",
+          is_policy_denied(err, "purpose-limitation"))
 
     hostile = [
         ("hetu", dict(hetu="150385-9346")),
@@ -158,6 +358,10 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
         ("eviction_stage", dict(eviction_stage=42)),
         ("arrears_cents", dict(arrears_cents=-1)),
         ("idempotency_key", dict(idempotency_key="ä" * 3)),
+        ("purpose", dict(purpose="")),
+        ("purpose", dict(purpose="marketing")),
+        ("legal_basis", dict(legal_basis="")),
+        ("legal_basis", dict(legal_basis="gdpr-6-1-f-legitimate-interest")),
     ]
     for field, change in hostile:
         bad = landlord_pb2.ReportRentArrearsRequest()
@@ -165,35 +369,41 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
         bad.idempotency_key = "py-bad"
         for k, v in change.items():
             setattr(bad, k, v)
-        try:
-            landlord.ReportRentArrears(bad, timeout=10)
+        err = refused(landlord.ReportRentArrears, bad)
+        if err is None:
             check(f"hostile {field} refused", False)
-        except grpc.RpcError as err:
-            fields = bad_request_fields(err)
-            text = (err.details() or "") + str(rpc_status.from_call(err))
-            check(f"hostile {field}: INVALID_ARGUMENT naming {field}, no echo",
-                  err.code() == grpc.StatusCode.INVALID_ARGUMENT and field in fields and RESIDENT not in text)
+        fields = bad_request_fields(err)
+        text = (err.details() or "") + str(rpc_status.from_call(err))
+        check(f"hostile {field}: INVALID_ARGUMENT naming {field}, no echo",
+              err.code() == grpc.StatusCode.INVALID_ARGUMENT and field in fields and RESIDENT not in text)
 
-    try:
-        social.EnrolClient(ss.EnrolClientRequest(hetu=RESIDENT), timeout=10)
-        check("enrol without consent refused", False)
-    except grpc.RpcError as err:
-        check("enrol without consent: BadRequest names consent", bad_request_fields(err) == ["consent"])
-    try:
-        ss_grpc.SocialServicesStub(channel(port, pki, "city-housing")).EnrolClient(
-            ss.EnrolClientRequest(hetu=RESIDENT, consent=consent), timeout=10)
-        check("landlord calling EnrolClient refused", False)
-    except grpc.RpcError as err:
-        check("landlord calling EnrolClient: PERMISSION_DENIED", err.code() == grpc.StatusCode.PERMISSION_DENIED)
+    err = refused(social.EnrolClient, ss.EnrolClientRequest(hetu=RESIDENT))
+    check("enrol without consent: BadRequest names consent", err is not None and bad_request_fields(err) == ["consent"])
+    as_landlord = ss_grpc.SocialServicesStub(channel(port, pki, LANDLORD))
+    err = refused(as_landlord.EnrolClient, ss.EnrolClientRequest(hetu=RESIDENT, consent=consent(True)))
+    check("landlord calling EnrolClient: PERMISSION_DENIED", err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED)
+    as_social = landlord_pb2_grpc.LandlordStub(channel(port, pki, SOCIAL))
+    err = refused(as_social.AckNotices, landlord_pb2.AckNoticesRequest(up_to_sequence=1))
+    check("social services calling AckNotices: PERMISSION_DENIED, ROLE_NOT_ALLOWED",
+          err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED
+          and (error_info(err) or ("",))[0] == "ROLE_NOT_ALLOWED")
+    err = refused(as_social.ReportRentArrears, report)
+    check("social services sending a landlord report: POLICY_DENIED naming sender-role",
+          is_policy_denied(err, "sender-role"))
 
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    services = set(ProtoReflectionDescriptorDatabase(channel(port, pki, "helsinki-social")).get_services())
+    services = set(ProtoReflectionDescriptorDatabase(channel(port, pki, SOCIAL)).get_services())
     check("server reflection lists both services",
           {"silta.v1.Landlord", "silta.v1.SocialServices"} <= services)
 
     withdrawn = social.WithdrawConsent(ss.WithdrawConsentRequest(consent_id=enrolled.consent_id), timeout=10)
     check("WithdrawConsent withdraws the consent", list(withdrawn.withdrawn_consent_ids) == [enrolled.consent_id])
+    err = refused(social.SendSupportNotice, ss.SendSupportNoticeRequest(
+        idempotency_key="py-notice-5", case_ref=alert.case_ref, purpose=PURPOSE, legal_basis=CONSENT_BASIS,
+        outcome=common_pb2.SUPPORT_OUTCOME_CASE_CLOSED))
+    check("a support notice after the withdrawal: POLICY_DENIED naming consent-withdrawn",
+          is_policy_denied(err, "consent-withdrawn"))
 
 
 if __name__ == "__main__":

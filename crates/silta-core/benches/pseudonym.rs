@@ -4,7 +4,7 @@
 #![allow(missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use silta_core::report::{EvictionStage, ReportHeader, RentArrearsInput, validate_rent_arrears};
+use silta_core::report::{EvictionStage, RentArrearsInput, ReportHeader, validate_rent_arrears};
 use silta_core::{Domain, Hetu, HetuRules, MasterSecret, OrgId, Pseudonymiser};
 
 fn bench(c: &mut Criterion) {

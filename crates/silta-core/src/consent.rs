@@ -119,9 +119,16 @@ pub fn validate_consent(
     if input.purpose.is_empty() {
         v.add(
             &field("purpose"),
-            format!("is required (purposes: {})", policies.consent_purposes().join(", ")),
+            format!(
+                "is required (purposes: {})",
+                policies.consent_purposes().join(", ")
+            ),
         );
-    } else if !policies.consent_purposes().iter().any(|p| p == input.purpose) {
+    } else if !policies
+        .consent_purposes()
+        .iter()
+        .any(|p| p == input.purpose)
+    {
         v.add(
             &field("purpose"),
             format!(
@@ -360,7 +367,9 @@ mod tests {
         ];
         for (field, case) in cases {
             let mut v = Violations::default();
-            assert!(validate_consent(&case, "consent", NOW, &Policies::builtin(), &mut v).is_none());
+            assert!(
+                validate_consent(&case, "consent", NOW, &Policies::builtin(), &mut v).is_none()
+            );
             assert!(v.names(field), "{field}: {v:?}");
         }
     }

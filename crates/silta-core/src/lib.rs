@@ -14,8 +14,8 @@ pub mod org;
 pub mod policy;
 pub mod pseudonym;
 pub mod report;
-pub mod support;
 pub mod secret;
+pub mod support;
 pub mod validate;
 
 pub use hetu::{Hetu, HetuError, HetuRules};

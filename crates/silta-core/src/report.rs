@@ -14,7 +14,7 @@ pub const MAX_ARREARS_CENTS: i64 = 100_000_000;
 pub const MAX_MONTHS_OVERDUE: u32 = 120;
 
 /// Eviction stage of a tenancy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvictionStage {
     /// No step taken.
@@ -93,9 +93,14 @@ impl ArrearsBand {
 
     /// Parses the stable name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Under500, Self::From500To1500, Self::From1500To5000, Self::From5000]
-            .into_iter()
-            .find(|b| b.as_str() == s)
+        [
+            Self::Under500,
+            Self::From500To1500,
+            Self::From1500To5000,
+            Self::From5000,
+        ]
+        .into_iter()
+        .find(|b| b.as_str() == s)
     }
 
     /// A short label for people.
@@ -169,11 +174,7 @@ pub fn check_purpose_and_basis(v: &mut Violations, purpose: &str, legal_basis: &
     }
 }
 
-fn validate_header(
-    h: &ReportHeader<'_>,
-    rules: HetuRules,
-    v: &mut Violations,
-) -> Option<Header> {
+fn validate_header(h: &ReportHeader<'_>, rules: HetuRules, v: &mut Violations) -> Option<Header> {
     check_idempotency_key(v, "idempotency_key", h.idempotency_key);
     let hetu = Hetu::parse(h.hetu, rules)
         .map_err(|e| v.add("hetu", format!("personal identity code {e}")))
@@ -201,9 +202,9 @@ impl Header {
     fn value(&self, source: &str, received_at: OffsetDateTime) -> Option<FieldValue> {
         match source {
             "received_at" => Some(FieldValue::Time(received_at)),
-            "landlord_contact_office" => Some(FieldValue::Text(
-                self.landlord_contact_office.clone(),
-            )),
+            "landlord_contact_office" => {
+                Some(FieldValue::Text(self.landlord_contact_office.clone()))
+            }
             _ => None,
         }
     }
@@ -526,9 +527,14 @@ pub fn parse_date(v: &mut Violations, field: &str, text: &str) -> Option<Date> {
 pub fn check_month(v: &mut Violations, field: &str, text: &str) -> bool {
     let ok = text.len() == 7
         && text.as_bytes()[4] == b'-'
-        && text[..4].parse::<i32>().is_ok_and(|y| (2000..=2100).contains(&y))
+        && text[..4]
+            .parse::<i32>()
+            .is_ok_and(|y| (2000..=2100).contains(&y))
         && text[5..].parse::<u8>().is_ok_and(|m| (1..=12).contains(&m))
-        && text.bytes().enumerate().all(|(i, b)| i == 4 || b.is_ascii_digit());
+        && text
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 4 || b.is_ascii_digit());
     if !ok {
         if text.is_empty() {
             v.add(field, "is required, as YYYY-MM");

@@ -3,7 +3,9 @@
 use time::OffsetDateTime;
 
 use crate::policy::{FieldValue, Message, MessageKind};
-use crate::report::{MAX_ARREARS_CENTS, check_idempotency_key, check_month, check_purpose_and_basis};
+use crate::report::{
+    MAX_ARREARS_CENTS, check_idempotency_key, check_month, check_purpose_and_basis,
+};
 use crate::validate::{Violations, check_text};
 
 /// What social services tells the landlord.
@@ -80,7 +82,9 @@ pub struct SupportNotice {
 }
 
 /// Validates a support notice.
-pub fn validate_support_notice(input: &SupportNoticeInput<'_>) -> Result<SupportNotice, Violations> {
+pub fn validate_support_notice(
+    input: &SupportNoticeInput<'_>,
+) -> Result<SupportNotice, Violations> {
     let mut v = Violations::default();
     check_idempotency_key(&mut v, "idempotency_key", input.idempotency_key);
     check_text(&mut v, "case_ref", input.case_ref, 1, 64);
@@ -106,10 +110,16 @@ pub fn validate_support_notice(input: &SupportNoticeInput<'_>) -> Result<Support
         }
         Some(_) => {
             if input.commitment_cents != 0 {
-                v.add("commitment_cents", "is only for PAYMENT_COMMITMENT: leave it 0");
+                v.add(
+                    "commitment_cents",
+                    "is only for PAYMENT_COMMITMENT: leave it 0",
+                );
             }
             if !input.commitment_month.is_empty() {
-                v.add("commitment_month", "is only for PAYMENT_COMMITMENT: leave it empty");
+                v.add(
+                    "commitment_month",
+                    "is only for PAYMENT_COMMITMENT: leave it empty",
+                );
             }
         }
     }

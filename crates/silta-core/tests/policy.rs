@@ -56,7 +56,10 @@ fn the_repository_policies_load_and_declare_every_message() {
         );
     }
     assert_eq!(p.digest().len(), 64);
-    assert!(p.flows().iter().any(|f| !f.requires_consent), "no statutory flow");
+    assert!(
+        p.flows().iter().any(|f| !f.requires_consent),
+        "no statutory flow"
+    );
 }
 
 #[test]
@@ -66,7 +69,14 @@ fn consent_flows_follow_the_consent_state_and_name_the_deciding_policy() {
     let purpose = "eviction-prevention";
     for flow in ["rent-arrears", "eviction-stage", "disturbance-notice"] {
         let stage = Some(EvictionStage::Warning);
-        let (ok, ids) = decide(&p, flow, &landlord, purpose, stage, &view(ConsentStatus::Valid, false));
+        let (ok, ids) = decide(
+            &p,
+            flow,
+            &landlord,
+            purpose,
+            stage,
+            &view(ConsentStatus::Valid, false),
+        );
         assert!(ok, "{flow}: {ids:?}");
         assert_eq!(ids.len(), 1, "{flow}: {ids:?}");
         assert!(ids[0].ends_with("-on-consent"), "{ids:?}");
@@ -79,11 +89,25 @@ fn consent_flows_follow_the_consent_state_and_name_the_deciding_policy() {
             assert!(!ok, "{flow} {status:?}");
             assert_eq!(ids, [id], "{flow} {status:?}");
         }
-        let (ok, ids) = decide(&p, flow, &landlord, "debt-collection", stage, &view(ConsentStatus::Valid, true));
+        let (ok, ids) = decide(
+            &p,
+            flow,
+            &landlord,
+            "debt-collection",
+            stage,
+            &view(ConsentStatus::Valid, true),
+        );
         assert!(!ok);
         assert_eq!(ids, ["purpose-limitation"]);
         let ss = caller("helsinki-social", Role::SocialServices);
-        let (ok, ids) = decide(&p, flow, &ss, purpose, stage, &view(ConsentStatus::Valid, true));
+        let (ok, ids) = decide(
+            &p,
+            flow,
+            &ss,
+            purpose,
+            stage,
+            &view(ConsentStatus::Valid, true),
+        );
         assert!(!ok);
         assert_eq!(ids, ["sender-role"]);
     }
@@ -95,10 +119,24 @@ fn the_statutory_flow_needs_no_consent_but_only_carries_enforcement() {
     let landlord = caller("city-housing", Role::Landlord);
     let flow = "eviction-enforcement-notice";
     let enforcement = Some(EvictionStage::EnforcementScheduled);
-    let (ok, ids) = decide(&p, flow, &landlord, "eviction-prevention", enforcement, &ConsentView::ABSENT);
+    let (ok, ids) = decide(
+        &p,
+        flow,
+        &landlord,
+        "eviction-prevention",
+        enforcement,
+        &ConsentView::ABSENT,
+    );
     assert!(ok, "{ids:?}");
     assert_eq!(ids, ["eviction-enforcement-notice-statutory"]);
-    let (ok, ids) = decide(&p, flow, &landlord, "eviction-prevention", Some(EvictionStage::Warning), &ConsentView::ABSENT);
+    let (ok, ids) = decide(
+        &p,
+        flow,
+        &landlord,
+        "eviction-prevention",
+        Some(EvictionStage::Warning),
+        &ConsentView::ABSENT,
+    );
     assert!(!ok);
     assert_eq!(ids, ["statutory-notice-only-at-enforcement"]);
     assert!(p.reasons(&ids).contains("enforcement date"));
@@ -109,12 +147,33 @@ fn support_notices_need_consent_that_covers_the_landlord() {
     let p = Policies::builtin();
     let ss = caller("helsinki-social", Role::SocialServices);
     let purpose = "eviction-prevention";
-    let (ok, _) = decide(&p, "support-notice", &ss, purpose, None, &view(ConsentStatus::Valid, true));
+    let (ok, _) = decide(
+        &p,
+        "support-notice",
+        &ss,
+        purpose,
+        None,
+        &view(ConsentStatus::Valid, true),
+    );
     assert!(ok);
-    let (ok, ids) = decide(&p, "support-notice", &ss, purpose, None, &view(ConsentStatus::Valid, false));
+    let (ok, ids) = decide(
+        &p,
+        "support-notice",
+        &ss,
+        purpose,
+        None,
+        &view(ConsentStatus::Valid, false),
+    );
     assert!(!ok);
     assert_eq!(ids, ["support-notice-needs-consent-to-tell-landlord"]);
-    let (ok, ids) = decide(&p, "support-notice", &ss, purpose, None, &view(ConsentStatus::Withdrawn, true));
+    let (ok, ids) = decide(
+        &p,
+        "support-notice",
+        &ss,
+        purpose,
+        None,
+        &view(ConsentStatus::Withdrawn, true),
+    );
     assert!(!ok);
     assert_eq!(ids, ["consent-withdrawn"]);
 }
@@ -132,7 +191,9 @@ fn precheck_refuses_only_what_no_consent_could_allow() {
         eviction_stage: Some(EvictionStage::None),
     };
     assert!(p.precheck(&input("eviction-prevention")).is_ok());
-    let refused = p.precheck(&input("debt-collection")).expect_err("wrong purpose");
+    let refused = p
+        .precheck(&input("debt-collection"))
+        .expect_err("wrong purpose");
     assert_eq!(refused.policy_ids, ["purpose-limitation"]);
 }
 
@@ -148,11 +209,23 @@ fn the_consent_view_prefers_a_valid_consent_then_the_latest_state() {
         covers_landlord: false,
     };
     use ConsentState::*;
-    let v = ConsentView::of(&[rec("a", Withdrawn, -10, 10), rec("b", Active, -5, 20)], NOW);
-    assert_eq!((v.status, v.consent_id.as_deref()), (ConsentStatus::Valid, Some("b")));
-    let v = ConsentView::of(&[rec("a", Active, -10, -1), rec("b", Withdrawn, -5, 20)], NOW);
+    let v = ConsentView::of(
+        &[rec("a", Withdrawn, -10, 10), rec("b", Active, -5, 20)],
+        NOW,
+    );
+    assert_eq!(
+        (v.status, v.consent_id.as_deref()),
+        (ConsentStatus::Valid, Some("b"))
+    );
+    let v = ConsentView::of(
+        &[rec("a", Active, -10, -1), rec("b", Withdrawn, -5, 20)],
+        NOW,
+    );
     assert_eq!(v.status, ConsentStatus::Withdrawn);
-    let v = ConsentView::of(&[rec("a", Withdrawn, -10, 1), rec("b", Active, -5, -1)], NOW);
+    let v = ConsentView::of(
+        &[rec("a", Withdrawn, -10, 1), rec("b", Active, -5, -1)],
+        NOW,
+    );
     assert_eq!(v.status, ConsentStatus::Expired);
     let v = ConsentView::of(&[rec("a", Superseded, -10, 10)], NOW);
     assert_eq!(v.status, ConsentStatus::Absent);
@@ -163,7 +236,12 @@ fn the_consent_view_prefers_a_valid_consent_then_the_latest_state() {
 fn builtin_with(name: &str, edit: impl Fn(&str) -> String) -> Vec<SourceFile> {
     silta_core::policy::BUILTIN_FILES
         .iter()
-        .map(|(n, t)| SourceFile::new(format!("p/{n}"), if *n == name { edit(t) } else { (*t).to_owned() }))
+        .map(|(n, t)| {
+            SourceFile::new(
+                format!("p/{n}"),
+                if *n == name { edit(t) } else { (*t).to_owned() },
+            )
+        })
         .collect()
 }
 
@@ -171,47 +249,81 @@ fn builtin_with(name: &str, edit: impl Fn(&str) -> String) -> Vec<SourceFile> {
 fn broken_sets_are_refused_with_file_line_and_reason() {
     let cases: Vec<(Vec<SourceFile>, &str, &str)> = vec![
         (
-            builtin_with("principles.cedar", |t| t.replace("resource.flow_purpose", "resource.flow_porpoise")),
+            builtin_with("principles.cedar", |t| {
+                t.replace("resource.flow_purpose", "resource.flow_porpoise")
+            }),
             "p/principles.cedar:",
             "flow_porpoise",
         ),
         (
-            builtin_with("principles.cedar", |t| t.replace("ConsentState::\"absent\"", "\"absent\"")),
+            builtin_with("principles.cedar", |t| {
+                t.replace("ConsentState::\"absent\"", "\"absent\"")
+            }),
             "p/principles.cedar:",
             "policy \"consent-absent\"",
         ),
         (
-            builtin_with("flows.toml", |t| t.replacen("months_overdue = \"pass\"", "months_overdue = \"pass\"\nfree_text_note = \"pass\"", 1)),
+            builtin_with("flows.toml", |t| {
+                t.replacen(
+                    "months_overdue = \"pass\"",
+                    "months_overdue = \"pass\"\nfree_text_note = \"pass\"",
+                    1,
+                )
+            }),
             "p/flows.toml:",
             "free text never crosses",
         ),
         (
-            builtin_with("flows.toml", |t| t.replacen("months_overdue = \"pass\"", "months_overdue = \"pass\"\nshoe_size = \"pass\"", 1)),
+            builtin_with("flows.toml", |t| {
+                t.replacen(
+                    "months_overdue = \"pass\"",
+                    "months_overdue = \"pass\"\nshoe_size = \"pass\"",
+                    1,
+                )
+            }),
             "p/flows.toml:",
             "undeclared field \"shoe_size\"",
         ),
         (
-            builtin_with("flows.toml", |t| t.replacen("arrears_cents = \"band\"", "arrears_cents = \"pass\"", 1)),
+            builtin_with("flows.toml", |t| {
+                t.replacen("arrears_cents = \"band\"", "arrears_cents = \"pass\"", 1)
+            }),
             "p/flows.toml:",
             "may cross only as a band",
         ),
         (
-            builtin_with("landlord-to-social-services.cedar", |t| t.replacen("Purpose::\"eviction-prevention\"", "Purpose::\"marketing\"", 1)),
+            builtin_with("landlord-to-social-services.cedar", |t| {
+                t.replacen(
+                    "Purpose::\"eviction-prevention\"",
+                    "Purpose::\"marketing\"",
+                    1,
+                )
+            }),
             "p/landlord-to-social-services.cedar:",
             "marketing",
         ),
         (
-            builtin_with("flows.toml", |t| t.replacen("purpose = \"eviction-prevention\"", "purpose = \"marketing\"", 1)),
+            builtin_with("flows.toml", |t| {
+                t.replacen(
+                    "purpose = \"eviction-prevention\"",
+                    "purpose = \"marketing\"",
+                    1,
+                )
+            }),
             "p/flows.toml:",
             "unknown purpose \"marketing\"",
         ),
         (
-            builtin_with("support-notices.cedar", |t| t.replacen("@id(\"support-notice-on-consent\")", "", 1)),
+            builtin_with("support-notices.cedar", |t| {
+                t.replacen("@id(\"support-notice-on-consent\")", "", 1)
+            }),
             "p/support-notices.cedar:",
             "@id",
         ),
         (
-            builtin_with("principles.cedar", |t| t.replacen("forbid (principal", "forbid (principal,,", 1)),
+            builtin_with("principles.cedar", |t| {
+                t.replacen("forbid (principal", "forbid (principal,,", 1)
+            }),
             "p/principles.cedar:",
             "",
         ),
@@ -220,7 +332,11 @@ fn broken_sets_are_refused_with_file_line_and_reason() {
         let err = Policies::load(&files).expect_err(needle).to_string();
         assert!(err.contains(file), "{needle}: {err}");
         assert!(err.contains(needle), "{needle}: {err}");
-        let located = err.lines().all(|l| l.split(':').nth(1).is_some_and(|n| n.parse::<u32>().is_ok()));
+        let located = err.lines().all(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        });
         assert!(located, "no line number: {err}");
     }
 }

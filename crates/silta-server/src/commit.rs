@@ -24,10 +24,7 @@ use crate::status::ApiError;
 /// Work for the committer.
 pub(crate) enum Job {
     /// A validated message to decide and store.
-    Message(
-        Box<MessageJob>,
-        oneshot::Sender<Result<Receipt, ApiError>>,
-    ),
+    Message(Box<MessageJob>, oneshot::Sender<Result<Receipt, ApiError>>),
     /// A decision that writes nothing else (a denial, a DPO's query) to record.
     Audit {
         record: Box<AuditRecord>,
@@ -41,7 +38,10 @@ pub(crate) enum Route {
     /// (kept only to derive each recipient's pseudonym) in this tenancy.
     ToSocialServices { hetu: Hetu, tenancy_ref: String },
     /// A support notice, to the landlord of a case, under its own tenancy reference.
-    ToLandlord { landlord: OrgId, tenancy_ref: String },
+    ToLandlord {
+        landlord: OrgId,
+        tenancy_ref: String,
+    },
 }
 
 /// A message, validated, minimised and pre-checked, ready to decide and commit.
@@ -233,15 +233,15 @@ async fn apply_message(
         (false, false) => "disclosed-statutory".to_owned(),
     };
 
-    if disclosure.permits.is_empty() {
-        if let Route::ToLandlord { .. } = job.route {
-            // Social services knows its client: tell it why, and keep nothing to retry.
-            tx.append_audit(&record).await?;
-            return Ok(Err(ApiError::PolicyDenied {
-                message: job.policies.reasons(&disclosure.policy_ids),
-                policy_ids: disclosure.policy_ids,
-            }));
-        }
+    if disclosure.permits.is_empty() && matches!(job.route, Route::ToLandlord { .. }) {
+        // Social services knows its client: tell it why, and keep nothing to retry.
+        let err = ApiError::PolicyDenied {
+            message: job.policies.reasons(&disclosure.policy_ids),
+            policy_ids: disclosure.policy_ids,
+        };
+        record.reason = err.reason().to_owned();
+        tx.append_audit(&record).await?;
+        return Ok(Err(err));
     }
 
     let report_id = uuid::Uuid::now_v7().to_string();
@@ -275,7 +275,12 @@ async fn apply_message(
             // The landlord learns no pseudonym, and the case under its own reference.
             Route::ToLandlord { tenancy_ref, .. } => (String::new(), tenancy_ref.clone()),
         };
-        let alert_id = uuid::Uuid::now_v7().to_string();
+        // A support notice has one recipient: its receipt and the delivered notice carry the
+        // same id, so the sender can match them.
+        let alert_id = match job.route {
+            Route::ToLandlord { .. } => report_id.clone(),
+            Route::ToSocialServices { .. } => uuid::Uuid::now_v7().to_string(),
+        };
         let seq = tx
             .insert_alert(
                 permit,

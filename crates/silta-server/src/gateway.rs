@@ -208,7 +208,11 @@ impl Gateway {
         };
         let count = report.count_in_period.to_be_bytes();
         let month = report.period_month.clone();
-        let body = [report.category.as_str().as_bytes(), &count, month.as_bytes()];
+        let body = [
+            report.category.as_str().as_bytes(),
+            &count,
+            month.as_bytes(),
+        ];
         let header = report.header.clone();
         self.report(ctx, header, Arc::new(report), &body).await
     }
@@ -280,13 +284,19 @@ impl Gateway {
         ctx: &RequestContext,
         input: SupportNoticeInput<'_>,
     ) -> Result<Receipt, ApiError> {
+        // Cases are looked up by the caller's organisation, so the role is checked first.
+        self.authorize(ctx, Role::SocialServices).await?;
         let notice = match validate_support_notice(&input) {
             Ok(n) => n,
             Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
         };
         // Only a case the caller received an alert on exists for it; a made-up reference and
         // another organisation's look the same.
-        let Some(case) = self.store.find_case(&ctx.caller.org, &notice.case_ref).await? else {
+        let Some(case) = self
+            .store
+            .find_case(&ctx.caller.org, &notice.case_ref)
+            .await?
+        else {
             let err = ApiError::NotFound(
                 "no case of yours has this case_ref; use the case_ref of an alert you received",
             );
@@ -384,7 +394,11 @@ impl Gateway {
                 ),
             );
         }
-        if !policies.declarations().legal_bases.contains_key(legal_basis) {
+        if !policies
+            .declarations()
+            .legal_bases
+            .contains_key(legal_basis)
+        {
             v.add(
                 "legal_basis",
                 format!(
@@ -446,7 +460,10 @@ impl Gateway {
             reply,
         };
         let recorded = match self.commits.send(job).await {
-            Ok(()) => done.await.map_err(|_| ApiError::ShuttingDown).and_then(|r| r),
+            Ok(()) => done
+                .await
+                .map_err(|_| ApiError::ShuttingDown)
+                .and_then(|r| r),
             Err(_) => Err(ApiError::ShuttingDown),
         };
         if let Err(e) = recorded {
@@ -734,7 +751,8 @@ impl Gateway {
             Ok(p) => (Outcome::Allow, format!("policy-set-{}", p.digest())),
             Err(_) => (Outcome::Deny, "policy-set-invalid-old-set-kept".to_owned()),
         };
-        self.record_gateway_event("ReloadPolicies", outcome, &reason).await;
+        self.record_gateway_event("ReloadPolicies", outcome, &reason)
+            .await;
         match result {
             Ok(p) => {
                 tracing::info!(source = %self.policies.describe(), digest = p.digest(), flows = p.flows().len(), "policy set reloaded");
@@ -783,5 +801,3 @@ fn now_millis() -> OffsetDateTime {
     t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
         .unwrap_or(t)
 }
-
-

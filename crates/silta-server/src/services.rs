@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use silta_core::consent::ConsentInput;
 use silta_core::Role;
+use silta_core::consent::ConsentInput;
 use silta_core::policy::MessageKind;
 use silta_core::report::{
-    self, DisturbanceCategory, DisturbanceInput, EvictionStageInput, RentArrearsInput,
-    ReportHeader,
+    self, DisturbanceCategory, DisturbanceInput, EvictionStageInput, RentArrearsInput, ReportHeader,
 };
 use silta_core::support::{SupportNoticeInput, SupportOutcome};
 use silta_core::validate::Violations;
@@ -243,12 +242,12 @@ pub fn alert_to_proto(a: StoredAlert) -> Result<proto::Alert, ApiError> {
             months_overdue: p.count("months_overdue"),
             eviction_stage: stage("eviction_stage"),
         })),
-        MessageKind::EvictionStage => Some(Details::EvictionStageChange(
-            proto::EvictionStageDetails {
+        MessageKind::EvictionStage => {
+            Some(Details::EvictionStageChange(proto::EvictionStageDetails {
                 eviction_stage: stage("eviction_stage"),
                 stage_month: p.text("stage_month"),
-            },
-        )),
+            }))
+        }
         MessageKind::Disturbance => Some(Details::Disturbance(proto::DisturbanceDetails {
             category: p
                 .parsed("category", DisturbanceCategory::parse)
@@ -315,8 +314,10 @@ async fn subscribe<T: Send + 'static>(
 ) -> Result<Outbox<T>, ApiError> {
     let rx = gw.subscribe_alerts(ctx, role, after).await?;
     let request_id = ctx.request_id.clone();
-    let stream = ReceiverStream::new(rx)
-        .map(move |item| item.and_then(to_proto).map_err(|e| e.into_status(&request_id)));
+    let stream = ReceiverStream::new(rx).map(move |item| {
+        item.and_then(to_proto)
+            .map_err(|e| e.into_status(&request_id))
+    });
     Ok(Box::pin(stream))
 }
 

@@ -351,8 +351,7 @@ pub trait WriteTx: Send {
 
     /// Deletes `flow_id`'s messages created before `cutoff`, delivered or not (storage
     /// limitation). Returns how many.
-    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime)
-    -> Result<u64>;
+    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64>;
 
     /// Appends an audit record to the ledger: its canonical entry becomes the next leaf, and
     /// the perfect subtrees it completes are stored. Returns its leaf index.

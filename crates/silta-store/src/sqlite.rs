@@ -23,9 +23,9 @@ use time::OffsetDateTime;
 use crate::ledger::ledger_entry;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    CaseRow, NewCase,
-    AuditFilter, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewConsentRow, NewReport,
-    Result, Store, StoreError, StoredAlert, StoredCheckpoint, StoredReport, Withdrawal, WriteTx,
+    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
+    NewConsentRow, NewReport, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
+    StoredReport, Withdrawal, WriteTx,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -521,12 +521,14 @@ impl WriteTx for SqliteTx {
     }
 
     async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")
-            .bind(flow_id)
-            .bind(to_ms(cutoff))
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")
+                .bind(flow_id)
+                .bind(to_ms(cutoff))
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected(),
+        )
     }
 
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {

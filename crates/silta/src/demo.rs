@@ -166,7 +166,7 @@ pub async fn run() -> anyhow::Result<bool> {
 
     s.title("what the landlord sent, and what crossed to social services");
     let details = match &alert.details {
-        Some(proto::alert::Details::RentArrears(d)) => d.clone(),
+        Some(proto::alert::Details::RentArrears(d)) => *d,
         _ => proto::RentArrearsDetails::default(),
     };
     let band = ArrearsBand::try_from(details.arrears_band.unwrap_or_default()).unwrap_or_default();

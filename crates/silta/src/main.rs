@@ -190,7 +190,9 @@ fn reload_on_sighup(reloader: silta_server::PolicyReloader) {
                     }
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "SIGHUP handler not installed; policy reload needs a restart"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP handler not installed; policy reload needs a restart")
+            }
         }
     }
     #[cfg(not(unix))]

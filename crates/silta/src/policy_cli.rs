@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use silta_core::policy::{
-    ConsentStatus, ConsentView, DecisionInput, Form, Policies, PolicyErrors,
-};
+use silta_core::policy::{ConsentStatus, ConsentView, DecisionInput, Form, Policies, PolicyErrors};
 use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Role};
 use silta_server::policy_source;
@@ -92,7 +90,9 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<i32> {
             let sender = Caller {
                 org: OrgId::new(&from).map_err(|e| anyhow::anyhow!("--from: {e}"))?,
                 role: match role {
-                    Some(r) => r.parse::<Role>().map_err(|e| anyhow::anyhow!("--role: {e}"))?,
+                    Some(r) => r
+                        .parse::<Role>()
+                        .map_err(|e| anyhow::anyhow!("--role: {e}"))?,
                     None => f.sender,
                 },
             };
@@ -159,7 +159,9 @@ fn fields(f: &silta_core::policy::Flow) -> Vec<String> {
         .iter()
         .map(|c| match c.form {
             Form::Pass => c.output.to_owned(),
-            Form::Band | Form::Month => format!("{} → {} ({})", c.source, c.output, c.form.as_str()),
+            Form::Band | Form::Month => {
+                format!("{} → {} ({})", c.source, c.output, c.form.as_str())
+            }
         })
         .collect()
 }
@@ -177,7 +179,10 @@ fn basis(f: &silta_core::policy::Flow) -> String {
 }
 
 fn join_orgs(orgs: &[OrgId]) -> String {
-    orgs.iter().map(OrgId::as_str).collect::<Vec<_>>().join(", ")
+    orgs.iter()
+        .map(OrgId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The flows as a plain-text table for a terminal.

@@ -45,8 +45,16 @@ fn each_broken_example_is_refused_with_file_line_and_reason() {
             "landlord-to-social-services.cedar",
             "not compatible",
         ),
-        ("undeclared-field", "flows.toml", "undeclared field \"tenant_phone\""),
-        ("unknown-purpose", "flows.toml", "unknown purpose \"tenant-screening\""),
+        (
+            "undeclared-field",
+            "flows.toml",
+            "undeclared field \"tenant_phone\"",
+        ),
+        (
+            "unknown-purpose",
+            "flows.toml",
+            "unknown purpose \"tenant-screening\"",
+        ),
     ] {
         let path = format!("tests/policies/broken/{dir}");
         let (code, _, err) = silta(&["policy", "check", &path]);
@@ -93,7 +101,10 @@ fn explain_names_the_deciding_policy() {
         "enforcement_scheduled",
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("eviction-enforcement-notice-statutory"), "{out}");
+    assert!(
+        out.contains("eviction-enforcement-notice-statutory"),
+        "{out}"
+    );
 }
 
 #[test]

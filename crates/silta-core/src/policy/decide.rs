@@ -21,7 +21,7 @@ use crate::report::EvictionStage;
 pub const DEFAULT_DENY: &str = "default-deny";
 
 /// The state of the resident's consent for one disclosure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConsentStatus {
     /// Given, in force, not withdrawn.
     Valid,
@@ -73,7 +73,10 @@ impl ConsentView {
 
     /// The view of one organisation's consents for one subject and purpose: its valid
     /// consent that lasts longest; otherwise the state of its latest one.
-    pub fn of<'a>(records: impl IntoIterator<Item = &'a ConsentRecord>, now: OffsetDateTime) -> Self {
+    pub fn of<'a>(
+        records: impl IntoIterator<Item = &'a ConsentRecord>,
+        now: OffsetDateTime,
+    ) -> Self {
         let mut valid: Option<&ConsentRecord> = None;
         let mut latest: Option<&ConsentRecord> = None;
         for c in records {
@@ -210,16 +213,79 @@ impl Types {
     }
 }
 
+/// Everything a decision depends on. The entities Cedar sees are built from exactly these
+/// values, so equal keys always get equal verdicts from one policy set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct DecisionKey {
+    org: OrgId,
+    role: crate::org::Role,
+    flow: String,
+    purpose: String,
+    legal_basis: String,
+    consent: ConsentStatus,
+    covers_landlord: bool,
+    eviction_stage: Option<EvictionStage>,
+}
+
+/// Verdicts already computed by one policy set. Bounded: cleared when full, so a flood of
+/// distinct senders costs evaluations, never memory.
+#[derive(Debug, Default)]
+pub(super) struct VerdictCache(std::sync::RwLock<HashMap<DecisionKey, Verdict>>);
+
+const CACHE_LIMIT: usize = 16_384;
+
+impl VerdictCache {
+    fn get(&self, key: &DecisionKey) -> Option<Verdict> {
+        // A poisoned lock only means a panic between two whole map operations.
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(key).cloned()
+    }
+
+    fn put(&self, key: DecisionKey, verdict: Verdict) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(key, verdict);
+    }
+}
+
 impl Policies {
-    /// Evaluates the policies for one recipient whose consent is `consent`.
+    /// Evaluates the policies for one recipient whose consent is `consent`. A decision is a
+    /// pure function of its inputs and this immutable set, so each distinct one is evaluated
+    /// by Cedar once and then remembered (a reload builds a new set with an empty memory).
     pub fn evaluate(&self, input: &DecisionInput<'_>, consent: &ConsentView) -> Verdict {
+        let key = DecisionKey {
+            org: input.sender.org.clone(),
+            role: input.sender.role,
+            flow: input.flow.id.clone(),
+            purpose: input.purpose.to_owned(),
+            legal_basis: input.legal_basis.to_owned(),
+            consent: consent.status,
+            covers_landlord: consent.covers_landlord,
+            eviction_stage: input.eviction_stage,
+        };
+        if let Some(v) = self.verdicts.get(&key) {
+            return v;
+        }
+        let v = self.evaluate_uncached(input, consent);
+        self.verdicts.put(key, v.clone());
+        v
+    }
+
+    /// Evaluates the policies with Cedar, without the memory [`Policies::evaluate`] keeps:
+    /// builds the principal and resource entities and asks the authorizer.
+    pub fn evaluate_uncached(&self, input: &DecisionInput<'_>, consent: &ConsentView) -> Verdict {
         let t = &self.types;
         let flow = input.flow;
         let principal = Types::uid(&t.organisation, input.sender.org.as_str());
         let resource = Types::uid(&t.disclosure, &flow.id);
         let action = Types::uid(&t.action, &flow.id);
         let mut attrs = HashMap::from([
-            ("flow_purpose".to_owned(), Types::value(&t.purpose, &flow.purpose)),
+            (
+                "flow_purpose".to_owned(),
+                Types::value(&t.purpose, &flow.purpose),
+            ),
             (
                 "flow_legal_basis".to_owned(),
                 Types::value(&t.legal_basis, &flow.legal_basis),
@@ -232,7 +298,10 @@ impl Policies {
                 "recipient_role".to_owned(),
                 Types::value(&t.role, flow.recipient.as_str()),
             ),
-            ("purpose".to_owned(), Types::value(&t.purpose, input.purpose)),
+            (
+                "purpose".to_owned(),
+                Types::value(&t.purpose, input.purpose),
+            ),
             (
                 "legal_basis".to_owned(),
                 Types::value(&t.legal_basis, input.legal_basis),
@@ -275,7 +344,9 @@ impl Policies {
                 policy_ids: vec![DEFAULT_DENY.to_owned()],
             };
         };
-        let response = self.authorizer.is_authorized(&request, &self.cedar, &entities);
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.cedar, &entities);
         let allowed = response.decision() == Decision::Allow;
         let mut policy_ids: Vec<String> = response
             .diagnostics()

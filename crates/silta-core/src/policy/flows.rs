@@ -225,7 +225,8 @@ fn check_flow(
     let role = |s: &Spanned<String>, what: &str, problems: &mut Vec<(usize, String)>| {
         let r = s.get_ref().parse::<Role>().ok();
         if r.is_none() {
-            push(problems, 
+            push(
+                problems,
                 s.span().start,
                 format!("flow {id:?}: unknown {what} role {:?}", s.get_ref()),
             );
@@ -274,7 +275,10 @@ fn check_flow(
         );
     }
     let requires_consent = basis.is_none_or(|b| b.requires_consent);
-    let recipients_at = raw.recipients.as_ref().map_or(raw.id.span().start, |r| r.span().start);
+    let recipients_at = raw
+        .recipients
+        .as_ref()
+        .map_or(raw.id.span().start, |r| r.span().start);
     let listed: Vec<String> = raw.recipients.map(Spanned::into_inner).unwrap_or_default();
     let mut recipients = Vec::new();
     for org in &listed {
@@ -348,7 +352,10 @@ fn check_flow(
                 Err(why) => push(
                     &mut problems,
                     name.span().start,
-                    format!("flow {id:?}: field {:?} may never cross: {why}", spec.source),
+                    format!(
+                        "flow {id:?}: field {:?} may never cross: {why}",
+                        spec.source
+                    ),
                 ),
                 Ok(allowed) if allowed != form_parsed => push(
                     &mut problems,

@@ -147,6 +147,7 @@ pub struct Policies {
     info: BTreeMap<String, PolicyInfo>,
     digest: String,
     types: decide::Types,
+    verdicts: decide::VerdictCache,
 }
 
 impl fmt::Debug for Policies {
@@ -286,7 +287,15 @@ impl Policies {
         };
         let actions = schema.as_ref().and_then(|s| s.action_entities().ok());
         if let (Some(decl), Some(schema), Some(actions)) = (&declarations, &schema, &actions) {
-            cross_check(decl, schema, actions, &enums, flows_file, schema_file, &mut errors);
+            cross_check(
+                decl,
+                schema,
+                actions,
+                &enums,
+                flows_file,
+                schema_file,
+                &mut errors,
+            );
         }
 
         match (errors.is_empty(), declarations, actions) {
@@ -298,6 +307,7 @@ impl Policies {
                 info,
                 digest: digest_of(files),
                 types: decide::Types::new(),
+                verdicts: decide::VerdictCache::default(),
             }),
             _ => Err(PolicyErrors(errors)),
         }
