@@ -277,6 +277,56 @@ async fn reports_are_found_by_key_and_cases_are_stable(store: &dyn Store) {
             .is_none(),
         "keys are per landlord"
     );
+    drop(tx);
+
+    // A case is found only by the organisation it was opened for.
+    let case = store
+        .find_case(&org("ss-a"), "case-new-1")
+        .await
+        .expect("find case")
+        .expect("the recipient's case");
+    assert_eq!(
+        (case.landlord.as_str(), case.tenancy_ref.as_str()),
+        ("landlord-1", "T-1")
+    );
+    assert_eq!(case.subject_key.as_str(), "subject-c");
+    assert_eq!(case.audit_subject.as_str(), "audit-subject-c");
+    for (who, reference) in [("ss-b", "case-new-1"), ("ss-a", "case-made-up")] {
+        assert!(
+            store
+                .find_case(&org(who), reference)
+                .await
+                .expect("find case")
+                .is_none(),
+            "{who} must not find {reference}"
+        );
+    }
+}
+
+async fn retention_purges_one_flow_at_a_time(store: &dyn Store) {
+    enrol(store, "c-ret", "subject-ret", "ss-ret").await;
+    let permit = permits(store, "subject-ret").await.remove(0);
+    let seq = deliver(store, &permit, 900).await;
+    let mut tx = store.begin().await.expect("begin");
+    let later = now() + Duration::days(1);
+    assert_eq!(
+        tx.purge_alerts_before("another-flow", later)
+            .await
+            .expect("purge"),
+        0,
+        "another flow's retention never deletes this flow's messages"
+    );
+    assert_eq!(
+        tx.purge_alerts_before(FLOW, now() - Duration::days(1))
+            .await
+            .expect("purge"),
+        0,
+        "not yet expired"
+    );
+    // The suite's earlier alerts of the same flow go too.
+    assert!(tx.purge_alerts_before(FLOW, later).await.expect("purge") >= 1);
+    tx.commit().await.expect("commit");
+    assert!(!pending(store, "ss-ret").await.contains(&seq));
 }
 
 async fn an_uncommitted_transaction_leaves_nothing(store: &dyn Store) {
@@ -386,6 +436,7 @@ async fn suite(store: &dyn Store) {
     alerts_are_pending_in_order_until_acknowledged(store).await;
     reports_are_found_by_key_and_cases_are_stable(store).await;
     an_uncommitted_transaction_leaves_nothing(store).await;
+    retention_purges_one_flow_at_a_time(store).await;
 }
 
 #[tokio::test]

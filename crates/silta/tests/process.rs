@@ -265,3 +265,105 @@ async fn sigkill_mid_load_loses_no_acknowledged_report_and_the_ledger_verifies_o
         "{said}"
     );
 }
+
+/// SIGHUP re-reads `policy.dir`: a valid change decides the next request, a broken file is
+/// refused with its file and line in the log and the old set keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy_directory_and_a_broken_set_keeps_the_old_one() {
+    let (_tmp, dir) = setup();
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).expect("policy dir");
+    for (name, text) in silta_core::policy::BUILTIN_FILES {
+        std::fs::write(policies.join(name), text).expect("policy file");
+    }
+    let mut config = std::fs::read_to_string(dir.join("silta.toml")).expect("config");
+    config.push_str("[policy]\ndir = \"policies\"\n");
+    std::fs::write(dir.join("silta.toml"), config).expect("config");
+    let port = free_port();
+    let mut server = serve(&dir, port);
+    wait_listening(port).await;
+    let hup = |server: &Server| {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+    };
+    let mut landlord = LandlordClient::new(channel(&dir, port, "city-housing").await);
+    let mut debt = report("k-1");
+    debt.purpose = "debt-collection".into();
+    let refused = landlord.report_rent_arrears(debt.clone()).await;
+    assert_eq!(
+        refused.expect_err("purpose limitation").code(),
+        tonic::Code::PermissionDenied
+    );
+
+    // The DPO lifts purpose limitation for rent arrears to debt collection (a bad idea, but a
+    // visible one): the principle is rewritten to allow that one purpose, and reloaded.
+    let principles = policies.join("principles.cedar");
+    let text = std::fs::read_to_string(&principles).expect("read");
+    let lifted = text.replacen(
+        "unless { resource.purpose == resource.flow_purpose };",
+        "unless { resource.purpose == resource.flow_purpose || resource.purpose == Purpose::\"debt-collection\" };",
+        1,
+    );
+    std::fs::write(&principles, &lifted).expect("write");
+    let landlord_rules = policies.join("landlord-to-social-services.cedar");
+    let rules = std::fs::read_to_string(&landlord_rules).expect("read");
+    std::fs::write(
+        &landlord_rules,
+        rules.replacen(
+            "  resource.purpose == Purpose::\"eviction-prevention\" &&\n  resource.consent == ConsentState::\"valid\"\n};",
+            "  resource.consent == ConsentState::\"valid\"\n};",
+            1,
+        ),
+    )
+    .expect("write");
+    hup(&server);
+    let mut accepted = false;
+    for _ in 0..100 {
+        debt.idempotency_key = format!("k-{}", uuid_like());
+        if landlord.report_rent_arrears(debt.clone()).await.is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "the reloaded set did not decide the next request");
+
+    // A broken file: refused, named in the log, and the lifted set keeps serving.
+    std::fs::write(
+        &principles,
+        format!("{lifted}\n@id(\"broken\")\nforbid (principal, action, resource) when {{ resource.no_such_attribute }};\n"),
+    )
+    .expect("write");
+    hup(&server);
+    let log = dir.join(format!("serve-{port}.log"));
+    let mut logged = String::new();
+    for _ in 0..100 {
+        logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains("policy reload refused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged.contains("policy reload refused"), "{logged}");
+    assert!(
+        logged.contains("principles.cedar:"),
+        "the file is not named: {logged}"
+    );
+    assert!(logged.contains("no_such_attribute"), "{logged}");
+    debt.idempotency_key = "k-after-broken".into();
+    landlord
+        .report_rent_arrears(debt)
+        .await
+        .expect("the previous set still serves");
+    server.child.kill().expect("stop");
+    let _ = server.child.wait();
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
