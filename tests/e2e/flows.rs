@@ -941,3 +941,69 @@ async fn a_policy_reload_takes_effect_at_once_and_a_broken_set_is_refused_while_
         "same files, same digest"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_purges_the_support_notices_the_landlord_has_not_yet_received() {
+    let gw = TestGateway::start().await;
+    let alert = alert_for_a_client(&gw).await;
+    let mut social = gw.social(SOCIAL_A).await;
+    social
+        .send_support_notice(support_notice("n-1", &alert.case_ref))
+        .await
+        .expect("notice accepted");
+    let withdrawn = social
+        .withdraw_consent(proto::WithdrawConsentRequest {
+            target: Some(proto::withdraw_consent_request::Target::ConsentId(
+                alert.consent_id.clone(),
+            )),
+        })
+        .await
+        .expect("withdrawn")
+        .into_inner();
+    assert!(withdrawn.purged_alerts >= 1, "{withdrawn:?}");
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let mut notices = notices_of(&mut landlord).await;
+    assert!(
+        nothing_within(&mut notices, 400).await,
+        "a notice sent under a withdrawn consent reached the landlord"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_opens_only_the_flows_its_receipt_lists() {
+    let gw = TestGateway::start().await;
+    let mut social = gw.social(SOCIAL_A).await;
+    let enrolled = social
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("enrolled")
+        .into_inner();
+    let listed = enrolled.receipt.expect("receipt").data_categories;
+    assert!(listed.contains(&"eviction-stage".to_owned()), "{listed:?}");
+    // As a consent given before the eviction-stage flow was declared: rent arrears only.
+    gw.tamper("UPDATE consents SET flows = '[\"rent-arrears\"]'")
+        .await;
+    let mut alerts = alerts_of(&gw, SOCIAL_A).await;
+    let mut landlord = gw.landlord(LANDLORD).await;
+    landlord
+        .report_eviction_stage(eviction("e-1", RESIDENT, EvictionStage::Warning, CONSENT))
+        .await
+        .expect("receipt all the same");
+    assert!(
+        nothing_within(&mut alerts, 400).await,
+        "a flow the consent does not list crossed"
+    );
+    let rows = audit_rows(&gw, "Landlord.ReportEvictionStage").await;
+    assert!(
+        rows.iter().any(|r| r.contains("consent-absent")),
+        "{rows:?}"
+    );
+    landlord
+        .report_rent_arrears(report("r-1", RESIDENT))
+        .await
+        .expect("accepted");
+    let alert = next(&mut alerts)
+        .await
+        .expect("the listed flow still crosses");
+    assert_eq!(alert.flow_id, "rent-arrears");
+}

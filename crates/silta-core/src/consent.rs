@@ -63,9 +63,16 @@ pub struct ConsentRecord {
     pub state: ConsentState,
     /// Whether the client agreed that the landlord may be told the outcome (support notices).
     pub covers_landlord: bool,
+    /// The flows the consent opens, as its receipt lists them.
+    pub flows: Vec<String>,
 }
 
 impl ConsentRecord {
+    /// Whether the consent was given for flow `flow_id` (its receipt lists it).
+    pub fn covers_flow(&self, flow_id: &str) -> bool {
+        self.flows.iter().any(|f| f == flow_id)
+    }
+
     /// Whether the consent lets data cross at `now`.
     pub fn is_valid_at(&self, now: OffsetDateTime) -> bool {
         self.state == ConsentState::Active && self.valid_from <= now && now < self.valid_until
@@ -384,6 +391,7 @@ mod tests {
             valid_until: NOW + Duration::days(1),
             state: ConsentState::Active,
             covers_landlord: false,
+            flows: vec!["rent-arrears".into()],
         };
         assert!(rec.is_valid_at(NOW));
         assert!(!rec.is_valid_at(NOW + Duration::days(1)));

@@ -207,6 +207,7 @@ fn the_consent_view_prefers_a_valid_consent_then_the_latest_state() {
         valid_until: NOW + Duration::days(until_days),
         state,
         covers_landlord: false,
+        flows: vec!["rent-arrears".into()],
     };
     use ConsentState::*;
     let v = ConsentView::of(

@@ -195,7 +195,9 @@ async fn apply_message(
         tracing::error!(flow = %job.flow_id, "flow vanished from its own policy set");
         return Ok(Err(ApiError::Unavailable));
     };
-    let consents = tx.consents_for(&job.lookup_key, &flow.purpose).await?;
+    // Only consents given for this flow count: a consent opens the flows its receipt lists.
+    let mut consents = tx.consents_for(&job.lookup_key, &flow.purpose).await?;
+    consents.retain(|c| c.covers_flow(&flow.id));
     let now = job.received_at;
     let candidates: Vec<(OrgId, ConsentView)> = match &job.route {
         // Consent-based: whoever holds a consent record, each with its own consent's state.

@@ -239,15 +239,17 @@ impl Gateway {
             legal_basis: &header.legal_basis,
             eviction_stage: message.eviction_stage(),
         };
+        // The audit pseudonym names the subject in the audit trail, refusals included, so a
+        // resident's access report shows attempts too.
+        let audit_subject = self.pseudonymiser.pseudonym(&header.hetu, &Domain::Audit);
         if let Err(verdict) = policies.precheck(&input) {
             // Refused whatever the resident's consent: saying so reveals nothing about them.
-            return Err(self.refuse(ctx, &policies, flow, verdict, None).await);
+            let subject = Some(audit_subject);
+            return Err(self.refuse(ctx, &policies, flow, verdict, subject).await);
         }
-        // Pseudonymise: the lookup key finds consents, the audit pseudonym names the subject
-        // in the audit trail, the fingerprint recognises retries. The code itself stays in the
-        // job only to derive each recipient's pseudonym.
+        // Pseudonymise: the lookup key finds consents, the fingerprint recognises retries. The
+        // code itself stays in the job only to derive each recipient's pseudonym.
         let lookup_key = self.pseudonymiser.pseudonym(&header.hetu, &Domain::Lookup);
-        let audit_subject = self.pseudonymiser.pseudonym(&header.hetu, &Domain::Audit);
         let mut parts: Vec<&[u8]> = vec![kind.as_str().as_bytes()];
         parts.extend(header.fingerprint_parts());
         parts.extend_from_slice(body);
@@ -494,6 +496,9 @@ impl Gateway {
             return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await);
         };
 
+        // The consent opens exactly the flows its receipt lists; a flow declared later needs a
+        // new consent.
+        let flows = policies.consent_categories(&consent.purpose, consent.covers_landlord);
         let own = Domain::Org(ctx.caller.org.clone());
         let subject_pseudonym = self.pseudonymiser.pseudonym(&hetu, &own);
         let lookup_key = self.pseudonymiser.pseudonym(&hetu, &Domain::Lookup);
@@ -513,6 +518,7 @@ impl Gateway {
             evidence_ref: &consent.evidence_ref,
             notice_version: &consent.notice_version,
             covers_landlord: consent.covers_landlord,
+            flows: &flows,
             now,
         })
         .await?;

@@ -98,6 +98,8 @@ pub struct NewConsentRow<'a> {
     pub notice_version: &'a str,
     /// Whether the landlord may be told the outcome.
     pub covers_landlord: bool,
+    /// The flows the consent opens (its receipt's data categories).
+    pub flows: &'a [String],
     /// Creation time.
     pub now: OffsetDateTime,
 }
@@ -329,8 +331,9 @@ pub trait WriteTx: Send {
         consent_id: &str,
     ) -> Result<Option<ConsentSubject>>;
 
-    /// Withdraws `recipient`'s consents for a subject and purpose and purges the
-    /// unacknowledged alerts delivered under any of them.
+    /// Withdraws `recipient`'s consents for a subject and purpose and purges every
+    /// unacknowledged message sent under any of them: its alerts, and the support notices it
+    /// sent to landlords.
     async fn withdraw(
         &mut self,
         recipient: &OrgId,

@@ -322,7 +322,7 @@ impl WriteTx for SqliteTx {
     ) -> Result<Vec<ConsentRecord>> {
         let rows = sqlx::query(
             "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
-                    covers_landlord
+                    covers_landlord, flows
              FROM consents WHERE subject_key = ? AND purpose = ?",
         )
         .bind(subject_key.as_str())
@@ -343,6 +343,8 @@ impl WriteTx for SqliteTx {
                     state: ConsentState::parse(&state)
                         .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
                     covers_landlord: r.try_get::<i64, _>("covers_landlord")? != 0,
+                    flows: serde_json::from_str(&r.try_get::<String, _>("flows")?)
+                        .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
                 })
             })
             .collect()
@@ -416,8 +418,8 @@ impl WriteTx for SqliteTx {
         sqlx::query(
             "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
                                    valid_from, valid_until, evidence_ref, notice_version, state,
-                                   created_at, changed_at, covers_landlord)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+                                   created_at, changed_at, covers_landlord, flows)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
         )
         .bind(c.consent_id)
         .bind(c.subject_key.as_str())
@@ -431,6 +433,7 @@ impl WriteTx for SqliteTx {
         .bind(to_ms(c.now))
         .bind(to_ms(c.now))
         .bind(i64::from(c.covers_landlord))
+        .bind(json_list(c.flows))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -478,12 +481,13 @@ impl WriteTx for SqliteTx {
         .bind(purpose)
         .fetch_all(&mut *self.tx)
         .await?;
+        // Every undelivered message under these consents: alerts to the organisation itself
+        // and support notices it sent to a landlord alike.
         let purged = sqlx::query(
-            "DELETE FROM alerts WHERE acked_at IS NULL AND recipient_org = ? AND consent_id IN
+            "DELETE FROM alerts WHERE acked_at IS NULL AND consent_id IN
                (SELECT consent_id FROM consents
                 WHERE subject_key = ? AND recipient_org = ? AND purpose = ?)",
         )
-        .bind(recipient.as_str())
         .bind(subject_key.as_str())
         .bind(recipient.as_str())
         .bind(purpose)

@@ -38,6 +38,7 @@ async fn enrol(store: &dyn Store, id: &str, subject: &str, recipient: &str) {
         evidence_ref: "E-1",
         notice_version: "v1",
         covers_landlord: false,
+        flows: &[FLOW.to_owned()],
         now: now(),
     })
     .await

@@ -408,7 +408,12 @@ impl Policies {
             if v.allowed {
                 permits.push(Permit {
                     recipient: org.clone(),
-                    consent_id: consent.consent_id.clone(),
+                    // A disclosure on a basis without consent does not rest on one, and a
+                    // withdrawal must not purge it.
+                    consent_id: consent
+                        .consent_id
+                        .clone()
+                        .filter(|_| input.flow.requires_consent),
                 });
             }
         }

@@ -291,6 +291,15 @@ fn check_flow(
             ),
         }
     }
+    if message == Some(MessageKind::SupportNotice) && !requires_consent {
+        push(
+            &mut problems,
+            raw.legal_basis.span().start,
+            format!(
+                "flow {id:?}: support notices tell the landlord about a social-services client; they may only cross on a basis that needs the client's consent"
+            ),
+        );
+    }
     if requires_consent && !listed.is_empty() {
         push(
             &mut problems,

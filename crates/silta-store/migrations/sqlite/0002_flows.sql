@@ -2,6 +2,9 @@
 
 -- Whether the client agreed that the landlord may be told the outcome (support notices).
 ALTER TABLE consents ADD COLUMN covers_landlord INTEGER NOT NULL DEFAULT 0;
+-- The flows the consent opens (JSON array of flow ids), as its signed receipt lists them. A flow
+-- declared later needs a new consent. Consents from v1 were given for rent arrears only.
+ALTER TABLE consents ADD COLUMN flows TEXT NOT NULL DEFAULT '["rent-arrears"]';
 
 -- The outbox now carries every flow, to social services (alerts) and back to landlords
 -- (support notices), with the purpose and legal basis it crossed on. For a notice,
@@ -10,6 +13,20 @@ ALTER TABLE consents ADD COLUMN covers_landlord INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE alerts ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
 ALTER TABLE alerts ADD COLUMN legal_basis TEXT NOT NULL DEFAULT '';
 CREATE INDEX alerts_by_flow ON alerts (flow_id, created_at);
+-- v1 alerts were all rent arrears, their payload the bare fields with serde's band names.
+UPDATE alerts
+SET purpose = 'eviction-prevention',
+    legal_basis = 'gdpr-6-1-a-consent',
+    payload = json_object(
+        'message', 'rent-arrears',
+        'fields', json_set(json(payload), '$.arrears_band',
+            CASE json_extract(payload, '$.arrears_band')
+                WHEN 'under500' THEN 'under_500'
+                WHEN 'from500_to1500' THEN 'from_500_to_1500'
+                WHEN 'from1500_to5000' THEN 'from_1500_to_5000'
+                ELSE 'from_5000'
+            END))
+WHERE purpose = '' AND flow_id = 'rent-arrears';
 
 -- A case is one tenancy, one resident and one recipient, so that a support notice on it is
 -- decided against that resident's consent. Cases from v1 have no subject and cannot be
