@@ -12,7 +12,9 @@
 #![forbid(unsafe_code)]
 
 mod ledger;
+mod postgres;
 mod sqlite;
+pub mod testing;
 mod time_conv;
 
 use async_trait::async_trait;
@@ -24,6 +26,7 @@ use silta_core::pseudonym::Pseudonym;
 use time::OffsetDateTime;
 
 pub use ledger::ledger_entry;
+pub use postgres::PostgresStore;
 pub use silta_ledger::Hash;
 pub use sqlite::SqliteStore;
 pub use time_conv::to_ms as unix_ms;
@@ -256,7 +259,12 @@ pub struct LedgerEntry {
     pub entry: Vec<u8>,
 }
 
-/// The persistence seam. Implementations: [`SqliteStore`]; PostgreSQL follows.
+/// Called with an organisation and its newest outbox sequence when another node committed
+/// messages for it.
+pub type Wakeup = Box<dyn Fn(&OrgId, u64) + Send + Sync>;
+
+/// The persistence seam. Implementations: [`SqliteStore`] (one node) and [`PostgresStore`]
+/// (several nodes on one database).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Begins a write transaction. Writes are serialised: one transaction at a time.
@@ -287,6 +295,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The hashes of perfect subtrees `(level, index)`, in the order asked.
     async fn ledger_nodes(&self, wanted: &[(u32, u64)]) -> Result<Vec<Hash>>;
+
+    /// Starts announcing outbox messages committed by *other* processes (other gateway nodes)
+    /// through `wake`. A single-node store has none and does nothing.
+    async fn listen(&self, wake: Wakeup) -> Result<()> {
+        drop(wake);
+        Ok(())
+    }
 
     /// Waits for in-flight work and closes connections (flushing SQLite's WAL).
     async fn close(&self);

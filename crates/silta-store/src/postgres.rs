@@ -1,0 +1,664 @@
+//! The PostgreSQL store: several gateway nodes share one database, one ledger and one
+//! delivery state.
+//!
+//! **Ledger order across nodes.** Every write transaction first takes one transaction-level
+//! advisory lock (`pg_advisory_xact_lock`), so write transactions are serialised across all
+//! nodes exactly as SQLite's single writer serialises them in one process: the ledger stays
+//! one gap-free sequence and its right edge, read inside the lock, is always current. Each
+//! node's group committer puts many requests into one transaction, so the lock is taken once
+//! per batch, not per request.
+//!
+//! **Wake-ups across nodes.** A transaction that puts messages in an outbox sends
+//! `NOTIFY silta_outbox, '<org> <seq>'`, delivered when it commits. Each node listens and wakes
+//! its own subscribers of that organisation; the table stays the truth (subscriptions also
+//! re-poll), so a lost notification only delays a delivery.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use silta_core::OrgId;
+use silta_core::audit::AuditRecord;
+use silta_core::consent::{ConsentRecord, ConsentState};
+use silta_core::policy::Permit;
+use silta_core::pseudonym::Pseudonym;
+use silta_ledger::tree::Frontier;
+use silta_ledger::{Hash, leaf_hash};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+
+use crate::ledger::ledger_entry;
+use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
+use crate::{
+    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
+    NewConsentRow, NewReport, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
+    StoredReport, Wakeup, Withdrawal, WriteTx,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The advisory lock key that serialises write transactions (ASCII "silta-wr").
+const WRITE_LOCK: i64 = 0x7369_6c74_612d_7772;
+/// The notification channel of outbox wake-ups.
+const CHANNEL: &str = "silta_outbox";
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    url: String,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://…`) and applies pending migrations
+    /// (sqlx serialises concurrent migrators with its own lock, so nodes may start together).
+    pub async fn open(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(PostgresStore {
+            pool,
+            url: url.to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn begin(&self) -> Result<Box<dyn WriteTx>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Box::new(PgTx {
+            tx,
+            frontier: None,
+            notified: Vec::new(),
+        }))
+    }
+
+    async fn listen(&self, wake: Wakeup) -> Result<()> {
+        let mut listener = PgListener::connect(&self.url).await?;
+        listener.listen(CHANNEL).await?;
+        let wake: Arc<dyn Fn(&OrgId, u64) + Send + Sync> = Arc::from(wake);
+        tokio::spawn(async move {
+            loop {
+                // `recv` reconnects by itself after a lost connection; notifications sent
+                // meanwhile are lost, which the subscriptions' re-polling covers.
+                match listener.recv().await {
+                    Ok(n) => {
+                        let mut parts = n.payload().split(' ');
+                        let org = parts.next().and_then(|o| OrgId::new(o).ok());
+                        let seq = parts.next().and_then(|s| s.parse::<u64>().ok());
+                        if let (Some(org), Some(seq)) = (org, seq) {
+                            wake(&org, seq);
+                        }
+                    }
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn find_case(&self, recipient: &OrgId, case_ref: &str) -> Result<Option<CaseRow>> {
+        let row = sqlx::query(
+            "SELECT landlord_org, tenancy_ref, subject_key, audit_subject FROM cases
+             WHERE case_ref = $1 AND recipient_org = $2",
+        )
+        .bind(case_ref)
+        .bind(recipient.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let landlord: String = r.try_get("landlord_org")?;
+            Ok(CaseRow {
+                landlord: OrgId::new(&landlord)
+                    .map_err(|e| StoreError::Corrupt(format!("case landlord: {e}")))?,
+                tenancy_ref: r.try_get("tenancy_ref")?,
+                subject_key: Pseudonym::from_stored(r.try_get("subject_key")?),
+                audit_subject: Pseudonym::from_stored(r.try_get("audit_subject")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn ledger_head(&self) -> Result<LedgerHead> {
+        let mut conn = self.pool.acquire().await?;
+        let frontier = load_frontier(&mut conn).await?;
+        Ok(LedgerHead {
+            size: frontier.size(),
+            root: frontier.root(),
+        })
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
+        let row = sqlx::query("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(StoredCheckpoint {
+                size: seq_from_i64(r.try_get("size")?)?,
+                note: r.try_get("note")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn pending_alerts(
+        &self,
+        org: &OrgId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredAlert>> {
+        let rows = sqlx::query(
+            "SELECT seq, alert_id, flow_id, purpose, legal_basis, consent_id, subject_pseudonym,
+                    case_ref, payload
+             FROM alerts WHERE recipient_org = $1 AND seq > $2 AND acked_at IS NULL
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(org.as_str())
+        .bind(seq_to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredAlert {
+                    seq: seq_from_i64(r.try_get("seq")?)?,
+                    alert_id: r.try_get("alert_id")?,
+                    flow_id: r.try_get("flow_id")?,
+                    purpose: r.try_get("purpose")?,
+                    legal_basis: r.try_get("legal_basis")?,
+                    consent_id: r.try_get("consent_id")?,
+                    subject_pseudonym: r.try_get("subject_pseudonym")?,
+                    case_ref: r.try_get("case_ref")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn checkpoint_at(&self, size: u64) -> Result<Option<StoredCheckpoint>> {
+        let note: Option<String> =
+            sqlx::query_scalar("SELECT note FROM checkpoints WHERE size = $1")
+                .bind(seq_to_i64(size))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(note.map(|note| StoredCheckpoint { size, note }))
+    }
+
+    async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>> {
+        let rows = sqlx::query("SELECT size, note FROM checkpoints WHERE size <= $1 ORDER BY size")
+            .bind(seq_to_i64(max_size))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredCheckpoint {
+                    size: seq_from_i64(r.try_get("size")?)?,
+                    note: r.try_get("note")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ledger_entries(&self, f: &AuditFilter) -> Result<Vec<LedgerEntry>> {
+        let mut q =
+            sqlx::QueryBuilder::<Postgres>::new("SELECT seq, entry FROM audit WHERE seq >= ");
+        q.push_bind(seq_to_i64(f.start_index));
+        if let Some(end) = f.end_index {
+            q.push(" AND seq < ").push_bind(seq_to_i64(end));
+        }
+        if let Some(subject) = &f.subject {
+            q.push(" AND subject = ").push_bind(subject);
+        }
+        if let Some(org) = &f.organisation {
+            q.push(" AND (actor_org = ")
+                .push_bind(org)
+                .push(" OR audit.recipients::jsonb ? ")
+                .push_bind(org)
+                .push(")");
+        }
+        if let Some(flow) = &f.flow_id {
+            q.push(" AND flow_id = ").push_bind(flow);
+        }
+        if let Some(outcome) = &f.outcome {
+            q.push(" AND outcome = ").push_bind(outcome);
+        }
+        if let Some(from) = f.from {
+            q.push(" AND at >= ").push_bind(to_ms(from));
+        }
+        if let Some(until) = f.until {
+            q.push(" AND at < ").push_bind(to_ms(until));
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(f.limit));
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(LedgerEntry {
+                    index: seq_from_i64(r.try_get("seq")?)?,
+                    entry: r.try_get("entry")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ledger_nodes(&self, wanted: &[(u32, u64)]) -> Result<Vec<Hash>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for &(level, index) in wanted {
+            out.push(read_node(&mut conn, level, index).await?);
+        }
+        Ok(out)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+struct PgTx {
+    tx: Transaction<'static, Postgres>,
+    /// Outbox wake-ups to announce with this transaction.
+    notified: Vec<(String, u64)>,
+    /// The ledger's right edge, read on the first append of this transaction and advanced in
+    /// memory; dropped with the transaction, so a rollback leaves nothing stale.
+    frontier: Option<Frontier>,
+}
+
+/// Reads the ledger's size and right edge: O(log n) indexed reads.
+async fn load_frontier(conn: &mut PgConnection) -> Result<Frontier> {
+    let size: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit")
+        .fetch_one(&mut *conn)
+        .await?;
+    let size = seq_from_i64(size)?;
+    let mut edge = Vec::new();
+    for (level, index) in Frontier::edge_nodes(size) {
+        edge.push(read_node(conn, level, index).await?);
+    }
+    Frontier::from_edge(size, &edge).ok_or_else(|| StoreError::Corrupt("ledger edge".into()))
+}
+
+async fn read_node(conn: &mut PgConnection, level: u32, index: u64) -> Result<Hash> {
+    let hash: Vec<u8> =
+        sqlx::query_scalar("SELECT hash FROM ledger_nodes WHERE level = $1 AND idx = $2")
+            .bind(i64::from(level))
+            .bind(seq_to_i64(index))
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("ledger node ({level}, {index}) is missing"))
+            })?;
+    Hash::try_from(hash.as_slice())
+        .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))
+}
+
+fn json_list<T: AsRef<str>>(items: &[T]) -> String {
+    let v: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    // A list of strings always serialises.
+    serde_json::to_string(&v).expect("a list of strings serialises")
+}
+
+#[async_trait]
+impl WriteTx for PgTx {
+    async fn find_report(
+        &mut self,
+        landlord: &OrgId,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredReport>> {
+        let row = sqlx::query(
+            "SELECT report_id, fingerprint, received_at FROM reports
+             WHERE landlord_org = $1 AND idempotency_key = $2",
+        )
+        .bind(landlord.as_str())
+        .bind(idempotency_key)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|r| {
+            Ok(StoredReport {
+                report_id: r.try_get("report_id")?,
+                fingerprint: r.try_get("fingerprint")?,
+                received_at: from_ms(r.try_get("received_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_report(&mut self, report: &NewReport<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reports (report_id, landlord_org, idempotency_key, fingerprint, received_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(report.report_id)
+        .bind(report.landlord.as_str())
+        .bind(report.idempotency_key)
+        .bind(report.fingerprint)
+        .bind(to_ms(report.received_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn consents_for(
+        &mut self,
+        subject_key: &Pseudonym,
+        purpose: &str,
+    ) -> Result<Vec<ConsentRecord>> {
+        let rows = sqlx::query(
+            "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
+                    covers_landlord, flows
+             FROM consents WHERE subject_key = $1 AND purpose = $2",
+        )
+        .bind(subject_key.as_str())
+        .bind(purpose)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let org: String = r.try_get("recipient_org")?;
+                let state: String = r.try_get("state")?;
+                Ok(ConsentRecord {
+                    consent_id: r.try_get("consent_id")?,
+                    recipient: OrgId::new(&org)
+                        .map_err(|e| StoreError::Corrupt(format!("consent recipient: {e}")))?,
+                    purpose: r.try_get("purpose")?,
+                    valid_from: from_ms(r.try_get("valid_from")?)?,
+                    valid_until: from_ms(r.try_get("valid_until")?)?,
+                    state: ConsentState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
+                    covers_landlord: r.try_get::<bool, _>("covers_landlord")?,
+                    flows: serde_json::from_str(&r.try_get::<String, _>("flows")?)
+                        .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn case_ref(&mut self, c: &NewCase<'_>) -> Result<String> {
+        let row = sqlx::query(
+            "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
+                                audit_subject, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (landlord_org, tenancy_ref, recipient_org, subject_key)
+             DO UPDATE SET case_ref = cases.case_ref
+             RETURNING case_ref",
+        )
+        .bind(c.new_ref)
+        .bind(c.landlord.as_str())
+        .bind(c.tenancy_ref)
+        .bind(c.recipient.as_str())
+        .bind(c.subject_key.as_str())
+        .bind(c.audit_subject.as_str())
+        .bind(to_ms(c.now))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(row.try_get("case_ref")?)
+    }
+
+    async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64> {
+        let recipient = permit.recipient().as_str();
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO alert_sequences (recipient_org, last_seq) VALUES ($1, 1)
+             ON CONFLICT (recipient_org) DO UPDATE SET last_seq = alert_sequences.last_seq + 1
+             RETURNING last_seq",
+        )
+        .bind(recipient)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
+                                 consent_id, report_id, subject_pseudonym, case_ref, payload,
+                                 created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(alert.alert_id)
+        .bind(recipient)
+        .bind(seq)
+        .bind(alert.flow_id)
+        .bind(alert.purpose)
+        .bind(alert.legal_basis)
+        .bind(permit.consent_id().unwrap_or(""))
+        .bind(alert.report_id)
+        .bind(alert.subject_pseudonym)
+        .bind(alert.case_ref)
+        .bind(alert.payload)
+        .bind(to_ms(alert.now))
+        .execute(&mut *self.tx)
+        .await?;
+        let seq = seq_from_i64(seq)?;
+        self.notified.push((recipient.to_owned(), seq));
+        Ok(seq)
+    }
+
+    async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
+        sqlx::query(
+            "UPDATE consents SET state = 'superseded', changed_at = $1
+             WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'",
+        )
+        .bind(to_ms(c.now))
+        .bind(c.subject_key.as_str())
+        .bind(c.recipient.as_str())
+        .bind(c.purpose)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
+                                   valid_from, valid_until, evidence_ref, notice_version, state,
+                                   created_at, changed_at, covers_landlord, flows)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13)",
+        )
+        .bind(c.consent_id)
+        .bind(c.subject_key.as_str())
+        .bind(c.audit_subject.as_str())
+        .bind(c.recipient.as_str())
+        .bind(c.purpose)
+        .bind(to_ms(c.valid_from))
+        .bind(to_ms(c.valid_until))
+        .bind(c.evidence_ref)
+        .bind(c.notice_version)
+        .bind(to_ms(c.now))
+        .bind(to_ms(c.now))
+        .bind(c.covers_landlord)
+        .bind(json_list(c.flows))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn consent_subject(
+        &mut self,
+        recipient: &OrgId,
+        consent_id: &str,
+    ) -> Result<Option<ConsentSubject>> {
+        let row = sqlx::query(
+            "SELECT subject_key, audit_subject, purpose, state FROM consents WHERE consent_id = $1 AND recipient_org = $2",
+        )
+        .bind(consent_id)
+        .bind(recipient.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|r| {
+            Ok(ConsentSubject {
+                subject_key: Pseudonym::from_stored(r.try_get("subject_key")?),
+                audit_subject: Pseudonym::from_stored(r.try_get("audit_subject")?),
+                purpose: r.try_get("purpose")?,
+                state: ConsentState::parse(r.try_get("state")?)
+                    .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn withdraw(
+        &mut self,
+        recipient: &OrgId,
+        subject_key: &Pseudonym,
+        purpose: &str,
+        now: OffsetDateTime,
+    ) -> Result<Withdrawal> {
+        let withdrawn: Vec<String> = sqlx::query_scalar(
+            "UPDATE consents SET state = 'withdrawn', changed_at = $1
+             WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'
+             RETURNING consent_id",
+        )
+        .bind(to_ms(now))
+        .bind(subject_key.as_str())
+        .bind(recipient.as_str())
+        .bind(purpose)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        // Every undelivered message under these consents: alerts to the organisation itself
+        // and support notices it sent to a landlord alike.
+        let purged = sqlx::query(
+            "DELETE FROM alerts WHERE acked_at IS NULL AND consent_id IN
+               (SELECT consent_id FROM consents
+                WHERE subject_key = $1 AND recipient_org = $2 AND purpose = $3)",
+        )
+        .bind(subject_key.as_str())
+        .bind(recipient.as_str())
+        .bind(purpose)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(Withdrawal {
+            withdrawn,
+            purged_alerts: purged,
+        })
+    }
+
+    async fn ack_alerts(
+        &mut self,
+        recipient: &OrgId,
+        up_to: u64,
+        seqs: &[u64],
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        let listed: Vec<i64> = seqs.iter().map(|&s| seq_to_i64(s)).collect();
+        let done = sqlx::query(
+            "UPDATE alerts SET acked_at = $1
+             WHERE recipient_org = $2 AND acked_at IS NULL
+               AND (seq <= $3 OR seq = ANY($4))",
+        )
+        .bind(to_ms(now))
+        .bind(recipient.as_str())
+        .bind(seq_to_i64(up_to))
+        .bind(listed)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(done)
+    }
+
+    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM alerts WHERE flow_id = $1 AND created_at < $2")
+                .bind(flow_id)
+                .bind(to_ms(cutoff))
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {
+        let entry = ledger_entry(r).encode()?;
+        let leaf = leaf_hash(&entry);
+        if self.frontier.is_none() {
+            self.frontier = Some(load_frontier(&mut self.tx).await?);
+        }
+        let frontier = self
+            .frontier
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("ledger edge".into()))?;
+        let seq = frontier.size();
+        let mut completed: Vec<(u32, u64, Hash)> = Vec::with_capacity(4);
+        frontier.append(leaf, |level, index, hash| {
+            completed.push((level, index, *hash))
+        });
+        sqlx::query(
+            "INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person, action,
+                                flow_id, outcome, reason, policy_ids, subject, fields, recipients,
+                                entry, leaf_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(seq_to_i64(seq))
+        .bind(to_ms(r.at))
+        .bind(&r.request_id)
+        .bind(r.actor.org.as_str())
+        .bind(r.actor.role.as_str())
+        .bind(r.actor_person.as_deref())
+        .bind(&r.action)
+        .bind(r.flow_id.as_deref())
+        .bind(r.outcome.as_str())
+        .bind(&r.reason)
+        .bind(json_list(&r.policy_ids))
+        .bind(r.subject.as_ref().map(Pseudonym::as_str))
+        .bind(json_list(&r.fields))
+        .bind(json_list(
+            &r.recipients.iter().map(OrgId::as_str).collect::<Vec<_>>(),
+        ))
+        .bind(&entry)
+        .bind(leaf.as_slice())
+        .execute(&mut *self.tx)
+        .await?;
+        for (level, index, hash) in completed {
+            sqlx::query("INSERT INTO ledger_nodes (level, idx, hash) VALUES ($1, $2, $3)")
+                .bind(i64::from(level))
+                .bind(seq_to_i64(index))
+                .bind(hash.as_slice())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(seq)
+    }
+
+    async fn append_checkpoint(
+        &mut self,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (size, root, note, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (size) DO NOTHING",
+        )
+        .bind(seq_to_i64(size))
+        .bind(root.as_slice())
+        .bind(note)
+        .bind(to_ms(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        // Sent with the transaction: delivered to every node's listener only if it commits.
+        // One notification per organisation, for its highest new sequence.
+        self.notified.sort();
+        let mut last: Vec<(String, u64)> = Vec::new();
+        for (org, seq) in self.notified.drain(..) {
+            match last.last_mut() {
+                Some((o, s)) if *o == org => *s = (*s).max(seq),
+                _ => last.push((org, seq)),
+            }
+        }
+        for (org, seq) in last {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(format!("{org} {seq}"))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! For tests: a throw-away PostgreSQL database.
+//!
+//! Tests that need PostgreSQL read its server URL from `SILTA_TEST_POSTGRES_URL` (for example
+//! `postgres://postgres@127.0.0.1:5432/test`). Unset, they skip with a visible message; set,
+//! an unreachable server fails them, so CI cannot pass without PostgreSQL.
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+/// The environment variable naming the test server.
+pub const POSTGRES_URL_VAR: &str = "SILTA_TEST_POSTGRES_URL";
+
+/// A database created for one test and dropped by [`TempDatabase::drop_now`].
+#[derive(Debug)]
+pub struct TempDatabase {
+    admin_url: String,
+    name: String,
+    /// The URL of the new database.
+    pub url: String,
+}
+
+impl TempDatabase {
+    /// Creates a fresh database on the server named by [`POSTGRES_URL_VAR`], or returns `None`
+    /// (after saying so on stderr) when it is unset.
+    ///
+    /// # Panics
+    /// When the variable is set and the server cannot be reached: a test that was asked to run
+    /// against PostgreSQL must not pass without it.
+    pub async fn create(test: &str) -> Option<Self> {
+        let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+            eprintln!("SKIPPED {test}: set {POSTGRES_URL_VAR} to run it against PostgreSQL");
+            return None;
+        };
+        let name = format!(
+            "silta_test_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR}: cannot connect: {e}"));
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        let _ = admin.close().await;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(TempDatabase {
+            admin_url,
+            name,
+            url,
+        })
+    }
+
+    /// Drops the database, closing any connection still open to it.
+    pub async fn drop_now(self) {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::raw_sql(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await;
+            let _ = admin.close().await;
+        }
+    }
+}
