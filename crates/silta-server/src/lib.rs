@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use silta_core::consent::ReceiptSigner;
 use silta_core::{HetuRules, MasterSecret, Pseudonymiser};
-use silta_store::{SqliteStore, Store, StoreError};
+use silta_store::{PostgresStore, SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -129,13 +129,16 @@ impl RunningGateway {
     }
 }
 
-/// Opens the store named by `url`.
+/// Opens the store named by `url`: `sqlite://PATH` (one node) or `postgres://…` (several
+/// nodes sharing one database).
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
     if url.starts_with("sqlite:") || !url.contains("://") {
         Ok(Arc::new(SqliteStore::open_url(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
         Err(ServeError::Config(format!(
-            "store.url: unsupported scheme (expected sqlite://PATH); got {}",
+            "store.url: unsupported scheme (expected sqlite://PATH or postgres://USER@HOST/DB); got {}",
             url.split("://").next().unwrap_or_default()
         )))
     }
@@ -180,6 +183,11 @@ pub async fn start(
     });
     checkpointer.load().await?;
     let notifier = Arc::new(delivery::Notifier::default());
+    // Messages committed by other nodes wake this node's subscribers too.
+    let wake = Arc::clone(&notifier);
+    store
+        .listen(Box::new(move |org, seq| wake.notify(org, seq)))
+        .await?;
     let stop = CancellationToken::new();
     let checkpoint_task = tokio::spawn(Arc::clone(&checkpointer).run(stop.clone()));
     let retention_task = tokio::spawn(retention::run(

@@ -28,7 +28,12 @@ impl TempDatabase {
     /// against PostgreSQL must not pass without it.
     pub async fn create(test: &str) -> Option<Self> {
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
-            eprintln!("SKIPPED {test}: set {POSTGRES_URL_VAR} to run it against PostgreSQL");
+            // Straight to stderr, past the test harness's capture, so a skip is never silent.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: set {POSTGRES_URL_VAR} to run it against PostgreSQL"
+            );
             return None;
         };
         let name = format!(
@@ -55,6 +60,20 @@ impl TempDatabase {
             name,
             url,
         })
+    }
+
+    /// Ends every connection to the database, as a server restart or failover does.
+    pub async fn terminate_connections(&self) {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await;
+            let _ = admin.close().await;
+        }
     }
 
     /// Drops the database, closing any connection still open to it.
