@@ -35,8 +35,6 @@ use crate::{
     StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
 /// The advisory lock key that serialises write transactions (ASCII "silta-wr").
 const WRITE_LOCK: i64 = 0x7369_6c74_612d_7772;
 /// The notification channel of outbox wake-ups.
@@ -58,7 +56,12 @@ impl PostgresStore {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        // Migrations are additive, so a node of the previous version may restart after a newer
+        // node migrated the shared database (a rolling upgrade or a rollback): it ignores the
+        // migrations it does not know instead of refusing to start.
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         Ok(PostgresStore {
             pool,
             url: url.to_owned(),

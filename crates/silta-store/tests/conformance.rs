@@ -616,3 +616,30 @@ async fn postgres_concurrent_writers_keep_one_ledger() {
     }
     db.drop_now().await;
 }
+
+/// A node of the previous release restarts on a database a newer node already migrated (a
+/// rolling upgrade, or a rollback): it ignores the migration it does not know.
+#[tokio::test]
+async fn postgres_an_older_node_starts_on_a_newer_schema() {
+    let Some(db) = TempDatabase::create("postgres_an_older_node_starts_on_a_newer_schema").await
+    else {
+        return;
+    };
+    let store = PostgresStore::open(&db.url).await.expect("open");
+    store.close().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("open");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from a newer release', TRUE, '\\x00'::bytea, 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("a newer migration");
+    pool.close().await;
+    let store = PostgresStore::open(&db.url)
+        .await
+        .expect("the older node starts");
+    store.ledger_head().await.expect("and serves");
+    store.close().await;
+    db.drop_now().await;
+}

@@ -252,7 +252,7 @@ fn load_secret(config: &Config) -> anyhow::Result<MasterSecret> {
         );
     };
     #[cfg(unix)]
-    {
+    if !in_systemd_credentials(path) {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)
             .with_context(|| format!("secrets.master_secret_file {}", path.display()))?
@@ -273,6 +273,19 @@ fn load_secret(config: &Config) -> anyhow::Result<MasterSecret> {
     );
     MasterSecret::from_hex(&text)
         .with_context(|| format!("secrets.master_secret_file {}", path.display()))
+}
+
+/// Whether `path` is one of this service's systemd credentials (`LoadCredential=`). systemd
+/// makes that directory readable by the service alone, but newer versions show its files as
+/// mode 0440 with an ACL, which the owner-only check would refuse.
+fn in_systemd_credentials(path: &Path) -> bool {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return false;
+    };
+    match (std::fs::canonicalize(dir), std::fs::canonicalize(path)) {
+        (Ok(dir), Ok(file)) => file.starts_with(dir),
+        _ => false,
+    }
 }
 
 fn generate_secret(out: &Path) -> anyhow::Result<()> {
