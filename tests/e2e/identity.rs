@@ -145,3 +145,38 @@ async fn a_certificate_from_the_right_ca_naming_no_silta_identity_is_unauthentic
         err.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_says_serving_over_mtls_and_names_unknown_services() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let gw = TestGateway::start().await;
+    let mut health = HealthClient::new(gw.channel(LANDLORD).await);
+    for service in [
+        "",
+        "silta.v1.Landlord",
+        "silta.v1.SocialServices",
+        "silta.v1.Audit",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "silta.v1.Nope".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), Code::NotFound);
+}

@@ -265,6 +265,33 @@ pub async fn start(
     let local_addr = listener
         .local_addr()
         .map_err(|e| ServeError::Config(format!("listener: {e}")))?;
+    // gRPC health: SERVING once the store is open, migrated and the policy set loaded (all
+    // above); NOT_SERVING as soon as shutdown begins, so a load balancer drains this node.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in [
+        "",
+        "silta.v1.Landlord",
+        "silta.v1.SocialServices",
+        "silta.v1.Audit",
+    ] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let health_stop = stop.clone();
+    tokio::spawn(async move {
+        health_stop.cancelled().await;
+        for service in [
+            "",
+            "silta.v1.Landlord",
+            "silta.v1.SocialServices",
+            "silta.v1.Audit",
+        ] {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    });
     let incoming = tls::incoming(listener, tls, config.tls.trust_domain.clone(), stop.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -278,6 +305,7 @@ pub async fn start(
         .add_service(proto::audit_server::AuditServer::new(
             audit::AuditService::new(Arc::clone(&gw)),
         ))
+        .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     drop(gw);
