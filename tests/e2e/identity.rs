@@ -180,3 +180,50 @@ async fn grpc_health_says_serving_over_mtls_and_names_unknown_services() {
         .expect_err("unknown service");
     assert_eq!(unknown.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
+    use silta_tests::SOCIAL_B;
+    let gw = TestGateway::start_with(|c| {
+        let dir = c.tls.client_ca.parent().expect("pki dir").to_path_buf();
+        let crl = silta_server::devpki::revoke(&dir, &[SOCIAL_B.to_owned()]).expect("CRL");
+        c.tls.client_crl = Some(crl);
+    })
+    .await;
+    let pem = |org: &str| {
+        gw.pki
+            .clients
+            .iter()
+            .find(|(c, _)| c.org.as_str() == org)
+            .map(|(_, p)| p.clone())
+            .expect("known org")
+    };
+    let revoked = pem(SOCIAL_B);
+    let refused = match silta_server::client::connect(
+        gw.addr(),
+        &gw.pki.ca_cert,
+        &revoked.cert,
+        &revoked.key,
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(ch) => SocialServicesClient::new(ch)
+            .enrol_client(enrol(RESIDENT))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a revoked certificate was served");
+    // Everyone else still gets in.
+    gw.social(SOCIAL_A)
+        .await
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("a certificate that is not revoked works");
+    assert!(
+        gw.query_strings("SELECT actor_org FROM audit WHERE actor_org = 'social-b'")
+            .await
+            .is_empty(),
+        "the revoked client reached the gateway"
+    );
+}

@@ -121,6 +121,9 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// PEM CA certificate(s) that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// PEM certificate revocation list(s) of the client CA: a listed client certificate is
+    /// refused at the handshake. Read at start.
+    pub client_crl: Option<PathBuf>,
     /// Trust domain of the client identities: `spiffe://<trust_domain>/org/<id>/role/<role>`.
     pub trust_domain: String,
 }
@@ -131,6 +134,7 @@ impl Default for TlsConfig {
             cert: "dev-pki/server.pem".into(),
             key: "dev-pki/server.key".into(),
             client_ca: "dev-pki/ca.pem".into(),
+            client_crl: None,
             trust_domain: "silta.local".into(),
         }
     }

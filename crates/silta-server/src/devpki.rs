@@ -27,6 +27,8 @@ pub struct Pem {
 pub struct DevPki {
     /// The CA certificate (clients and server trust it).
     pub ca_cert: String,
+    /// The CA's private key, PEM: kept (owner-only) so `silta dev-pki revoke` can sign CRLs.
+    pub ca_key: String,
     /// The server's certificate, valid for `localhost` and 127.0.0.1.
     pub server: Pem,
     /// One certificate per caller, in the order given.
@@ -59,7 +61,9 @@ pub fn mint(ca_name: &str, trust_domain: &str, callers: &[Caller]) -> Result<Dev
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
     let mut server_params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
@@ -97,12 +101,80 @@ pub fn mint(ca_name: &str, trust_domain: &str, callers: &[Caller]) -> Result<Dev
     }
     Ok(DevPki {
         ca_cert: ca.pem(),
+        ca_key: ca_key_pem,
         server: Pem {
             cert: server_cert.pem(),
             key: server_key.serialize_pem(),
         },
         clients,
     })
+}
+
+/// Revokes the client certificates `<org>.pem` in `dir` (minted by [`mint`]): writes
+/// `crl.pem`, a CRL signed by `ca.key` listing them and every certificate an earlier `crl.pem`
+/// listed, with the next CRL number. Point `tls.client_crl` at it. Returns its path.
+pub fn revoke(dir: &Path, orgs: &[String]) -> Result<PathBuf, PkiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    use x509_parser::revocation_list::CertificateRevocationList;
+
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| PkiError(format!("{}: {e}", dir.join(name).display())))
+    };
+    let der_of = |pem_text: &str, what: &str| {
+        rustls_pki_types::pem::PemObject::from_pem_slice(pem_text.as_bytes())
+            .map(|d: rustls_pki_types::CertificateDer<'static>| d.to_vec())
+            .map_err(|e| PkiError(format!("{what}: {e}")))
+    };
+    let mut serials: Vec<Vec<u8>> = Vec::new();
+    let mut crl_number: u64 = 1;
+    let crl_path = dir.join("crl.pem");
+    if crl_path.exists() {
+        let text = read("crl.pem")?;
+        let der: rustls_pki_types::CertificateRevocationListDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(text.as_bytes())
+                .map_err(|e| PkiError(format!("crl.pem: {e}")))?;
+        let (_, crl) = CertificateRevocationList::from_der(&der)
+            .map_err(|e| PkiError(format!("crl.pem: {e}")))?;
+        for revoked in crl.iter_revoked_certificates() {
+            serials.push(revoked.raw_serial().to_vec());
+        }
+        if let Some(n) = crl.crl_number() {
+            crl_number = u64::try_from(n).unwrap_or(u64::MAX - 1) + 1;
+        }
+    }
+    for org in orgs {
+        let der = der_of(&read(&format!("{org}.pem"))?, org)?;
+        let (_, cert) =
+            X509Certificate::from_der(&der).map_err(|e| PkiError(format!("{org}.pem: {e}")))?;
+        let serial = cert.raw_serial().to_vec();
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+    }
+    let key = KeyPair::from_pem(&read("ca.key")?)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem")?, key)?;
+    let now = time::OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(30),
+        crl_number: rcgen::SerialNumber::from(crl_number.to_be_bytes().to_vec()),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .into_iter()
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer)?;
+    std::fs::write(&crl_path, crl.pem()?)
+        .map_err(|e| PkiError(format!("{}: {e}", crl_path.display())))?;
+    Ok(crl_path)
 }
 
 impl DevPki {
@@ -121,6 +193,7 @@ impl DevPki {
             Ok(())
         };
         put("ca.pem".into(), &self.ca_cert, false)?;
+        put("ca.key".into(), &self.ca_key, true)?;
         put("server.pem".into(), &self.server.cert, false)?;
         put("server.key".into(), &self.server.key, true)?;
         for (caller, pem) in &self.clients {

@@ -155,6 +155,7 @@ pub async fn start(
         &config.tls.cert,
         &config.tls.key,
         &config.tls.client_ca,
+        config.tls.client_crl.as_deref(),
     )?);
     let policies = Arc::new(
         policy_source::PolicyHandle::open(config.policy.dir.clone())

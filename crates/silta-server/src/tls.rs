@@ -15,7 +15,7 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use silta_core::Caller;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,6 +70,18 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Reads every CRL in a PEM file.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if crls.is_empty() {
+        return Err(file_error(path, "holds no PEM X509 CRL"));
+    }
+    Ok(crls)
+}
+
 /// Reads the private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
@@ -81,16 +93,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The server's TLS configuration: its certificate chain and key, client certificates required
 /// and verified against `client_ca`, HTTP/2 only.
+/// `client_crl`, when given, is a PEM file of certificate revocation lists: a client whose
+/// certificate it lists is refused at the handshake.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
+    client_crl: Option<&Path>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in load_certs(client_ca)? {
         roots.add(ca).map_err(|e| file_error(client_ca, e))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(crl) = client_crl {
+        builder = builder.with_crls(load_crls(crl)?);
+    }
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())

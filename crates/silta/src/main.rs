@@ -37,8 +37,12 @@ enum Command {
     },
     /// Runs the whole exchange once against a throw-away gateway and shows what crosses.
     Demo,
-    /// Mints a development CA, a loopback server certificate and client certificates.
+    /// Mints a development CA, a loopback server certificate and client certificates;
+    /// `dev-pki revoke ORG…` revokes client certificates in a CRL (`crl.pem`).
+    #[command(args_conflicts_with_subcommands = true)]
     DevPki {
+        #[command(subcommand)]
+        action: Option<DevPkiAction>,
         /// Directory to write into (created if missing).
         #[arg(long, default_value = "dev-pki")]
         out: PathBuf,
@@ -64,6 +68,20 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevPkiAction {
+    /// Revokes client certificates minted by `silta dev-pki`: writes OUT/crl.pem, signed by
+    /// OUT/ca.key, listing them and every certificate revoked before.
+    Revoke {
+        /// The dev-pki directory.
+        #[arg(long, default_value = "dev-pki")]
+        out: PathBuf,
+        /// The organisations whose client certificates (`<org>.pem`) to revoke.
+        #[arg(required = true, value_name = "ORG")]
+        orgs: Vec<String>,
     },
 }
 
@@ -101,6 +119,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::DevPki {
+            action: Some(DevPkiAction::Revoke { out, orgs }),
+            ..
+        } => {
+            let path = silta_server::devpki::revoke(&out, &orgs)?;
+            println!(
+                "wrote {} revoking {}; set tls.client_crl to it and restart",
+                path.display(),
+                orgs.join(", ")
+            );
+            Ok(())
+        }
+        Command::DevPki {
+            action: None,
             out,
             trust_domain,
             clients,
