@@ -23,7 +23,9 @@ use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
 use silta_ledger::tree::Frontier;
 use silta_ledger::{Hash, leaf_hash};
-use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
@@ -44,17 +46,21 @@ const CHANNEL: &str = "silta_outbox";
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    url: String,
 }
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://…`) and applies pending migrations
     /// (sqlx serialises concurrent migrators with its own lock, so nodes may start together).
     pub async fn open(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("silta")
+            // A node that stalls inside a transaction (holding the write lock) is cut off, so
+            // the other nodes do not wait on it for long.
+            .options([("idle_in_transaction_session_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await?;
         // Migrations are additive, so a node of the previous version may restart after a newer
         // node migrated the shared database (a rolling upgrade or a rollback): it ignores the
@@ -62,10 +68,7 @@ impl PostgresStore {
         let mut migrator = sqlx::migrate!("./migrations/postgres");
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
-        Ok(PostgresStore {
-            pool,
-            url: url.to_owned(),
-        })
+        Ok(PostgresStore { pool })
     }
 }
 
@@ -73,6 +76,15 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>> {
         let mut tx = self.pool.begin().await?;
+        // The ledger's order rests on READ COMMITTED: each statement after the lock sees what
+        // the previous holder committed. Pinned, whatever the server's default. A lock wait
+        // is bounded: a timeout fails this batch with UNAVAILABLE and callers retry.
+        for setting in [
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET LOCAL lock_timeout = '5s'",
+        ] {
+            sqlx::query(setting).execute(&mut *tx).await?;
+        }
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(WRITE_LOCK)
             .execute(&mut *tx)
@@ -85,7 +97,8 @@ impl Store for PostgresStore {
     }
 
     async fn listen(&self, wake: Wakeup) -> Result<()> {
-        let mut listener = PgListener::connect(&self.url).await?;
+        // On a connection of the store's pool: closing the store ends the listener too.
+        let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         let wake: Arc<dyn Fn(&OrgId, u64) + Send + Sync> = Arc::from(wake);
         tokio::spawn(async move {
@@ -102,7 +115,10 @@ impl Store for PostgresStore {
                         }
                     }
                     Err(sqlx::Error::PoolClosed) => return,
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox listener: reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
                 }
             }
         });

@@ -51,10 +51,22 @@ impl TempDatabase {
             .await
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         let _ = admin.close().await;
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(base, _)| base);
-        let url = format!("{base}/{name}");
+        // Same server and options, another database: replace the path, keep any `?query`.
+        let (address, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url.as_str(), ""), |(a, q)| (a, q));
+        let server = match address.find("://").map(|i| i + 3) {
+            Some(start) => match address[start..].find('/') {
+                Some(slash) => &address[..start + slash],
+                None => address,
+            },
+            None => address,
+        };
+        let url = if query.is_empty() {
+            format!("{server}/{name}")
+        } else {
+            format!("{server}/{name}?{query}")
+        };
         Some(TempDatabase {
             admin_url,
             name,

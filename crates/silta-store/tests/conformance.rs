@@ -528,6 +528,8 @@ async fn postgres_audit_rows_cannot_be_changed_or_deleted() {
         "UPDATE audit SET reason = 'rewritten'",
         "DELETE FROM audit",
         "TRUNCATE audit",
+        "TRUNCATE ledger_nodes",
+        "TRUNCATE checkpoints",
         "INSERT INTO audit SELECT seq + 5, at, request_id, actor_org, actor_role, actor_person, action, flow_id, outcome, reason, policy_ids, subject, fields, recipients, entry, leaf_hash FROM audit",
     ] {
         let err = sqlx::query(sql)

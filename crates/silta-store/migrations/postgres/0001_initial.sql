@@ -125,3 +125,10 @@ CREATE TRIGGER ledger_nodes_no_update BEFORE UPDATE OR DELETE ON ledger_nodes
     FOR EACH ROW EXECUTE FUNCTION silta_refuse();
 CREATE TRIGGER checkpoints_no_update BEFORE UPDATE OR DELETE ON checkpoints
     FOR EACH ROW EXECUTE FUNCTION silta_refuse();
+CREATE TRIGGER ledger_nodes_no_truncate BEFORE TRUNCATE ON ledger_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION silta_refuse();
+CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION silta_refuse();
+-- These triggers stop the gateway's own mistakes and casual edits. The tables' owner (or a
+-- superuser) can still disable them: a rewrite by such a role is what the signed checkpoints,
+-- kept outside the database, reveal (docs/audit.md).
