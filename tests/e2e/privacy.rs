@@ -131,3 +131,62 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
         }
     }
 }
+
+/// `GET /metrics` on the admin port, over plain HTTP/1.1.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: silta\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("response");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_and_decisions_and_name_no_one() {
+    let gw =
+        TestGateway::start_with(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("addr")))
+            .await;
+    let codes = valid_hetus();
+    let mut social = gw.social(SOCIAL_A).await;
+    social
+        .enrol_client(enrol(&codes[0]))
+        .await
+        .expect("enrolled");
+    let mut landlord = gw.landlord(LANDLORD).await;
+    landlord
+        .report_rent_arrears(report("m-1", &codes[0]))
+        .await
+        .expect("accepted");
+    let _ = landlord
+        .report_rent_arrears(report("m-2", "not-a-code"))
+        .await;
+    let text = scrape(gw.admin_addr().expect("admin port")).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for expected in [
+        "silta_rpc_requests_total{rpc=\"Landlord.ReportRentArrears\",code=\"OK\"} 1",
+        "silta_rpc_requests_total{rpc=\"Landlord.ReportRentArrears\",code=\"invalid-argument\"} 1",
+        "silta_rpc_requests_total{rpc=\"SocialServices.EnrolClient\",code=\"OK\"} 1",
+        "silta_decisions_total{flow=\"rent-arrears\",outcome=\"allow\"} 1",
+        "silta_commit_batch_size_count",
+        "silta_commit_seconds_bucket",
+        "silta_ledger_entries",
+        "silta_last_checkpoint_timestamp_seconds",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    for code in &codes {
+        assert!(
+            !text.contains(code.as_str()),
+            "an identity code in the metrics"
+        );
+    }
+    for org in [LANDLORD, SOCIAL_A] {
+        assert!(!text.contains(org), "{org} named in the metrics");
+    }
+}

@@ -129,6 +129,11 @@ impl TestGateway {
         }
     }
 
+    /// Where `/metrics` is served, when `admin.listen` is set.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().expect("running").admin_addr
+    }
+
     /// Reloads the policy set, as SIGHUP does.
     pub async fn reload_policies(&self) -> Result<String, silta_core::policy::PolicyErrors> {
         let running = self.running.as_ref().expect("running");

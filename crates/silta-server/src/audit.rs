@@ -260,7 +260,7 @@ impl Audit for AuditService {
             Ok(Box::pin(tokio_stream::iter(items.into_iter().map(Ok))) as EntryStream)
         }
         .await;
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     async fn get_checkpoint(
@@ -309,7 +309,7 @@ impl Audit for AuditService {
             })
         }
         .await;
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     async fn get_inclusion_proof(
@@ -337,7 +337,7 @@ impl Audit for AuditService {
             })
         }
         .await;
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     async fn get_consistency_proof(
@@ -367,7 +367,7 @@ impl Audit for AuditService {
             })
         }
         .await;
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     type ExportStream = ExportStream;
@@ -449,6 +449,6 @@ impl Audit for AuditService {
             Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as ExportStream)
         }
         .await;
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 }

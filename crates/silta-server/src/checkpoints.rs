@@ -42,6 +42,7 @@ pub(crate) struct Checkpointer {
     pub appended: Arc<Notify>,
     /// The last (size, root) this gateway signed or verified at start-up.
     pub last: Mutex<Option<(u64, Hash)>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Checkpointer {
@@ -67,6 +68,9 @@ impl Checkpointer {
     pub async fn publish(&self, min_growth: u64) -> Result<(), CheckpointError> {
         let mut last = self.last.lock().await;
         let head = self.store.ledger_head().await?;
+        self.metrics
+            .ledger_entries
+            .set(i64::try_from(head.size).unwrap_or(i64::MAX));
         if let Some((size, root)) = *last {
             if head.size < size.saturating_add(min_growth.max(1)) {
                 if head.size == size && head.root != root {
@@ -97,6 +101,9 @@ impl Checkpointer {
             .await?;
         tx.commit().await?;
         *last = Some((head.size, head.root));
+        self.metrics
+            .last_checkpoint
+            .set(OffsetDateTime::now_utc().unix_timestamp());
         tracing::debug!(size = head.size, "checkpoint published");
         Ok(())
     }

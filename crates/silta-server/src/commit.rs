@@ -75,6 +75,7 @@ pub(crate) async fn run(
     max_batch: usize,
     stop: CancellationToken,
     appended: Arc<tokio::sync::Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let max_batch = max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
@@ -91,7 +92,12 @@ pub(crate) async fn run(
             return;
         }
         let mut woken: Vec<(OrgId, u64)> = Vec::new();
-        let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut woken).await;
+        let started = std::time::Instant::now();
+        let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut woken, &metrics).await;
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.observe(batch.len() as f64);
         match outcome {
             Ok(answers) => {
                 for (job, answer) in batch.drain(..).zip(answers) {
@@ -142,12 +148,15 @@ async fn apply_batch(
     p: &Pseudonymiser,
     batch: &[Job],
     woken: &mut Vec<(OrgId, u64)>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Vec<Answer>, StoreError> {
     let mut tx = store.begin().await?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         results.push(match job {
-            Job::Message(j, _) => Answer::Receipt(apply_message(&mut *tx, p, j, woken).await?),
+            Job::Message(j, _) => {
+                Answer::Receipt(apply_message(&mut *tx, p, j, woken, metrics).await?)
+            }
             Job::Audit { record, .. } => {
                 tx.append_audit(record).await?;
                 Answer::Recorded
@@ -166,6 +175,7 @@ async fn apply_message(
     p: &Pseudonymiser,
     job: &MessageJob,
     woken: &mut Vec<(OrgId, u64)>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Result<Receipt, ApiError>, StoreError> {
     let ctx = &job.ctx;
     let sender = &ctx.caller.org;
@@ -227,6 +237,18 @@ async fn apply_message(
         eviction_stage: job.eviction_stage,
     };
     let disclosure = job.policies.decide(&input, &candidates);
+    // Counted when decided; a batch that then fails to commit is retried and counted again.
+    metrics
+        .decisions
+        .get_or_create(&crate::metrics::DecisionLabels {
+            flow: flow.id.clone(),
+            outcome: if disclosure.permits.is_empty() {
+                "deny"
+            } else {
+                "allow"
+            },
+        })
+        .inc();
     record.policy_ids.clone_from(&disclosure.policy_ids);
     record.reason = match (disclosure.permits.is_empty(), flow.requires_consent) {
         (true, _) => disclosure.reason.to_owned(),

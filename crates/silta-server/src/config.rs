@@ -31,6 +31,8 @@ pub struct Config {
     pub tuning: TuningConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The admin port.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             tuning: TuningConfig::default(),
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -158,6 +161,16 @@ pub struct HetuConfig {
     /// Accept temporary identity codes (individual number 900–999), which test data uses.
     /// Keep `false` in production.
     pub allow_temporary: bool,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin port (plain HTTP, `GET /metrics` in the Prometheus text format).
+    /// Unset: no admin port. Keep it on loopback or a private network: it needs no
+    /// certificate.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[policy]`

@@ -107,6 +107,7 @@ pub struct Gateway {
     pub(crate) tuning: TuningConfig,
     pub(crate) checkpoint_verifier_key: String,
     pub(crate) policies: Arc<PolicyHandle>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Gateway {
@@ -681,7 +682,9 @@ impl Gateway {
         let gw = Arc::clone(self);
         let org = ctx.caller.org.clone();
         let request_id = ctx.request_id.clone();
+        let open = crate::metrics::SubscriptionGuard::new(&self.metrics, role.as_str());
         tokio::spawn(async move {
+            let _open = open;
             let mut wake = gw.notifier.subscribe(&org);
             let poll = std::time::Duration::from_millis(gw.tuning.delivery_poll_ms);
             let page_size = usize::try_from(gw.tuning.delivery_page).unwrap_or(usize::MAX);

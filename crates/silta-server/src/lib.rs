@@ -19,6 +19,7 @@ pub mod devpki;
 pub mod gateway;
 pub mod identity;
 mod ledger_proofs;
+pub mod metrics;
 pub mod policy_source;
 mod proto_debug;
 mod retention;
@@ -90,6 +91,8 @@ pub struct RunningGateway {
     pub checkpoint_verifier_key: String,
     /// Reloads the policy set (what SIGHUP does).
     pub reloader: PolicyReloader,
+    /// Where `/metrics` is served, when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     stop: CancellationToken,
     server: JoinHandle<Result<(), ServeError>>,
 }
@@ -173,6 +176,7 @@ pub async fn start(
     .map_err(|e| ServeError::Config(format!("ledger.origin: {e}")))?;
     let checkpoint_verifier_key = checkpoint_signer.verifier_key();
     let appended = Arc::new(tokio::sync::Notify::new());
+    let metrics = Arc::new(metrics::Metrics::default());
     let checkpointer = Arc::new(checkpoints::Checkpointer {
         store: Arc::clone(&store),
         verifier: silta_ledger::checkpoint::NoteVerifier::parse(&checkpoint_signer.verifier_key())
@@ -181,6 +185,7 @@ pub async fn start(
         config: config.ledger.clone(),
         appended: Arc::clone(&appended),
         last: tokio::sync::Mutex::new(None),
+        metrics: Arc::clone(&metrics),
     });
     checkpointer.load().await?;
     let notifier = Arc::new(delivery::Notifier::default());
@@ -207,6 +212,7 @@ pub async fn start(
         config.tuning.max_batch,
         stop.clone(),
         appended,
+        Arc::clone(&metrics),
     ));
     // Without its committer the gateway can store nothing: stop it so a supervisor restarts it,
     // rather than keep accepting connections that can only fail.
@@ -236,6 +242,7 @@ pub async fn start(
         tuning: config.tuning.clone(),
         checkpoint_verifier_key: checkpoint_verifier_key.clone(),
         policies: Arc::clone(&policies),
+        metrics: Arc::clone(&metrics),
     });
     // Which policy set decides from now on, in the ledger: an auditor can match decisions to
     // the exact files the DPO signed off.
@@ -293,6 +300,19 @@ pub async fn start(
                 .await;
         }
     });
+    // The admin port: plain HTTP, `/metrics` only; keep it on a private interface.
+    let admin_addr = match config.admin.listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Config(format!("admin.listen {addr}: {e}")))?;
+            let bound = metrics::local_addr(&admin);
+            tokio::spawn(metrics::serve(admin, Arc::clone(&metrics), stop.clone()));
+            tracing::info!(addr = ?bound, "admin port: /metrics");
+            bound
+        }
+        None => None,
+    };
     let incoming = tls::incoming(listener, tls, config.tls.trust_domain.clone(), stop.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -358,6 +378,7 @@ pub async fn start(
         receipt_public_key,
         checkpoint_verifier_key,
         reloader,
+        admin_addr,
         stop,
         server,
     })

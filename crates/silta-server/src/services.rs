@@ -52,10 +52,22 @@ pub(crate) fn context<T>(req: &Request<T>, action: &'static str) -> Result<Reque
 
 /// Logs the call's outcome (never its content) and shapes the response.
 pub(crate) fn finish<T>(
+    metrics: &crate::metrics::Metrics,
     ctx: &RequestContext,
     started: Instant,
     result: Result<T, ApiError>,
 ) -> Result<Response<T>, Status> {
+    let code = match &result {
+        Ok(_) => "OK",
+        Err(e) => e.reason(),
+    };
+    metrics
+        .requests
+        .get_or_create(&crate::metrics::RpcLabels {
+            rpc: ctx.action,
+            code,
+        })
+        .inc();
     let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let mut response = match result {
         Ok(body) => {
@@ -358,7 +370,12 @@ impl Landlord for LandlordService {
             free_text_note: &r.free_text_note,
         };
         let result = self.gw.report_rent_arrears(&ctx, input).await;
-        finish(&ctx, started, result.map(receipt_to_proto))
+        finish(
+            &self.gw.metrics,
+            &ctx,
+            started,
+            result.map(receipt_to_proto),
+        )
     }
 
     async fn report_eviction_stage(
@@ -381,7 +398,12 @@ impl Landlord for LandlordService {
             stage_date: &r.stage_date,
         };
         let result = self.gw.report_eviction_stage(&ctx, input).await;
-        finish(&ctx, started, result.map(receipt_to_proto))
+        finish(
+            &self.gw.metrics,
+            &ctx,
+            started,
+            result.map(receipt_to_proto),
+        )
     }
 
     async fn report_disturbance(
@@ -405,7 +427,12 @@ impl Landlord for LandlordService {
             period_month: &r.period_month,
         };
         let result = self.gw.report_disturbance(&ctx, input).await;
-        finish(&ctx, started, result.map(receipt_to_proto))
+        finish(
+            &self.gw.metrics,
+            &ctx,
+            started,
+            result.map(receipt_to_proto),
+        )
     }
 
     type SubscribeNoticesStream = Outbox<proto::SupportNotice>;
@@ -418,7 +445,7 @@ impl Landlord for LandlordService {
         let ctx = context(&req, "Landlord.SubscribeNotices")?;
         let after = req.get_ref().after_sequence;
         let result = subscribe(&self.gw, &ctx, Role::Landlord, after, notice_to_proto).await;
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     async fn ack_notices(
@@ -433,7 +460,7 @@ impl Landlord for LandlordService {
             .ack_alerts(&ctx, Role::Landlord, r.up_to_sequence, &r.sequences)
             .await
             .map(|acknowledged| proto::AckNoticesResponse { acknowledged });
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 }
 
@@ -492,7 +519,7 @@ impl SocialServices for SocialServicesService {
                     notice_version: e.body.notice_version,
                 }),
             });
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     async fn withdraw_consent(
@@ -518,7 +545,7 @@ impl SocialServices for SocialServicesService {
                     withdrawn_consent_ids: w.withdrawn,
                     purged_alerts: w.purged_alerts,
                 });
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     type SubscribeAlertsStream = Outbox<proto::Alert>;
@@ -531,7 +558,7 @@ impl SocialServices for SocialServicesService {
         let ctx = context(&req, "SocialServices.SubscribeAlerts")?;
         let after = req.get_ref().after_sequence;
         let result = subscribe(&self.gw, &ctx, Role::SocialServices, after, alert_to_proto).await;
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     async fn ack_alerts(
@@ -546,7 +573,7 @@ impl SocialServices for SocialServicesService {
             .ack_alerts(&ctx, Role::SocialServices, r.up_to_sequence, &r.sequences)
             .await
             .map(|acknowledged| proto::AckAlertsResponse { acknowledged });
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 
     async fn send_support_notice(
@@ -574,6 +601,6 @@ impl SocialServices for SocialServicesService {
                 received_at: Some(timestamp(receipt.received_at)),
                 idempotency_key: receipt.idempotency_key,
             });
-        finish(&ctx, started, result)
+        finish(&self.gw.metrics, &ctx, started, result)
     }
 }

@@ -1,0 +1,190 @@
+//! Prometheus metrics, served on the admin port (`admin.listen`, plain HTTP, `/metrics`).
+//!
+//! Labels are fixed, small sets (RPC names, status reasons, flow ids, outcomes, roles): never
+//! an organisation, a pseudonym or anything a request carried, so the metrics hold no personal
+//! data and their cardinality stays bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// An RPC and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// e.g. `Landlord.ReportRentArrears`.
+    pub rpc: &'static str,
+    /// `OK` or the error's stable reason, e.g. `invalid-argument`.
+    pub code: &'static str,
+}
+
+/// A disclosure decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The flow id.
+    pub flow: String,
+    /// `allow` or `deny`.
+    pub outcome: &'static str,
+}
+
+/// A subscription's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    /// The subscriber's role.
+    pub role: &'static str,
+}
+
+/// Every metric the gateway keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by RPC and outcome.
+    pub requests: Family<RpcLabels, Counter>,
+    /// Disclosure decisions by flow and outcome.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Jobs per group-commit transaction.
+    pub batch_size: Histogram,
+    /// Seconds per group-commit transaction (apply and durable commit).
+    pub commit_seconds: Histogram,
+    /// Open alert and notice subscriptions.
+    pub subscriptions: Family<RoleLabels, Gauge>,
+    /// Entries in the ledger, as of the checkpointer's last look.
+    pub ledger_entries: Gauge,
+    /// Unix time of the newest signed checkpoint.
+    pub last_checkpoint: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("silta");
+        let requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC requests by RPC and outcome",
+            requests.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Disclosure decisions by flow and outcome",
+            decisions.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "commit_batch_size",
+            "Jobs committed per group-commit transaction",
+            batch_size.clone(),
+        );
+        let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "commit_seconds",
+            "Seconds per group-commit transaction, durable",
+            commit_seconds.clone(),
+        );
+        let subscriptions = Family::<RoleLabels, Gauge>::default();
+        registry.register(
+            "open_subscriptions",
+            "Open SubscribeAlerts and SubscribeNotices streams by role",
+            subscriptions.clone(),
+        );
+        let ledger_entries = Gauge::default();
+        registry.register(
+            "ledger_entries",
+            "Entries in the audit ledger",
+            ledger_entries.clone(),
+        );
+        let last_checkpoint = Gauge::default();
+        registry.register(
+            "last_checkpoint_timestamp_seconds",
+            "Unix time of the newest signed checkpoint (alert on time() minus this)",
+            last_checkpoint.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            decisions,
+            batch_size,
+            commit_seconds,
+            subscriptions,
+            ledger_entries,
+            last_checkpoint,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Counts an open subscription for as long as it lives.
+pub(crate) struct SubscriptionGuard {
+    gauge: Gauge,
+}
+
+impl SubscriptionGuard {
+    pub(crate) fn new(metrics: &Metrics, role: &'static str) -> Self {
+        let gauge = metrics
+            .subscriptions
+            .get_or_create(&RoleLabels { role })
+            .clone();
+        gauge.inc();
+        SubscriptionGuard { gauge }
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Serves `/metrics` on `listener` until `stop`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "admin port stopped");
+    }
+}
+
+/// The address of a bound admin listener.
+pub(crate) fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}
