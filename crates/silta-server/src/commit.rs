@@ -64,19 +64,29 @@ pub(crate) struct MessageJob {
     pub received_at: OffsetDateTime,
 }
 
+/// Who hears of a committed batch: subscribers (per organisation), the checkpointer, metrics.
+pub(crate) struct AfterCommit {
+    pub notifier: Arc<Notifier>,
+    pub appended: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// Runs until `stop` is cancelled (or every sender is gone), then commits the jobs already
 /// queued and returns. Jobs sent after `stop` are refused at the queue, so their callers answer
 /// `UNAVAILABLE` and retry elsewhere; nothing that was acknowledged is lost.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
     pseudonymiser: Pseudonymiser,
-    notifier: Arc<Notifier>,
     mut jobs: mpsc::Receiver<Job>,
     max_batch: usize,
     stop: CancellationToken,
-    appended: Arc<tokio::sync::Notify>,
-    metrics: Arc<crate::metrics::Metrics>,
+    after: AfterCommit,
 ) {
+    let AfterCommit {
+        notifier,
+        appended,
+        metrics,
+    } = after;
     let max_batch = max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
     loop {

@@ -207,12 +207,14 @@ pub async fn start(
     let committer = tokio::spawn(commit::run(
         Arc::clone(&store),
         pseudonymiser.clone(),
-        Arc::clone(&notifier),
         jobs,
         config.tuning.max_batch,
         stop.clone(),
-        appended,
-        Arc::clone(&metrics),
+        commit::AfterCommit {
+            notifier: Arc::clone(&notifier),
+            appended,
+            metrics: Arc::clone(&metrics),
+        },
     ));
     // Without its committer the gateway can store nothing: stop it so a supervisor restarts it,
     // rather than keep accepting connections that can only fail.
