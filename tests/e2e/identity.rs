@@ -227,3 +227,61 @@ async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
         "the revoked client reached the gateway"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_crl_refuses_the_next_handshake_and_a_broken_one_keeps_the_old() {
+    use silta_tests::SOCIAL_B;
+    let gw = TestGateway::start_with(|c| {
+        let dir = c.tls.client_ca.parent().expect("pki dir").to_path_buf();
+        let crl = silta_server::devpki::revoke(&dir, &[]).expect("an empty CRL");
+        c.tls.client_crl = Some(crl);
+    })
+    .await;
+    let dir = gw
+        .config
+        .tls
+        .client_ca
+        .parent()
+        .expect("pki dir")
+        .to_path_buf();
+    let connects = |org: &'static str| {
+        let gw = &gw;
+        async move {
+            let (_, pem) = gw
+                .pki
+                .clients
+                .iter()
+                .find(|(c, _)| c.org.as_str() == org)
+                .expect("known org");
+            match silta_server::client::connect(gw.addr(), &gw.pki.ca_cert, &pem.cert, &pem.key)
+                .await
+            {
+                Err(_) => false,
+                Ok(ch) => SocialServicesClient::new(ch)
+                    .ack_alerts(proto::AckAlertsRequest {
+                        up_to_sequence: 1,
+                        sequences: vec![],
+                    })
+                    .await
+                    .is_ok(),
+            }
+        }
+    };
+    assert!(connects(SOCIAL_B).await, "not revoked yet");
+    silta_server::devpki::revoke(&dir, &[SOCIAL_B.to_owned()]).expect("CRL");
+    gw.reload_tls().await.expect("reloaded");
+    assert!(!connects(SOCIAL_B).await, "revoked after the reload");
+    assert!(connects(SOCIAL_A).await);
+
+    std::fs::write(dir.join("crl.pem"), "not a CRL").expect("break it");
+    gw.reload_tls().await.expect_err("a broken CRL is refused");
+    assert!(!connects(SOCIAL_B).await, "the old CRL keeps serving");
+    assert!(
+        connects(SOCIAL_A).await,
+        "the old configuration keeps serving"
+    );
+    let reloads = gw
+        .query_strings("SELECT outcome FROM audit WHERE action = 'ReloadTls' ORDER BY seq")
+        .await;
+    assert_eq!(reloads, ["allow", "deny"]);
+}

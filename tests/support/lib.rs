@@ -129,6 +129,12 @@ impl TestGateway {
         }
     }
 
+    /// Reloads the TLS files, as SIGHUP does.
+    pub async fn reload_tls(&self) -> Result<(), silta_server::tls::TlsError> {
+        let running = self.running.as_ref().expect("running");
+        running.reloader.reload_tls().await
+    }
+
     /// Where `/metrics` is served, when `admin.listen` is set.
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.running.as_ref().expect("running").admin_addr

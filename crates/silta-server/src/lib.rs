@@ -101,6 +101,7 @@ pub struct RunningGateway {
 #[derive(Clone)]
 pub struct PolicyReloader {
     gw: Arc<gateway::Gateway>,
+    tls: Arc<tls::TlsHandle>,
 }
 
 impl PolicyReloader {
@@ -108,6 +109,30 @@ impl PolicyReloader {
     /// serving otherwise). Both outcomes are recorded in the ledger. Returns the new digest.
     pub async fn reload(&self) -> Result<String, silta_core::policy::PolicyErrors> {
         self.gw.reload_policies().await
+    }
+
+    /// Re-reads the server certificate and key, the client CA and the CRLs; the next
+    /// handshake uses them, connections already open keep theirs. If any file is wrong the
+    /// old configuration keeps serving. Both outcomes are logged and recorded in the ledger.
+    pub async fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        let result = self.tls.reload();
+        let (outcome, reason) = match &result {
+            Ok(()) => (silta_core::audit::Outcome::Allow, "tls-files-reloaded"),
+            Err(_) => (
+                silta_core::audit::Outcome::Deny,
+                "tls-files-invalid-old-kept",
+            ),
+        };
+        self.gw
+            .record_gateway_event("ReloadTls", outcome, reason)
+            .await;
+        match &result {
+            Ok(()) => tracing::info!("TLS certificate, client CA and CRLs reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload refused; the previous files keep serving")
+            }
+        }
+        result
     }
 }
 
@@ -154,12 +179,12 @@ pub async fn start(
     listener: TcpListener,
 ) -> Result<RunningGateway, ServeError> {
     config.validate().map_err(ServeError::Config)?;
-    let tls = Arc::new(tls::server_config(
-        &config.tls.cert,
-        &config.tls.key,
-        &config.tls.client_ca,
-        config.tls.client_crl.as_deref(),
-    )?);
+    let tls = Arc::new(tls::TlsHandle::open(tls::TlsFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+        client_crl: config.tls.client_crl.clone(),
+    })?);
     let policies = Arc::new(
         policy_source::PolicyHandle::open(config.policy.dir.clone())
             .map_err(|e| ServeError::Policy(e.to_string()))?,
@@ -259,6 +284,7 @@ pub async fn start(
     drop(loaded);
     let reloader = PolicyReloader {
         gw: Arc::clone(&gw),
+        tls: Arc::clone(&tls),
     };
 
     // Reflection in both versions: grpcurl and other tools older than 2023 speak only v1alpha.

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -180,17 +180,65 @@ impl AsyncWrite for AuthenticatedStream {
     }
 }
 
+/// The TLS configuration in force, re-read from its files on reload: a new server certificate
+/// or CRL takes effect for the next handshake; connections already open keep theirs.
+#[derive(Debug)]
+pub struct TlsHandle {
+    files: TlsFiles,
+    current: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+}
+
+/// The files a [`TlsHandle`] reads.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server key.
+    pub key: PathBuf,
+    /// Client CA.
+    pub client_ca: PathBuf,
+    /// Client CRLs.
+    pub client_crl: Option<PathBuf>,
+}
+
+impl TlsHandle {
+    /// Reads the files once.
+    pub fn open(files: TlsFiles) -> Result<Self, TlsError> {
+        let config = Self::read(&files)?;
+        Ok(TlsHandle {
+            files,
+            current: std::sync::RwLock::new(Arc::new(config)),
+        })
+    }
+
+    fn read(f: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+        server_config(&f.cert, &f.key, &f.client_ca, f.client_crl.as_deref())
+    }
+
+    /// The configuration for the next handshake.
+    pub fn get(&self) -> Arc<rustls::ServerConfig> {
+        // A poisoned lock still holds a whole configuration.
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Re-reads the files; keeps the current configuration if any of them is wrong.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(Self::read(&self.files)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
 /// Accepts TCP connections on `listener` and completes TLS handshakes concurrently, yielding
 /// only connections whose handshake succeeded. Failed handshakes (no client certificate, an
 /// unknown CA, a timeout) are logged and dropped. Stops when `stop` is cancelled.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    config: Arc<TlsHandle>,
     trust_domain: String,
     stop: CancellationToken,
 ) -> ReceiverStream<Result<AuthenticatedStream, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
     let trust_domain: Arc<str> = trust_domain.into();
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
@@ -212,7 +260,8 @@ pub fn incoming(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, trust_domain) = (acceptor.clone(), tx.clone(), trust_domain.clone());
+            let acceptor = TlsAcceptor::from(config.get());
+            let (tx, trust_domain) = (tx.clone(), trust_domain.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await

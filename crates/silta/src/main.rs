@@ -205,8 +205,9 @@ async fn serve(config: Config, secret: MasterSecret) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP re-reads the policy set; a set that fails validation is refused and the old one
-/// keeps serving (the gateway logs why, with file and line, and records it in the ledger).
+/// SIGHUP re-reads the policy set and the TLS files (server certificate and key, client CA,
+/// CRLs); whatever fails validation is refused and the old one keeps serving (the gateway logs
+/// why and records it in the ledger).
 fn reload_on_sighup(reloader: silta_server::PolicyReloader) {
     #[cfg(unix)]
     {
@@ -215,9 +216,10 @@ fn reload_on_sighup(reloader: silta_server::PolicyReloader) {
             Ok(mut hup) => {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP: reloading the policy set");
-                        // The outcome is logged and audited by the reloader itself.
+                        tracing::info!("SIGHUP: reloading the policy set and the TLS files");
+                        // The outcomes are logged and audited by the reloader itself.
                         let _ = reloader.reload().await;
+                        let _ = reloader.reload_tls().await;
                     }
                 });
             }
