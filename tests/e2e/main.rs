@@ -1,6 +1,7 @@
 //! End-to-end tests: the real gateway, real gRPC over real mTLS on an ephemeral loopback port,
 //! a real SQLite file. One test binary, so it links once.
 
+mod actor;
 mod delivery;
 mod flows;
 mod identity;

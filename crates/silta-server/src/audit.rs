@@ -237,7 +237,7 @@ impl Audit for AuditService {
         req: Request<proto::AuditQueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Audit.Query")?;
+        let ctx = context(&self.gw, &req, "Audit.Query").await?;
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let filter = self.query_filter(&ctx, req.get_ref()).await?;
@@ -268,7 +268,7 @@ impl Audit for AuditService {
         req: Request<proto::GetCheckpointRequest>,
     ) -> Result<Response<proto::SignedCheckpoint>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Audit.GetCheckpoint")?;
+        let ctx = context(&self.gw, &req, "Audit.GetCheckpoint").await?;
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let stored = match req.get_ref().size {
@@ -317,7 +317,7 @@ impl Audit for AuditService {
         req: Request<proto::GetInclusionProofRequest>,
     ) -> Result<Response<proto::InclusionProof>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Audit.GetInclusionProof")?;
+        let ctx = context(&self.gw, &req, "Audit.GetInclusionProof").await?;
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let r = req.get_ref();
@@ -345,7 +345,7 @@ impl Audit for AuditService {
         req: Request<proto::GetConsistencyProofRequest>,
     ) -> Result<Response<proto::ConsistencyProof>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Audit.GetConsistencyProof")?;
+        let ctx = context(&self.gw, &req, "Audit.GetConsistencyProof").await?;
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let r = req.get_ref();
@@ -377,7 +377,7 @@ impl Audit for AuditService {
         req: Request<proto::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Audit.Export")?;
+        let ctx = context(&self.gw, &req, "Audit.Export").await?;
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let r = req.get_ref();

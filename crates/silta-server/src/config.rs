@@ -33,6 +33,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin port.
     pub admin: AdminConfig,
+    /// Bearer tokens naming the person acting.
+    pub jwt: JwtConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             tuning: TuningConfig::default(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -161,6 +164,53 @@ pub struct HetuConfig {
     /// Accept temporary identity codes (individual number 900–999), which test data uses.
     /// Keep `false` in production.
     pub allow_temporary: bool,
+}
+
+/// `[jwt]`: who acted. Each organisation's identity provider issues tokens that name a person;
+/// silta checks them and writes the person into the audit ledger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// One identity provider per organisation.
+    pub issuers: Vec<JwtIssuer>,
+    /// Roles whose every call must carry a token (e.g. `["dpo"]`).
+    pub required_roles: Vec<String>,
+    /// RPCs that must carry a token whatever the role (e.g.
+    /// `["SocialServices.WithdrawConsent"]`).
+    pub required_actions: Vec<String>,
+    /// The claim naming the organisation; must equal the client certificate's.
+    pub org_claim: String,
+    /// A claim with the person's display name, added to the ledger's actor (optional).
+    pub display_claim: Option<String>,
+    /// Clock skew allowed for `exp` and `nbf`, seconds.
+    pub leeway_s: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuers: Vec::new(),
+            required_roles: Vec::new(),
+            required_actions: Vec::new(),
+            org_claim: "org".into(),
+            display_claim: None,
+            leeway_s: 30,
+        }
+    }
+}
+
+/// `[[jwt.issuers]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// The organisation (as its client certificate names it).
+    pub org: String,
+    /// The expected `iss`.
+    pub issuer: String,
+    /// The expected `aud`.
+    pub audience: String,
+    /// A JWKS file with the issuer's public keys (RS256, ES256 or EdDSA).
+    pub jwks_file: PathBuf,
 }
 
 /// `[admin]`

@@ -40,19 +40,23 @@ pub struct RequestContext {
     pub caller: Caller,
     /// The RPC, e.g. `Landlord.ReportRentArrears`.
     pub action: &'static str,
+    /// The person acting, from a verified bearer token.
+    pub actor: Option<String>,
 }
 
 impl RequestContext {
     /// An audit record of this request's decision, with nothing disclosed yet.
     pub fn audit_record(&self, at: OffsetDateTime, outcome: Outcome, reason: &str) -> AuditRecord {
-        AuditRecord::new(
+        let mut record = AuditRecord::new(
             at,
             &self.request_id,
             &self.caller,
             self.action,
             outcome,
             reason,
-        )
+        );
+        record.actor_person.clone_from(&self.actor);
+        record
     }
 }
 
@@ -108,6 +112,7 @@ pub struct Gateway {
     pub(crate) checkpoint_verifier_key: String,
     pub(crate) policies: Arc<PolicyHandle>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) actors: crate::actor::ActorVerifier,
 }
 
 impl Gateway {

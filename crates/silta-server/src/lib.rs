@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod actor;
 pub mod audit;
 mod checkpoints;
 pub mod client;
@@ -189,6 +190,7 @@ pub async fn start(
         policy_source::PolicyHandle::open(config.policy.dir.clone())
             .map_err(|e| ServeError::Policy(e.to_string()))?,
     );
+    let actors = actor::ActorVerifier::new(&config.jwt).map_err(ServeError::Config)?;
     let store = open_store(&config.store.url).await?;
     let pseudonymiser =
         Pseudonymiser::new(secret, config.secrets.pseudonym_key_version.unwrap_or(1));
@@ -270,6 +272,7 @@ pub async fn start(
         checkpoint_verifier_key: checkpoint_verifier_key.clone(),
         policies: Arc::clone(&policies),
         metrics: Arc::clone(&metrics),
+        actors,
     });
     // Which policy set decides from now on, in the ledger: an auditor can match decisions to
     // the exact files the DPO signed off.

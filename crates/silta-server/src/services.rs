@@ -27,16 +27,38 @@ use crate::tls::PeerInfo;
 /// Response metadata key carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Reads the caller from the connection and mints a request id.
-pub(crate) fn context<T>(req: &Request<T>, action: &'static str) -> Result<RequestContext, Status> {
+/// Reads the caller from the connection and the person acting from the bearer token (if any),
+/// and mints a request id. A refused token is audited and answered like every error.
+pub(crate) async fn context<T>(
+    gw: &Gateway,
+    req: &Request<T>,
+    action: &'static str,
+) -> Result<RequestContext, Status> {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let refused = match req.extensions().get::<PeerInfo>().map(|p| p.caller.clone()) {
         Some(Ok(caller)) => {
-            return Ok(RequestContext {
+            let authorization = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            let mut ctx = RequestContext {
                 request_id,
                 caller,
                 action,
-            });
+                actor: None,
+            };
+            match gw.actors.verify(&ctx.caller, action, authorization) {
+                Ok(actor) => {
+                    ctx.actor = actor;
+                    return Ok(ctx);
+                }
+                Err(e) => {
+                    gw.audit_denial(&ctx, &e, None).await;
+                    // `finish` logs, counts and shapes the error; given an error it returns one.
+                    return finish(&gw.metrics, &ctx, Instant::now(), Err(e))
+                        .map(|_: Response<()>| ctx);
+                }
+            }
         }
         Some(Err(e)) => ApiError::Unauthenticated(e.to_string()),
         None => ApiError::Unauthenticated("a client certificate is required".into()),
@@ -353,7 +375,7 @@ impl Landlord for LandlordService {
         req: Request<proto::ReportRentArrearsRequest>,
     ) -> Result<Response<proto::ReportReceipt>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Landlord.ReportRentArrears")?;
+        let ctx = context(&self.gw, &req, "Landlord.ReportRentArrears").await?;
         let r = req.get_ref();
         let input = RentArrearsInput {
             header: ReportHeader {
@@ -383,7 +405,7 @@ impl Landlord for LandlordService {
         req: Request<proto::ReportEvictionStageRequest>,
     ) -> Result<Response<proto::ReportReceipt>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Landlord.ReportEvictionStage")?;
+        let ctx = context(&self.gw, &req, "Landlord.ReportEvictionStage").await?;
         let r = req.get_ref();
         let input = EvictionStageInput {
             header: ReportHeader {
@@ -411,7 +433,7 @@ impl Landlord for LandlordService {
         req: Request<proto::ReportDisturbanceRequest>,
     ) -> Result<Response<proto::ReportReceipt>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Landlord.ReportDisturbance")?;
+        let ctx = context(&self.gw, &req, "Landlord.ReportDisturbance").await?;
         let r = req.get_ref();
         let input = DisturbanceInput {
             header: ReportHeader {
@@ -442,7 +464,7 @@ impl Landlord for LandlordService {
         req: Request<proto::SubscribeNoticesRequest>,
     ) -> Result<Response<Self::SubscribeNoticesStream>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Landlord.SubscribeNotices")?;
+        let ctx = context(&self.gw, &req, "Landlord.SubscribeNotices").await?;
         let after = req.get_ref().after_sequence;
         let result = subscribe(&self.gw, &ctx, Role::Landlord, after, notice_to_proto).await;
         finish(&self.gw.metrics, &ctx, started, result)
@@ -453,7 +475,7 @@ impl Landlord for LandlordService {
         req: Request<proto::AckNoticesRequest>,
     ) -> Result<Response<proto::AckNoticesResponse>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "Landlord.AckNotices")?;
+        let ctx = context(&self.gw, &req, "Landlord.AckNotices").await?;
         let r = req.get_ref();
         let result = self
             .gw
@@ -484,7 +506,7 @@ impl SocialServices for SocialServicesService {
         req: Request<proto::EnrolClientRequest>,
     ) -> Result<Response<proto::EnrolClientResponse>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "SocialServices.EnrolClient")?;
+        let ctx = context(&self.gw, &req, "SocialServices.EnrolClient").await?;
         let r = req.get_ref();
         let mut times = Violations::default();
         let consent = r.consent.as_ref().map(|c| ConsentInput {
@@ -528,7 +550,7 @@ impl SocialServices for SocialServicesService {
     ) -> Result<Response<proto::WithdrawConsentResponse>, Status> {
         use proto::withdraw_consent_request::Target;
         let started = Instant::now();
-        let ctx = context(&req, "SocialServices.WithdrawConsent")?;
+        let ctx = context(&self.gw, &req, "SocialServices.WithdrawConsent").await?;
         let target = match &req.get_ref().target {
             Some(Target::ConsentId(id)) => WithdrawTarget::ConsentId(id),
             Some(Target::Subject(s)) => WithdrawTarget::Subject {
@@ -555,7 +577,7 @@ impl SocialServices for SocialServicesService {
         req: Request<proto::SubscribeAlertsRequest>,
     ) -> Result<Response<Self::SubscribeAlertsStream>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "SocialServices.SubscribeAlerts")?;
+        let ctx = context(&self.gw, &req, "SocialServices.SubscribeAlerts").await?;
         let after = req.get_ref().after_sequence;
         let result = subscribe(&self.gw, &ctx, Role::SocialServices, after, alert_to_proto).await;
         finish(&self.gw.metrics, &ctx, started, result)
@@ -566,7 +588,7 @@ impl SocialServices for SocialServicesService {
         req: Request<proto::AckAlertsRequest>,
     ) -> Result<Response<proto::AckAlertsResponse>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "SocialServices.AckAlerts")?;
+        let ctx = context(&self.gw, &req, "SocialServices.AckAlerts").await?;
         let r = req.get_ref();
         let result = self
             .gw
@@ -581,7 +603,7 @@ impl SocialServices for SocialServicesService {
         req: Request<proto::SendSupportNoticeRequest>,
     ) -> Result<Response<proto::SupportNoticeReceipt>, Status> {
         let started = Instant::now();
-        let ctx = context(&req, "SocialServices.SendSupportNotice")?;
+        let ctx = context(&self.gw, &req, "SocialServices.SendSupportNotice").await?;
         let r = req.get_ref();
         let input = SupportNoticeInput {
             idempotency_key: &r.idempotency_key,

@@ -35,6 +35,17 @@ pub enum ApiError {
         /// Their reasons.
         message: String,
     },
+    /// The bearer token is missing, invalid, or names another organisation.
+    #[error("{message}")]
+    Jwt {
+        /// Stable reason, e.g. `jwt-expired`.
+        reason: &'static str,
+        /// What to fix.
+        message: String,
+        /// PERMISSION_DENIED (the token is valid but names another organisation) rather
+        /// than UNAUTHENTICATED.
+        permission: bool,
+    },
     /// No flow is declared for this message on this legal basis.
     #[error("{0}")]
     UndeclaredFlow(String),
@@ -83,6 +94,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::PermissionDenied(_) => "role-not-allowed",
             ApiError::PolicyDenied { .. } => "policy-denied",
+            ApiError::Jwt { reason, .. } => reason,
             ApiError::UndeclaredFlow(_) => "undeclared-flow",
             ApiError::NotFound(_) => "not-found",
             ApiError::FailedPrecondition(_) => "failed-precondition",
@@ -97,6 +109,13 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Jwt { permission, .. } => {
+                if *permission {
+                    Code::PermissionDenied
+                } else {
+                    Code::Unauthenticated
+                }
+            }
             ApiError::PermissionDenied(_)
             | ApiError::PolicyDenied { .. }
             | ApiError::UndeclaredFlow(_) => Code::PermissionDenied,

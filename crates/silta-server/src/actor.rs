@@ -1,0 +1,215 @@
+//! The person acting: a JWT from the calling organisation's identity provider, checked against
+//! that organisation's issuer, audience and keys, and tied to the organisation the client
+//! certificate proves. The actor goes into the audit ledger; the token itself is never logged
+//! or stored.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use silta_core::{Caller, OrgId};
+
+use crate::config::JwtConfig;
+use crate::status::ApiError;
+
+/// The only algorithms accepted: asymmetric, so a public key can never be used as an HMAC
+/// secret, and never `none`.
+const ALLOWED: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+struct Issuer {
+    issuer: String,
+    audience: String,
+    keys: JwkSet,
+}
+
+/// Checks bearer tokens.
+pub struct ActorVerifier {
+    issuers: HashMap<OrgId, Issuer>,
+    required_roles: HashSet<String>,
+    required_actions: HashSet<String>,
+    org_claim: String,
+    display_claim: Option<String>,
+    leeway_s: u64,
+}
+
+impl std::fmt::Debug for ActorVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorVerifier")
+            .field("organisations", &self.issuers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActorVerifier {
+    /// Reads each issuer's JWKS file.
+    pub fn new(config: &JwtConfig) -> Result<Self, String> {
+        let mut issuers = HashMap::new();
+        for i in &config.issuers {
+            let org =
+                OrgId::new(&i.org).map_err(|e| format!("jwt.issuers.org {:?}: {e}", i.org))?;
+            let keys = read_jwks(&i.jwks_file)?;
+            issuers.insert(
+                org,
+                Issuer {
+                    issuer: i.issuer.clone(),
+                    audience: i.audience.clone(),
+                    keys,
+                },
+            );
+        }
+        Ok(ActorVerifier {
+            issuers,
+            required_roles: config.required_roles.iter().cloned().collect(),
+            required_actions: config.required_actions.iter().cloned().collect(),
+            org_claim: config.org_claim.clone(),
+            display_claim: config.display_claim.clone(),
+            leeway_s: config.leeway_s,
+        })
+    }
+
+    /// The actor named by `authorization` (the request's header value, if any), for `caller`
+    /// calling `action`. `Ok(None)`: no token, and none is required.
+    pub fn verify(
+        &self,
+        caller: &Caller,
+        action: &str,
+        authorization: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        let required = self.required_roles.contains(caller.role.as_str())
+            || self.required_actions.contains(action);
+        let Some(header) = authorization else {
+            return if required {
+                Err(jwt(
+                    "jwt-required",
+                    "this call needs `authorization: Bearer <JWT>` naming the person acting",
+                ))
+            } else {
+                Ok(None)
+            };
+        };
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            jwt(
+                "jwt-invalid",
+                "the authorization header must be `Bearer <JWT>`",
+            )
+        })?;
+        let Some(issuer) = self.issuers.get(&caller.org) else {
+            return Err(jwt(
+                "jwt-no-issuer",
+                "no identity provider is configured for your organisation; send no token, or ask the operator to add one",
+            ));
+        };
+        let head = decode_header(token)
+            .map_err(|_| jwt("jwt-invalid", "the token is not a well-formed JWT"))?;
+        if !ALLOWED.contains(&head.alg) {
+            return Err(jwt(
+                "jwt-algorithm-not-allowed",
+                "the token's algorithm is not allowed (allowed: RS256, ES256, EdDSA)",
+            ));
+        }
+        let jwk = match &head.kid {
+            Some(kid) => issuer.keys.find(kid),
+            None if issuer.keys.keys.len() == 1 => issuer.keys.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            jwt(
+                "jwt-unknown-key",
+                "the token's key id (kid) is not among the issuer's keys",
+            )
+        })?;
+        // A key published for one algorithm verifies only that one.
+        if let Some(alg) = jwk.common.key_algorithm
+            && alg.to_string() != format!("{:?}", head.alg)
+        {
+            return Err(jwt(
+                "jwt-algorithm-not-allowed",
+                "the token's algorithm does not match its key's",
+            ));
+        }
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|_| jwt("jwt-unknown-key", "the issuer's key cannot be used"))?;
+        let mut validation = Validation::new(head.alg);
+        validation.set_issuer(&[&issuer.issuer]);
+        validation.set_audience(&[&issuer.audience]);
+        validation.leeway = self.leeway_s;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp", "iss", "aud", "sub"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let claims = decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => jwt("jwt-expired", "the token has expired"),
+                    K::ImmatureSignature => {
+                        jwt("jwt-not-yet-valid", "the token is not valid yet (nbf)")
+                    }
+                    K::InvalidIssuer => jwt(
+                        "jwt-wrong-issuer",
+                        "the token's issuer is not your organisation's",
+                    ),
+                    K::InvalidAudience => {
+                        jwt("jwt-wrong-audience", "the token is not for silta (aud)")
+                    }
+                    K::InvalidSignature => {
+                        jwt("jwt-bad-signature", "the token's signature does not verify")
+                    }
+                    K::MissingRequiredClaim(_) => {
+                        jwt("jwt-invalid", "the token lacks exp, iss, aud or sub")
+                    }
+                    _ => jwt("jwt-invalid", "the token is not valid"),
+                }
+            })?
+            .claims;
+        let org = claims.get(&self.org_claim).and_then(|v| v.as_str());
+        if org != Some(caller.org.as_str()) {
+            return Err(ApiError::Jwt {
+                reason: "jwt-organisation-mismatch",
+                message: format!(
+                    "the token's {:?} claim does not name the organisation of your client certificate",
+                    self.org_claim
+                ),
+                permission: true,
+            });
+        }
+        let sub = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(|| jwt("jwt-invalid", "the token's sub must be 1-256 characters"))?;
+        if silta_core::hetu::contains_hetu(sub) {
+            return Err(jwt(
+                "jwt-invalid",
+                "the token's sub must not be a personal identity code; use the person's account id",
+            ));
+        }
+        let display = self
+            .display_claim
+            .as_ref()
+            .and_then(|c| claims.get(c))
+            .and_then(|v| v.as_str())
+            .filter(|d| d.len() <= 256 && !silta_core::hetu::contains_hetu(d));
+        Ok(Some(match display {
+            Some(d) => format!("{sub} ({d})"),
+            None => sub.to_owned(),
+        }))
+    }
+}
+
+fn jwt(reason: &'static str, message: &str) -> ApiError {
+    ApiError::Jwt {
+        reason,
+        message: message.to_owned(),
+        permission: false,
+    }
+}
+
+fn read_jwks(path: &Path) -> Result<JwkSet, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("jwt.issuers.jwks_file {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("jwt.issuers.jwks_file {}: not a JWKS: {e}", path.display()))
+}
