@@ -132,7 +132,7 @@ async fn every_bad_token_is_refused_with_its_reason_and_audited() {
     let idp = Idp::new();
     let gw = start(&idp).await;
     let mut landlord = gw.landlord(LANDLORD).await;
-    let mut c = |f: &dyn Fn(&mut serde_json::Value)| {
+    let c = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut v = claims(LANDLORD);
         f(&mut v);
         idp.token(v)
