@@ -177,6 +177,7 @@ async fn metrics_count_requests_and_decisions_and_name_no_one() {
         "silta_commit_seconds_bucket",
         "silta_ledger_entries",
         "silta_last_checkpoint_timestamp_seconds",
+        "silta_undelivered_messages 1",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }

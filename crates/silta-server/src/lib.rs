@@ -338,7 +338,12 @@ pub async fn start(
                 .await
                 .map_err(|e| ServeError::Config(format!("admin.listen {addr}: {e}")))?;
             let bound = metrics::local_addr(&admin);
-            tokio::spawn(metrics::serve(admin, Arc::clone(&metrics), stop.clone()));
+            tokio::spawn(metrics::serve(
+                admin,
+                Arc::clone(&metrics),
+                Arc::clone(&store),
+                stop.clone(),
+            ));
             tracing::info!(addr = ?bound, "admin port: /metrics");
             bound
         }

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub ledger_entries: Gauge,
     /// Unix time of the newest signed checkpoint.
     pub last_checkpoint: Gauge,
+    /// Outbox messages not yet acknowledged, read at each scrape.
+    pub undelivered: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -110,8 +112,15 @@ impl Default for Metrics {
             "Unix time of the newest signed checkpoint (alert on time() minus this)",
             last_checkpoint.clone(),
         );
+        let undelivered = Gauge::default();
+        registry.register(
+            "undelivered_messages",
+            "Alerts and support notices not yet acknowledged (all recipients)",
+            undelivered.clone(),
+        );
         Metrics {
             registry,
+            undelivered,
             requests,
             decisions,
             batch_size,
@@ -159,13 +168,21 @@ impl Drop for SubscriptionGuard {
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    store: Arc<dyn silta_store::Store>,
     stop: CancellationToken,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let metrics = Arc::clone(&metrics);
+            let store = Arc::clone(&store);
             async move {
+                // A failed count leaves the last value; the store's own error is logged there.
+                if let Ok(n) = store.undelivered().await {
+                    metrics
+                        .undelivered
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

@@ -278,6 +278,9 @@ pub trait Store: Send + Sync + 'static {
     /// organisation's.
     async fn find_case(&self, recipient: &OrgId, case_ref: &str) -> Result<Option<CaseRow>>;
 
+    /// Outbox messages (alerts and support notices) not yet acknowledged, all recipients.
+    async fn undelivered(&self) -> Result<u64>;
+
     /// The ledger's current size and root (O(log n) reads).
     async fn ledger_head(&self) -> Result<LedgerHead>;
 

@@ -147,6 +147,13 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn undelivered(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alerts WHERE acked_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        seq_from_i64(n)
+    }
+
     async fn ledger_head(&self) -> Result<LedgerHead> {
         let mut conn = self.pool.acquire().await?;
         let frontier = load_frontier(&mut conn).await?;
