@@ -108,6 +108,13 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
     );
     let logs = captured_logs();
     assert!(logs.contains("ReportRentArrears"), "logs were captured");
+    // The RPC spans are captured too, closed with every field they recorded.
+    assert!(
+        logs.contains("rpc{path=/silta.v1.Landlord/ReportRentArrears")
+            && logs.contains("flow=\"rent-arrears\"")
+            && logs.contains("close"),
+        "RPC spans were not captured"
+    );
 
     let mut codes: Vec<String> = valid.clone();
     codes.extend(

@@ -368,6 +368,8 @@ pub fn capture_logs() {
     ONCE.call_once(|| {
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
+            // Span closings too, with every field recorded: what an exporter would send.
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .with_writer(|| LogWriter)
             .with_ansi(false)
             .init();

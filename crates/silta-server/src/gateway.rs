@@ -238,6 +238,7 @@ impl Gateway {
         let flow = self
             .resolve(ctx, &policies, kind, &header.purpose, &header.legal_basis)
             .await?;
+        tracing::Span::current().record("flow", flow.id.as_str());
         let input = DecisionInput {
             flow,
             sender: &ctx.caller,

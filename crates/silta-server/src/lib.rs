@@ -350,7 +350,20 @@ pub async fn start(
         None => None,
     };
     let incoming = tls::incoming(listener, tls, config.tls.trust_domain.clone(), stop.clone());
+    // One span per RPC: its path, then who called, the flow and the outcome as they become
+    // known. Never a request value: identity codes and free text stay out by construction.
     let router = tonic::transport::Server::builder()
+        .trace_fn(|req| {
+            tracing::info_span!(
+                "rpc",
+                path = %req.uri().path(),
+                request_id = tracing::field::Empty,
+                org = tracing::field::Empty,
+                role = tracing::field::Empty,
+                flow = tracing::field::Empty,
+                code = tracing::field::Empty,
+            )
+        })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(proto::landlord_server::LandlordServer::new(

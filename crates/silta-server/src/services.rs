@@ -41,6 +41,10 @@ pub(crate) async fn context<T>(
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
+            let span = tracing::Span::current();
+            span.record("request_id", request_id.as_str());
+            span.record("org", caller.org.as_str());
+            span.record("role", caller.role.as_str());
             let mut ctx = RequestContext {
                 request_id,
                 caller,
@@ -83,6 +87,7 @@ pub(crate) fn finish<T>(
         Ok(_) => "OK",
         Err(e) => e.reason(),
     };
+    tracing::Span::current().record("code", code);
     metrics
         .requests
         .get_or_create(&crate::metrics::RpcLabels {

@@ -396,7 +396,12 @@ fn init_logging(format: &str, level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        // Each line carries the RPC's span (path, request id, organisation, role, flow, code).
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }
