@@ -102,11 +102,9 @@ async fn a_valid_token_names_the_person_in_the_ledger() {
     let idp = Idp::new();
     let gw = start(&idp).await;
     let mut landlord = gw.landlord(LANDLORD).await;
+    let token = idp.token(claims(LANDLORD));
     landlord
-        .report_rent_arrears(with_token(
-            report("j-1", RESIDENT),
-            &idp.token(claims(LANDLORD)),
-        ))
+        .report_rent_arrears(with_token(report("j-1", RESIDENT), &token))
         .await
         .expect("accepted");
     // Without a token, where none is required: accepted, no person recorded.
@@ -121,10 +119,11 @@ async fn a_valid_token_names_the_person_in_the_ledger() {
         )
         .await;
     assert_eq!(actors, ["worker-17 (Aino Virtanen)", "-"]);
-    // The token itself is kept nowhere.
-    let token = idp.token(claims(LANDLORD));
+    // The token itself is kept nowhere: not in the logs, not in the database.
     let signature = token.rsplit('.').next().expect("signature");
     assert!(!silta_tests::captured_logs().contains(signature));
+    let db = std::fs::read(gw.db_path()).expect("database file");
+    assert!(!String::from_utf8_lossy(&db).contains(signature));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

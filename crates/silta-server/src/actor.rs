@@ -13,6 +13,25 @@ use silta_core::{Caller, OrgId};
 use crate::config::JwtConfig;
 use crate::status::ApiError;
 
+/// Every RPC, as `jwt.required_actions` names them (a test keeps the list complete).
+pub const RPCS: &[&str] = &[
+    "Landlord.ReportRentArrears",
+    "Landlord.ReportEvictionStage",
+    "Landlord.ReportDisturbance",
+    "Landlord.SubscribeNotices",
+    "Landlord.AckNotices",
+    "SocialServices.EnrolClient",
+    "SocialServices.WithdrawConsent",
+    "SocialServices.SubscribeAlerts",
+    "SocialServices.AckAlerts",
+    "SocialServices.SendSupportNotice",
+    "Audit.Query",
+    "Audit.GetCheckpoint",
+    "Audit.GetInclusionProof",
+    "Audit.GetConsistencyProof",
+    "Audit.Export",
+];
+
 /// The only algorithms accepted: asymmetric, so a public key can never be used as an HMAC
 /// secret, and never `none`.
 const ALLOWED: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
@@ -44,10 +63,28 @@ impl std::fmt::Debug for ActorVerifier {
 impl ActorVerifier {
     /// Reads each issuer's JWKS file.
     pub fn new(config: &JwtConfig) -> Result<Self, String> {
+        // A typo must not switch a requirement off silently.
+        for role in &config.required_roles {
+            role.parse::<silta_core::Role>()
+                .map_err(|e| format!("jwt.required_roles {role:?}: {e}"))?;
+        }
+        for action in &config.required_actions {
+            if !RPCS.contains(&action.as_str()) {
+                return Err(format!(
+                    "jwt.required_actions {action:?}: not an RPC (e.g. \"SocialServices.WithdrawConsent\")"
+                ));
+            }
+        }
+        if config.leeway_s > 300 {
+            return Err("jwt.leeway_s must be at most 300 (seconds of clock skew)".into());
+        }
         let mut issuers = HashMap::new();
         for i in &config.issuers {
             let org =
                 OrgId::new(&i.org).map_err(|e| format!("jwt.issuers.org {:?}: {e}", i.org))?;
+            if issuers.contains_key(&org) {
+                return Err(format!("jwt.issuers: organisation {org} is listed twice"));
+            }
             let keys = read_jwks(&i.jwks_file)?;
             issuers.insert(
                 org,
@@ -212,4 +249,31 @@ fn read_jwks(path: &Path) -> Result<JwkSet, String> {
         .map_err(|e| format!("jwt.issuers.jwks_file {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("jwt.issuers.jwks_file {}: not a JWKS: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    /// `RPCS` names exactly the RPCs of the contract.
+    #[test]
+    fn the_rpc_list_is_the_contract() {
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor");
+        let mut contract: Vec<String> = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "silta.v1")
+            .flat_map(|f| f.service.iter())
+            .flat_map(|s| {
+                s.method
+                    .iter()
+                    .map(move |m| format!("{}.{}", s.name(), m.name()))
+            })
+            .collect();
+        let mut listed: Vec<String> = super::RPCS.iter().map(|s| (*s).to_owned()).collect();
+        contract.sort();
+        listed.sort();
+        assert_eq!(listed, contract);
+    }
 }

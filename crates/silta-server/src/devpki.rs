@@ -144,6 +144,8 @@ pub fn revoke(dir: &Path, orgs: &[String]) -> Result<PathBuf, PkiError> {
         }
     }
     for org in orgs {
+        let org = silta_core::OrgId::new(org).map_err(|e| PkiError(format!("{org}: {e}")))?;
+        let org = org.as_str();
         let der = der_of(&read(&format!("{org}.pem"))?, org)?;
         let (_, cert) =
             X509Certificate::from_der(&der).map_err(|e| PkiError(format!("{org}.pem: {e}")))?;
@@ -192,6 +194,11 @@ impl DevPki {
             written.push(path);
             Ok(())
         };
+        // A CRL of an earlier CA in this directory would refuse every client of the new one.
+        match std::fs::remove_file(dir.join("crl.pem")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         put("ca.pem".into(), &self.ca_cert, false)?;
         put("ca.key".into(), &self.ca_key, true)?;
         put("server.pem".into(), &self.server.cert, false)?;

@@ -354,9 +354,19 @@ pub async fn start(
     // known. Never a request value: identity codes and free text stay out by construction.
     let router = tonic::transport::Server::builder()
         .trace_fn(|req| {
+            // A path the client made up is a request value: only silta's and the standard
+            // services' paths are recorded.
+            let path = req.uri().path();
+            let known = ["/silta.v1.", "/grpc.health.v1.", "/grpc.reflection."]
+                .iter()
+                .any(|p| path.starts_with(p))
+                && path.len() <= 80
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._".contains(&b));
             tracing::info_span!(
                 "rpc",
-                path = %req.uri().path(),
+                path = %if known { path } else { "unknown" },
                 request_id = tracing::field::Empty,
                 org = tracing::field::Empty,
                 role = tracing::field::Empty,

@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let path = silta_server::devpki::revoke(&out, &orgs)?;
             println!(
-                "wrote {} revoking {}; set tls.client_crl to it and restart",
+                "wrote {} revoking {}; set tls.client_crl to it and send the gateway SIGHUP",
                 path.display(),
                 orgs.join(", ")
             );
@@ -315,8 +315,10 @@ fn in_systemd_credentials(path: &Path) -> bool {
     let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
         return false;
     };
+    // Only a real systemd credentials directory: a stray variable must not switch the
+    // permission check off.
     match (std::fs::canonicalize(dir), std::fs::canonicalize(path)) {
-        (Ok(dir), Ok(file)) => file.starts_with(dir),
+        (Ok(dir), Ok(file)) => dir.starts_with("/run/credentials/") && file.starts_with(dir),
         _ => false,
     }
 }
