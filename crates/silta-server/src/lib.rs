@@ -191,6 +191,16 @@ pub async fn start(
             .map_err(|e| ServeError::Policy(e.to_string()))?,
     );
     let actors = actor::ActorVerifier::new(&config.jwt).map_err(ServeError::Config)?;
+    // The admin port (plain HTTP, `/metrics` only; keep it on a private interface) is bound
+    // before anything is spawned, so a port in use stops the start cleanly.
+    let admin = match config.admin.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Config(format!("admin.listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let store = open_store(&config.store.url).await?;
     let pseudonymiser =
         Pseudonymiser::new(secret, config.secrets.pseudonym_key_version.unwrap_or(1));
@@ -331,13 +341,10 @@ pub async fn start(
                 .await;
         }
     });
-    // The admin port: plain HTTP, `/metrics` only; keep it on a private interface.
-    let admin_addr = match config.admin.listen {
-        Some(addr) => {
-            let admin = TcpListener::bind(addr)
-                .await
-                .map_err(|e| ServeError::Config(format!("admin.listen {addr}: {e}")))?;
-            let bound = metrics::local_addr(&admin);
+    // The admin port (bound first, above), serving from now on.
+    let admin_addr = match admin {
+        Some(admin) => {
+            let bound = admin.local_addr().ok();
             tokio::spawn(metrics::serve(
                 admin,
                 Arc::clone(&metrics),

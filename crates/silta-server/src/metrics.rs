@@ -4,7 +4,6 @@
 //! an organisation, a pseudonym or anything a request carried, so the metrics hold no personal
 //! data and their cardinality stays bounded.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -199,9 +198,4 @@ pub(crate) async fn serve(
     if let Err(e) = served {
         tracing::error!(error = %e, "admin port stopped");
     }
-}
-
-/// The address of a bound admin listener.
-pub(crate) fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
 }
