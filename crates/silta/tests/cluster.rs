@@ -10,36 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use silta_server::proto;
 use silta_server::proto::landlord_client::LandlordClient;
 use silta_server::proto::social_services_client::SocialServicesClient;
-use silta_server::proto::{self, EvictionStage};
 use silta_store::testing::TempDatabase;
 use tokio_stream::StreamExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_silta");
-const RESIDENT: &str = "150385-9345";
-
-fn silta(args: &[&str], dir: &Path) -> std::process::Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run silta");
-    assert!(
-        out.status.success(),
-        "silta {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+mod common;
+use common::{BIN, RESIDENT, channel, free_port, report, silta, wait_listening};
 
 struct Node {
     child: Child,
@@ -64,46 +42,6 @@ fn node(dir: &Path) -> Node {
         .spawn()
         .expect("spawn silta serve");
     Node { child, port }
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("silta serve did not listen on {port}");
-}
-
-async fn channel(dir: &Path, port: u16, org: &str) -> tonic::transport::Channel {
-    let pem = |name: &str| std::fs::read_to_string(dir.join("pki").join(name)).expect("pem");
-    silta_server::client::connect(
-        ([127, 0, 0, 1], port).into(),
-        &pem("ca.pem"),
-        &pem(&format!("{org}.pem")),
-        &pem(&format!("{org}.key")),
-    )
-    .await
-    .expect("connect")
-}
-
-fn report(key: &str) -> proto::ReportRentArrearsRequest {
-    proto::ReportRentArrearsRequest {
-        idempotency_key: key.into(),
-        hetu: RESIDENT.into(),
-        tenancy_ref: "T-1".into(),
-        arrears_cents: 90_000,
-        months_overdue: 2,
-        eviction_stage: EvictionStage::Warning.into(),
-        landlord_contact_office: "Kallio".into(),
-        free_text_note: String::new(),
-        purpose: "eviction-prevention".into(),
-        legal_basis: "gdpr-6-1-a-consent".into(),
-    }
 }
 
 fn setup(db_url: &str) -> (tempfile::TempDir, PathBuf) {

@@ -5,34 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use silta_server::proto;
 use silta_server::proto::landlord_client::LandlordClient;
 use silta_server::proto::social_services_client::SocialServicesClient;
-use silta_server::proto::{self, EvictionStage};
 
-const BIN: &str = env!("CARGO_BIN_EXE_silta");
-const RESIDENT: &str = "150385-9345";
-
-fn silta(args: &[&str], dir: &Path) -> std::process::Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run silta");
-    assert!(
-        out.status.success() || args[0] == "audit",
-        "silta {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+mod common;
+use common::{BIN, RESIDENT, channel, free_port, report, silta, wait_listening};
 
 struct Server {
     child: Child,
@@ -48,49 +26,6 @@ fn serve(dir: &Path, port: u16) -> Server {
         .spawn()
         .expect("spawn silta serve");
     Server { child }
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("silta serve did not listen on {port}");
-}
-
-fn pem(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join("pki").join(name)).expect("pem")
-}
-
-async fn channel(dir: &Path, port: u16, org: &str) -> tonic::transport::Channel {
-    silta_server::client::connect(
-        ([127, 0, 0, 1], port).into(),
-        &pem(dir, "ca.pem"),
-        &pem(dir, &format!("{org}.pem")),
-        &pem(dir, &format!("{org}.key")),
-    )
-    .await
-    .expect("connect")
-}
-
-fn report(key: &str) -> proto::ReportRentArrearsRequest {
-    proto::ReportRentArrearsRequest {
-        idempotency_key: key.into(),
-        hetu: RESIDENT.into(),
-        tenancy_ref: "T-1".into(),
-        arrears_cents: 90_000,
-        months_overdue: 2,
-        eviction_stage: EvictionStage::Warning.into(),
-        landlord_contact_office: "Kallio".into(),
-        free_text_note: String::new(),
-        purpose: "eviction-prevention".into(),
-        legal_basis: "gdpr-6-1-a-consent".into(),
-    }
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
