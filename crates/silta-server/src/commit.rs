@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Notifier;
 use crate::gateway::{Receipt, RequestContext};
+use crate::metrics::DecisionLabels;
 use crate::status::ApiError;
 
 /// Work for the committer.
@@ -102,8 +103,9 @@ pub(crate) async fn run(
             return;
         }
         let mut woken: Vec<(OrgId, u64)> = Vec::new();
+        let mut decided: Vec<DecisionLabels> = Vec::new();
         let started = std::time::Instant::now();
-        let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut woken, &metrics).await;
+        let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut woken, &mut decided).await;
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -115,6 +117,10 @@ pub(crate) async fn run(
                 }
                 for (org, seq) in woken {
                     notifier.notify(&org, seq);
+                }
+                // Counted once committed: a batch that fails is retried and decided again.
+                for labels in decided {
+                    metrics.decisions.get_or_create(&labels).inc();
                 }
                 appended.notify_one();
             }
@@ -158,14 +164,14 @@ async fn apply_batch(
     p: &Pseudonymiser,
     batch: &[Job],
     woken: &mut Vec<(OrgId, u64)>,
-    metrics: &crate::metrics::Metrics,
+    decided: &mut Vec<DecisionLabels>,
 ) -> Result<Vec<Answer>, StoreError> {
     let mut tx = store.begin().await?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         results.push(match job {
             Job::Message(j, _) => {
-                Answer::Receipt(apply_message(&mut *tx, p, j, woken, metrics).await?)
+                Answer::Receipt(apply_message(&mut *tx, p, j, woken, decided).await?)
             }
             Job::Audit { record, .. } => {
                 tx.append_audit(record).await?;
@@ -185,7 +191,7 @@ async fn apply_message(
     p: &Pseudonymiser,
     job: &MessageJob,
     woken: &mut Vec<(OrgId, u64)>,
-    metrics: &crate::metrics::Metrics,
+    decided: &mut Vec<DecisionLabels>,
 ) -> Result<Result<Receipt, ApiError>, StoreError> {
     let ctx = &job.ctx;
     let sender = &ctx.caller.org;
@@ -247,18 +253,14 @@ async fn apply_message(
         eviction_stage: job.eviction_stage,
     };
     let disclosure = job.policies.decide(&input, &candidates);
-    // Counted when decided; a batch that then fails to commit is retried and counted again.
-    metrics
-        .decisions
-        .get_or_create(&crate::metrics::DecisionLabels {
-            flow: flow.id.clone(),
-            outcome: if disclosure.permits.is_empty() {
-                "deny"
-            } else {
-                "allow"
-            },
-        })
-        .inc();
+    decided.push(DecisionLabels {
+        flow: flow.id.clone(),
+        outcome: if disclosure.permits.is_empty() {
+            "deny"
+        } else {
+            "allow"
+        },
+    });
     record.policy_ids.clone_from(&disclosure.policy_ids);
     record.reason = match (disclosure.permits.is_empty(), flow.requires_consent) {
         (true, _) => disclosure.reason.to_owned(),
