@@ -34,6 +34,7 @@ pub(crate) async fn context<T>(
     req: &Request<T>,
     action: &'static str,
 ) -> Result<RequestContext, Status> {
+    let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let refused = match req.extensions().get::<PeerInfo>().map(|p| p.caller.clone()) {
         Some(Ok(caller)) => {
@@ -58,9 +59,7 @@ pub(crate) async fn context<T>(
                 }
                 Err(e) => {
                     gw.audit_denial(&ctx, &e, None).await;
-                    // `finish` logs, counts and shapes the error; given an error it returns one.
-                    return finish(&gw.metrics, &ctx, Instant::now(), Err(e))
-                        .map(|_: Response<()>| ctx);
+                    return Err(refusal(&gw.metrics, &ctx, started, e));
                 }
             }
         }
@@ -83,10 +82,42 @@ pub(crate) fn finish<T>(
     started: Instant,
     result: Result<T, ApiError>,
 ) -> Result<Response<T>, Status> {
-    let code = match &result {
-        Ok(_) => "OK",
-        Err(e) => e.reason(),
-    };
+    let body = result.map_err(|e| refusal(metrics, ctx, started, e))?;
+    let elapsed_us = count(metrics, ctx, started, "OK");
+    tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
+        role = %ctx.caller.role, code = "OK", elapsed_us, "rpc");
+    let mut response = Response::new(body);
+    if let Ok(v) = ctx.request_id.parse() {
+        response.metadata_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    Ok(response)
+}
+
+/// The status of a refused call, logged and counted (also for calls refused before their
+/// handler ran, e.g. for a bad bearer token).
+fn refusal(
+    metrics: &crate::metrics::Metrics,
+    ctx: &RequestContext,
+    started: Instant,
+    e: ApiError,
+) -> Status {
+    let elapsed_us = count(metrics, ctx, started, e.reason());
+    tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
+        role = %ctx.caller.role, code = e.reason(), elapsed_us, "rpc");
+    let mut status = e.into_status(&ctx.request_id);
+    if let Ok(v) = ctx.request_id.parse() {
+        status.metadata_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    status
+}
+
+/// Counts the call by RPC and outcome, records the outcome in its span; returns its duration.
+fn count(
+    metrics: &crate::metrics::Metrics,
+    ctx: &RequestContext,
+    started: Instant,
+    code: &'static str,
+) -> u64 {
     tracing::Span::current().record("code", code);
     metrics
         .requests
@@ -95,27 +126,7 @@ pub(crate) fn finish<T>(
             code,
         })
         .inc();
-    let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let mut response = match result {
-        Ok(body) => {
-            tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
-                role = %ctx.caller.role, code = "OK", elapsed_us, "rpc");
-            Response::new(body)
-        }
-        Err(e) => {
-            tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
-                role = %ctx.caller.role, code = e.reason(), elapsed_us, "rpc");
-            let mut status = e.into_status(&ctx.request_id);
-            if let Ok(v) = ctx.request_id.parse() {
-                status.metadata_mut().insert(REQUEST_ID_HEADER, v);
-            }
-            return Err(status);
-        }
-    };
-    if let Ok(v) = ctx.request_id.parse() {
-        response.metadata_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    Ok(response)
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 pub(crate) fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
@@ -360,6 +371,20 @@ async fn subscribe<T: Send + 'static>(
     Ok(Box::pin(stream))
 }
 
+/// The common header of a landlord report: every report request names these fields alike.
+macro_rules! report_header {
+    ($r:expr) => {
+        ReportHeader {
+            idempotency_key: &$r.idempotency_key,
+            hetu: &$r.hetu,
+            tenancy_ref: &$r.tenancy_ref,
+            purpose: &$r.purpose,
+            legal_basis: &$r.legal_basis,
+            landlord_contact_office: &$r.landlord_contact_office,
+        }
+    };
+}
+
 /// `silta.v1.Landlord`.
 #[derive(Clone)]
 pub struct LandlordService {
@@ -383,14 +408,7 @@ impl Landlord for LandlordService {
         let ctx = context(&self.gw, &req, "Landlord.ReportRentArrears").await?;
         let r = req.get_ref();
         let input = RentArrearsInput {
-            header: ReportHeader {
-                idempotency_key: &r.idempotency_key,
-                hetu: &r.hetu,
-                tenancy_ref: &r.tenancy_ref,
-                purpose: &r.purpose,
-                legal_basis: &r.legal_basis,
-                landlord_contact_office: &r.landlord_contact_office,
-            },
+            header: report_header!(r),
             arrears_cents: r.arrears_cents,
             months_overdue: r.months_overdue,
             eviction_stage: stage_from_proto(r.eviction_stage),
@@ -413,14 +431,7 @@ impl Landlord for LandlordService {
         let ctx = context(&self.gw, &req, "Landlord.ReportEvictionStage").await?;
         let r = req.get_ref();
         let input = EvictionStageInput {
-            header: ReportHeader {
-                idempotency_key: &r.idempotency_key,
-                hetu: &r.hetu,
-                tenancy_ref: &r.tenancy_ref,
-                purpose: &r.purpose,
-                legal_basis: &r.legal_basis,
-                landlord_contact_office: &r.landlord_contact_office,
-            },
+            header: report_header!(r),
             eviction_stage: stage_from_proto(r.eviction_stage),
             stage_date: &r.stage_date,
         };
@@ -441,14 +452,7 @@ impl Landlord for LandlordService {
         let ctx = context(&self.gw, &req, "Landlord.ReportDisturbance").await?;
         let r = req.get_ref();
         let input = DisturbanceInput {
-            header: ReportHeader {
-                idempotency_key: &r.idempotency_key,
-                hetu: &r.hetu,
-                tenancy_ref: &r.tenancy_ref,
-                purpose: &r.purpose,
-                legal_basis: &r.legal_basis,
-                landlord_contact_office: &r.landlord_contact_office,
-            },
+            header: report_header!(r),
             category: category_from_proto(r.category),
             count_in_period: r.count_in_period,
             period_month: &r.period_month,
