@@ -176,7 +176,10 @@ impl Load {
     pub(crate) async fn open(&self, rate: f64, duration: Duration) -> Run {
         let start = Instant::now();
         let period = Duration::from_secs_f64(1.0 / rate);
-        let total = (rate * duration.as_secs_f64()).round() as u64;
+        // A count of requests: finite, non-negative and far below 2^53 (rate and duration are
+        // bounded by the caller), so the conversion is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let total = (rate * duration.as_secs_f64()).round().max(0.0) as u64;
         let mut tasks = Vec::new();
         let mut next = 0usize;
         for k in 0..total {

@@ -146,7 +146,7 @@ fn main() -> anyhow::Result<()> {
             if settings.concurrency.is_empty() || settings.concurrency.contains(&0) {
                 bail!("--concurrency: give one or more counts above zero, e.g. 1,16,64");
             }
-            if !(settings.seconds > 0.0) {
+            if settings.seconds.is_nan() || settings.seconds <= 0.0 {
                 bail!("--seconds: must be above zero");
             }
             let out = cli.out.unwrap_or_else(|| {
@@ -581,8 +581,7 @@ impl Gateway {
         metrics
             .lines()
             .find(|l| l.starts_with("silta_ledger_entries "))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .map(|v| v as u64)
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .context("/metrics has no silta_ledger_entries")
     }
 

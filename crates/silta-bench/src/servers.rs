@@ -105,8 +105,10 @@ pub(crate) async fn run_gateway(
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> anyhow::Result<()> {
-    let mut config = silta_server::Config::default();
-    config.listen = listen;
+    let mut config = silta_server::Config {
+        listen,
+        ..Default::default()
+    };
     config.store.url = format!("sqlite://{}", db.display());
     config.tls.cert = pki.join("server.pem");
     config.tls.key = pki.join("server.key");

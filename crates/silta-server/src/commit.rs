@@ -12,7 +12,7 @@ use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::policy::{ConsentView, DecisionInput, Policies};
 use silta_core::report::EvictionStage;
 use silta_core::{Domain, Hetu, OrgId, Pseudonym, Pseudonymiser};
-use silta_store::{NewAlert, NewCase, NewReport, Store, StoreError, WriteTx};
+use silta_store::{Lookups, NewAlert, NewCase, NewReport, Store, StoreError, WriteTx};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -167,6 +167,30 @@ async fn apply_batch(
     decided: &mut Vec<DecisionLabels>,
 ) -> Result<Vec<Answer>, StoreError> {
     let mut tx = store.begin().await?;
+    // Every idempotency key and resident the batch will look up, read in one go.
+    let messages = || {
+        batch.iter().filter_map(|job| match job {
+            Job::Message(j, _) => Some(j),
+            Job::Audit { .. } => None,
+        })
+    };
+    let lookups = Lookups {
+        reports: messages()
+            .map(|j| (&j.ctx.caller.org, j.idempotency_key.as_str()))
+            .collect(),
+        consents: messages()
+            .filter_map(|j| Some((&j.lookup_key, j.policies.flow(&j.flow_id)?.purpose.as_str())))
+            .collect(),
+        tenancies: messages()
+            .filter_map(|j| match &j.route {
+                Route::ToSocialServices { tenancy_ref, .. } => {
+                    Some((&j.ctx.caller.org, tenancy_ref.as_str()))
+                }
+                Route::ToLandlord { .. } => None,
+            })
+            .collect(),
+    };
+    tx.prefetch(&lookups).await?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         results.push(match job {

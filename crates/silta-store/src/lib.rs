@@ -310,9 +310,28 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// What a batch is about to look up (see [`WriteTx::prefetch`]).
+#[derive(Debug, Default)]
+pub struct Lookups<'a> {
+    /// (landlord, idempotency key) of each report.
+    pub reports: Vec<(&'a OrgId, &'a str)>,
+    /// (subject key, purpose) of each message.
+    pub consents: Vec<(&'a Pseudonym, &'a str)>,
+    /// (landlord, tenancy reference) of each report that may open or reuse a case.
+    pub tenancies: Vec<(&'a OrgId, &'a str)>,
+}
+
 /// One write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
 #[async_trait]
 pub trait WriteTx: Send {
+    /// Says which reports ([`WriteTx::find_report`]), consents ([`WriteTx::consents_for`]) and
+    /// cases ([`WriteTx::case_ref`]) the calls that follow will look up, so the store can read
+    /// them in one query each rather than one per call. A hint only: every lookup answers the
+    /// same with or without it.
+    async fn prefetch(&mut self, _lookups: &Lookups<'_>) -> Result<()> {
+        Ok(())
+    }
+
     /// The report `landlord` sent under `idempotency_key`, if any.
     async fn find_report(
         &mut self,

@@ -2,7 +2,7 @@
 //! loss. One write connection serialises writers; a pool of read-only connections serves
 //! subscriptions concurrently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use crate::ledger::ledger_entry;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
+    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
     NewConsentRow, NewReport, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
     StoredReport, Withdrawal, WriteTx,
 };
@@ -76,6 +76,7 @@ impl Store for SqliteStore {
             frontier: None,
             pending: Pending::default(),
             alert_seqs: HashMap::new(),
+            prefetched: Prefetched::default(),
         }))
     }
 
@@ -258,11 +259,37 @@ struct SqliteTx {
     pending: Pending,
     /// Each recipient's last alert sequence number, as this transaction has advanced it.
     alert_seqs: HashMap<String, i64>,
+    /// What [`WriteTx::prefetch`] read, for the same reason as `pending`.
+    prefetched: Prefetched,
+}
+
+/// Reports and consents read ahead for a batch.
+#[derive(Default)]
+struct Prefetched {
+    /// (landlord, idempotency key) pairs looked up; those found are in `reports`.
+    report_keys: HashSet<(String, String)>,
+    reports: HashMap<(String, String), StoredReport>,
+    /// (subject key, purpose) → every consent stored for it; cleared when consents change.
+    consents: HashMap<(String, String), Vec<ConsentRecord>>,
+    /// (landlord, tenancy reference) pairs whose cases were all read into `cases`; cases this
+    /// transaction opens are added to `cases` too (and to `Pending::cases`).
+    tenancies: HashSet<(String, String)>,
+    cases: HashMap<CaseKey, String>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CaseKey {
+    landlord: String,
+    tenancy_ref: String,
+    recipient: String,
+    subject_key: String,
 }
 
 #[derive(Default)]
 struct Pending {
     reports: Vec<PendingReport>,
+    /// New cases: (key, case reference, audit subject, created at).
+    cases: Vec<(CaseKey, String, String, i64)>,
     alerts: Vec<PendingAlert>,
     audit: Vec<PendingAudit>,
     nodes: Vec<(u32, u64, Hash)>,
@@ -320,10 +347,19 @@ impl SqliteTx {
     /// the alerts that name them, audit entries in ledger order before their tree nodes.
     async fn flush(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
+        // One multi-statement query: sqlx binds the `?`s of each statement in turn, and the
+        // whole flush costs one trip to SQLite's worker thread.
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        let mut statements = 0usize;
+        let mut next = |q: &mut QueryBuilder<'_, Sqlite>| {
+            if statements > 0 {
+                q.push(";\n");
+            }
+            statements += 1;
+        };
         for chunk in pending.reports.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO reports (report_id, landlord_org, idempotency_key, fingerprint, received_at) ",
-            );
+            next(&mut q);
+            q.push("INSERT INTO reports (report_id, landlord_org, idempotency_key, fingerprint, received_at) ");
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(r.report_id.as_str())
                     .push_bind(r.landlord.as_str())
@@ -331,10 +367,24 @@ impl SqliteTx {
                     .push_bind(r.fingerprint.as_slice())
                     .push_bind(r.received_at);
             });
-            q.build().execute(&mut *self.tx).await?;
+        }
+        for chunk in pending.cases.chunks(ROWS_PER_INSERT) {
+            next(&mut q);
+            q.push("INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
+                                    audit_subject, created_at) ");
+            q.push_values(chunk, |mut b, (key, case_ref, audit_subject, at)| {
+                b.push_bind(case_ref.as_str())
+                    .push_bind(key.landlord.as_str())
+                    .push_bind(key.tenancy_ref.as_str())
+                    .push_bind(key.recipient.as_str())
+                    .push_bind(key.subject_key.as_str())
+                    .push_bind(audit_subject.as_str())
+                    .push_bind(*at);
+            });
         }
         for chunk in pending.alerts.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            next(&mut q);
+            q.push(
                 "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
                                      consent_id, report_id, subject_pseudonym, case_ref, payload,
                                      created_at) ",
@@ -353,24 +403,20 @@ impl SqliteTx {
                     .push_bind(a.payload.as_str())
                     .push_bind(a.created_at);
             });
-            q.build().execute(&mut *self.tx).await?;
         }
         if pending.seqs_changed {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO alert_sequences (recipient_org, last_seq) ",
-            );
+            next(&mut q);
+            q.push("INSERT INTO alert_sequences (recipient_org, last_seq) ");
             q.push_values(&self.alert_seqs, |mut b, (org, seq)| {
                 b.push_bind(org.as_str()).push_bind(*seq);
             });
             q.push(" ON CONFLICT (recipient_org) DO UPDATE SET last_seq = excluded.last_seq");
-            q.build().execute(&mut *self.tx).await?;
         }
         for chunk in pending.audit.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person, action,
+            next(&mut q);
+            q.push("INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person, action,
                                     flow_id, outcome, reason, policy_ids, subject, fields, recipients,
-                                    entry, leaf_hash) ",
-            );
+                                    entry, leaf_hash) ");
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(r.seq)
                     .push_bind(r.at)
@@ -389,15 +435,17 @@ impl SqliteTx {
                     .push_bind(r.entry.as_slice())
                     .push_bind(r.leaf.as_slice());
             });
-            q.build().execute(&mut *self.tx).await?;
         }
         for chunk in pending.nodes.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO ledger_nodes (level, idx, hash) ");
+            next(&mut q);
+            q.push("INSERT INTO ledger_nodes (level, idx, hash) ");
             q.push_values(chunk, |mut b, (level, index, hash)| {
                 b.push_bind(i64::from(*level))
                     .push_bind(seq_to_i64(*index))
                     .push_bind(hash.as_slice());
             });
+        }
+        if statements > 0 {
             q.build().execute(&mut *self.tx).await?;
         }
         Ok(())
@@ -431,6 +479,24 @@ async fn read_node(conn: &mut SqliteConnection, level: u32, index: u64) -> Resul
         .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))
 }
 
+fn consent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ConsentRecord> {
+    let org: String = r.try_get("recipient_org")?;
+    let state: String = r.try_get("state")?;
+    Ok(ConsentRecord {
+        consent_id: r.try_get("consent_id")?,
+        recipient: OrgId::new(&org)
+            .map_err(|e| StoreError::Corrupt(format!("consent recipient: {e}")))?,
+        purpose: r.try_get("purpose")?,
+        valid_from: from_ms(r.try_get("valid_from")?)?,
+        valid_until: from_ms(r.try_get("valid_until")?)?,
+        state: ConsentState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
+        covers_landlord: r.try_get::<i64, _>("covers_landlord")? != 0,
+        flows: serde_json::from_str(&r.try_get::<String, _>("flows")?)
+            .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
+    })
+}
+
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
     let v: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
     // A list of strings always serialises.
@@ -439,6 +505,117 @@ fn json_list<T: AsRef<str>>(items: &[T]) -> String {
 
 #[async_trait]
 impl WriteTx for SqliteTx {
+    async fn prefetch(&mut self, lookups: &Lookups<'_>) -> Result<()> {
+        let mut by_landlord: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (landlord, key) in &lookups.reports {
+            if self
+                .prefetched
+                .report_keys
+                .insert((landlord.as_str().to_owned(), (*key).to_owned()))
+            {
+                by_landlord.entry(landlord.as_str()).or_default().push(key);
+            }
+        }
+        for (landlord, keys) in by_landlord {
+            for chunk in keys.chunks(ROWS_PER_INSERT) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "SELECT idempotency_key, report_id, fingerprint, received_at FROM reports
+                     WHERE landlord_org = ",
+                );
+                q.push_bind(landlord).push(" AND idempotency_key IN (");
+                let mut keys = q.separated(", ");
+                for key in chunk {
+                    keys.push_bind(*key);
+                }
+                q.push(")");
+                for r in q.build().fetch_all(&mut *self.tx).await? {
+                    let key: String = r.try_get("idempotency_key")?;
+                    self.prefetched.reports.insert(
+                        (landlord.to_owned(), key),
+                        StoredReport {
+                            report_id: r.try_get("report_id")?,
+                            fingerprint: r.try_get("fingerprint")?,
+                            received_at: from_ms(r.try_get("received_at")?)?,
+                        },
+                    );
+                }
+            }
+        }
+        let mut by_purpose: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (subject, purpose) in &lookups.consents {
+            let key = (subject.as_str().to_owned(), (*purpose).to_owned());
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.prefetched.consents.entry(key)
+            {
+                slot.insert(Vec::new());
+                by_purpose
+                    .entry(purpose)
+                    .or_default()
+                    .push(subject.as_str());
+            }
+        }
+        for (purpose, subjects) in by_purpose {
+            for chunk in subjects.chunks(ROWS_PER_INSERT) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "SELECT subject_key, consent_id, recipient_org, purpose, valid_from,
+                            valid_until, state, covers_landlord, flows
+                     FROM consents WHERE purpose = ",
+                );
+                q.push_bind(purpose).push(" AND subject_key IN (");
+                let mut keys = q.separated(", ");
+                for subject in chunk {
+                    keys.push_bind(*subject);
+                }
+                q.push(")");
+                for r in q.build().fetch_all(&mut *self.tx).await? {
+                    let subject: String = r.try_get("subject_key")?;
+                    let consent = consent_from_row(&r)?;
+                    self.prefetched
+                        .consents
+                        .entry((subject, purpose.to_owned()))
+                        .or_default()
+                        .push(consent);
+                }
+            }
+        }
+        let mut tenancies: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (landlord, tenancy) in &lookups.tenancies {
+            let key = (landlord.as_str().to_owned(), (*tenancy).to_owned());
+            if self.prefetched.tenancies.insert(key) {
+                tenancies
+                    .entry(landlord.as_str())
+                    .or_default()
+                    .push(tenancy);
+            }
+        }
+        for (landlord, refs) in tenancies {
+            for chunk in refs.chunks(ROWS_PER_INSERT) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "SELECT case_ref, tenancy_ref, recipient_org, subject_key FROM cases
+                     WHERE landlord_org = ",
+                );
+                q.push_bind(landlord).push(" AND tenancy_ref IN (");
+                let mut keys = q.separated(", ");
+                for tenancy in chunk {
+                    keys.push_bind(*tenancy);
+                }
+                q.push(")");
+                for r in q.build().fetch_all(&mut *self.tx).await? {
+                    self.prefetched.cases.insert(
+                        CaseKey {
+                            landlord: landlord.to_owned(),
+                            tenancy_ref: r.try_get("tenancy_ref")?,
+                            recipient: r.try_get("recipient_org")?,
+                            subject_key: r.try_get("subject_key")?,
+                        },
+                        r.try_get("case_ref")?,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn find_report(
         &mut self,
         landlord: &OrgId,
@@ -455,6 +632,10 @@ impl WriteTx for SqliteTx {
                 fingerprint: r.fingerprint.clone(),
                 received_at: from_ms(r.received_at)?,
             }));
+        }
+        let key = (landlord.as_str().to_owned(), idempotency_key.to_owned());
+        if self.prefetched.report_keys.contains(&key) {
+            return Ok(self.prefetched.reports.get(&key).cloned());
         }
         let row = sqlx::query(
             "SELECT report_id, fingerprint, received_at FROM reports
@@ -490,6 +671,10 @@ impl WriteTx for SqliteTx {
         subject_key: &Pseudonym,
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>> {
+        let key = (subject_key.as_str().to_owned(), purpose.to_owned());
+        if let Some(consents) = self.prefetched.consents.get(&key) {
+            return Ok(consents.clone());
+        }
         let rows = sqlx::query(
             "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
                     covers_landlord, flows
@@ -499,28 +684,36 @@ impl WriteTx for SqliteTx {
         .bind(purpose)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let org: String = r.try_get("recipient_org")?;
-                let state: String = r.try_get("state")?;
-                Ok(ConsentRecord {
-                    consent_id: r.try_get("consent_id")?,
-                    recipient: OrgId::new(&org)
-                        .map_err(|e| StoreError::Corrupt(format!("consent recipient: {e}")))?,
-                    purpose: r.try_get("purpose")?,
-                    valid_from: from_ms(r.try_get("valid_from")?)?,
-                    valid_until: from_ms(r.try_get("valid_until")?)?,
-                    state: ConsentState::parse(&state)
-                        .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
-                    covers_landlord: r.try_get::<i64, _>("covers_landlord")? != 0,
-                    flows: serde_json::from_str(&r.try_get::<String, _>("flows")?)
-                        .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
-                })
-            })
-            .collect()
+        rows.iter().map(consent_from_row).collect()
     }
 
     async fn case_ref(&mut self, c: &NewCase<'_>) -> Result<String> {
+        let key = CaseKey {
+            landlord: c.landlord.as_str().to_owned(),
+            tenancy_ref: c.tenancy_ref.to_owned(),
+            recipient: c.recipient.as_str().to_owned(),
+            subject_key: c.subject_key.as_str().to_owned(),
+        };
+        if let Some(case_ref) = self.prefetched.cases.get(&key) {
+            return Ok(case_ref.clone());
+        }
+        if self
+            .prefetched
+            .tenancies
+            .contains(&(key.landlord.clone(), key.tenancy_ref.clone()))
+        {
+            // Every case of this tenancy was read ahead: this one is new.
+            self.prefetched
+                .cases
+                .insert(key.clone(), c.new_ref.to_owned());
+            self.pending.cases.push((
+                key,
+                c.new_ref.to_owned(),
+                c.audit_subject.as_str().to_owned(),
+                to_ms(c.now),
+            ));
+            return Ok(c.new_ref.to_owned());
+        }
         let row = sqlx::query(
             "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
                                 audit_subject, created_at)
@@ -574,6 +767,7 @@ impl WriteTx for SqliteTx {
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
+        self.prefetched.consents.clear();
         sqlx::query(
             "UPDATE consents SET state = 'superseded', changed_at = ?
              WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'",
@@ -640,6 +834,7 @@ impl WriteTx for SqliteTx {
         now: OffsetDateTime,
     ) -> Result<Withdrawal> {
         self.flush().await?;
+        self.prefetched.consents.clear();
         let withdrawn: Vec<String> = sqlx::query_scalar(
             "UPDATE consents SET state = 'withdrawn', changed_at = ?
              WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
