@@ -296,6 +296,13 @@ fn draw(path: &Path, r: &Results) -> anyhow::Result<()> {
         .flat_map(|s| s.points.iter().map(|p| p.concurrency))
         .max()
         .unwrap_or(1) as f64;
+    let mut callers: Vec<f64> = r
+        .systems
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.concurrency as f64))
+        .collect();
+    callers.sort_by(f64::total_cmp);
+    callers.dedup();
     let series = |sys: &System, f: &dyn Fn(&crate::Point) -> f64| -> Vec<(f64, f64)> {
         sys.points
             .iter()
@@ -318,13 +325,19 @@ fn draw(path: &Path, r: &Results) -> anyhow::Result<()> {
             .caption(format!("{title} vs concurrent callers"), ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d((0.8f64..max_c * 1.25).log_scale(), 0f64..top.max(1.0))?;
+            .y_label_area_size(72)
+            .build_cartesian_2d(
+                (0.8f64..max_c * 1.25)
+                    .log_scale()
+                    .with_key_points(callers.clone()),
+                0f64..top.max(1.0),
+            )?;
         chart
             .configure_mesh()
             .x_desc("concurrent callers")
             .y_desc(unit)
             .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
         for sys in &r.systems {
             let c = colour(sys.name);
