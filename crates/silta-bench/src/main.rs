@@ -485,40 +485,60 @@ async fn bench(settings: &Settings, nginx: Option<&Path>) -> anyhow::Result<Resu
     drop(nginx_proc);
     drop(echo);
 
-    // How cost grows with the ledger.
-    let mut growth = Vec::new();
-    for &target in &settings.ledger_sizes {
-        let fill = Instant::now();
-        while gateway.ledger_entries().await? < target {
-            let run = silta_load.closed(64, Duration::from_secs(2)).await;
-            check("silta", "filling the ledger", &run)?;
-        }
-        let fill = fill.elapsed();
-        let run = silta_load
-            .closed(64, Duration::from_secs_f64(settings.seconds))
-            .await;
-        check("silta", "at ledger size", &run)?;
-        let entries = gateway.ledger_entries().await?;
-        let proof_ms = gateway.proof_time(&pki, entries, 200).await?;
-        let g = Growth {
-            entries,
-            reports_per_s: run.per_second(),
-            db_bytes: procs::sqlite_size(&gateway.db),
-            proof_ms,
-            fill,
-        };
-        println!(
-            "  ledger {:>9} entries: {:>6.0} reports/s, {:>7.1} MB on disk, inclusion proof {:.2} ms",
-            g.entries,
-            g.reports_per_s,
-            g.db_bytes as f64 / 1e6,
-            g.proof_ms
-        );
-        growth.push(g);
-    }
     let alerts = subscriber.alerts();
     drop(subscriber);
     drop(gateway);
+
+    // How cost grows with the ledger: a fresh gateway with the same population, filled by the
+    // same reports (and a subscriber draining the alerts), measured at each size.
+    let mut growth = Vec::new();
+    if !settings.ledger_sizes.is_empty() {
+        println!(
+            "ledger growth: a fresh gateway, {} enrolled",
+            settings.enrolled
+        );
+        let gateway = Gateway::start(&exe, &pki, "silta-growth").await?;
+        let population = Population::new(settings.enrolled);
+        let social = client::connect(gateway.listen, &pki.ca, &pki.social.0, &pki.social.1).await?;
+        load::enrol(&social, &population, 64).await?;
+        let subscriber = Subscriber::start(social, population.clone()).await?;
+        let load = Load::new(
+            pki.channels(gateway.listen, settings.connections).await?,
+            population,
+        );
+        for &target in &settings.ledger_sizes {
+            let fill = Instant::now();
+            while gateway.ledger_entries().await? < target {
+                let run = load.closed(64, Duration::from_secs(2)).await;
+                check("silta", "filling the ledger", &run)?;
+            }
+            let fill = fill.elapsed();
+            let run = load
+                .closed(64, Duration::from_secs_f64(settings.seconds))
+                .await;
+            check("silta", "at ledger size", &run)?;
+            let entries = gateway.ledger_entries().await?;
+            let proof_ms = gateway.proof_time(&pki, entries, 200).await?;
+            let g = Growth {
+                entries,
+                reports_per_s: run.per_second(),
+                db_bytes: procs::sqlite_size(&gateway.db),
+                proof_ms,
+                fill,
+            };
+            println!(
+                "  ledger {:>9} entries: {:>6.0} reports/s, {:>7.1} MB on disk, inclusion proof {:.2} ms",
+                g.entries,
+                g.reports_per_s,
+                g.db_bytes as f64 / 1e6,
+                g.proof_ms
+            );
+            growth.push(g);
+        }
+        if let Some(failure) = subscriber.failure() {
+            bail!("the subscriber failed: {failure}");
+        }
+    }
 
     // Memory per open subscription, on a fresh gateway.
     println!("subscriptions: memory of a fresh gateway with open alert streams");

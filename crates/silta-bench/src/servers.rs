@@ -125,7 +125,7 @@ pub(crate) async fn run_gateway(
     Ok(())
 }
 
-/// A child process that is killed when dropped.
+/// A child process that is stopped when dropped.
 pub(crate) struct Proc {
     pub(crate) name: &'static str,
     child: Child,
@@ -160,7 +160,18 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM, then SIGKILL after 5 s. nginx needs the polite signal: killing its master
+    /// outright leaves the workers running.
     fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -351,7 +351,7 @@ pub async fn start(
                 Arc::clone(&store),
                 stop.clone(),
             ));
-            tracing::info!(addr = ?bound, "admin port: /metrics");
+            tracing::info!(addr = ?bound, "admin port: /metrics, /healthz, /readyz");
             bound
         }
         None => None,

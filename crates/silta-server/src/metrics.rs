@@ -163,35 +163,66 @@ impl Drop for SubscriptionGuard {
     }
 }
 
-/// Serves `/metrics` on `listener` until `stop`.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+///
+/// The two probes exist for orchestrators whose health checks cannot present a client
+/// certificate (the kubelet's): `/healthz` answers 200 while the process serves HTTP at all;
+/// `/readyz` answers 200 only while the store answers a read within two seconds and shutdown
+/// has not begun, 503 otherwise. Neither says anything about any organisation or person.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<dyn silta_store::Store>,
     stop: CancellationToken,
 ) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = Arc::clone(&metrics);
-            let store = Arc::clone(&store);
-            async move {
-                // A failed count leaves the last value; the store's own error is logged there.
-                if let Ok(n) = store.undelivered().await {
-                    metrics
-                        .undelivered
-                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+    let ready_store = Arc::clone(&store);
+    let ready_stop = stop.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let store = Arc::clone(&ready_store);
+                let stop = ready_stop.clone();
+                async move {
+                    use axum::http::StatusCode;
+                    if stop.is_cancelled() {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+                    }
+                    let probe = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        store.ledger_head(),
+                    )
+                    .await;
+                    match probe {
+                        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
+                        _ => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+                    }
                 }
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = Arc::clone(&metrics);
+                let store = Arc::clone(&store);
+                async move {
+                    // A failed count leaves the last value; the store's own error is logged there.
+                    if let Ok(n) = store.undelivered().await {
+                        metrics
+                            .undelivered
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;

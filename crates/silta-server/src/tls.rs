@@ -79,7 +79,31 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     if crls.is_empty() {
         return Err(file_error(path, "holds no PEM X509 CRL"));
     }
+    warn_if_stale(path, &crls);
     Ok(crls)
+}
+
+/// Logs a warning for each CRL past its `nextUpdate`. Such a list is still applied (what it
+/// revokes stays revoked), but a certificate revoked since it was issued would not be refused:
+/// the operator has to publish a fresh CRL and send SIGHUP.
+fn warn_if_stale(path: &Path, crls: &[CertificateRevocationListDer<'_>]) {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let now = x509_parser::time::ASN1Time::now();
+    for der in crls {
+        let Ok((_, crl)) = CertificateRevocationList::from_der(der) else {
+            continue; // rustls reports a malformed list when it builds the verifier
+        };
+        if let Some(next) = crl.next_update()
+            && next < now
+        {
+            tracing::warn!(
+                file = %path.display(),
+                next_update = %next,
+                "client CRL is past its nextUpdate: publish a fresh one and send SIGHUP"
+            );
+        }
+    }
 }
 
 /// Reads the private key in a PEM file.
