@@ -68,7 +68,9 @@ fn markdown(settings: &Settings, r: &Results) -> String {
     let find = |name: &str| r.systems.iter().find(|sys| sys.name == name);
     let date = r
         .started
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute] UTC"
+        ))
         .unwrap_or_default();
     let mut command = String::from("cargo run --release -p silta-bench --");
     if settings.quick {
@@ -154,8 +156,8 @@ fn markdown(settings: &Settings, r: &Results) -> String {
     }
     let _ = writeln!(
         s,
-        "| policy decision / pseudonym | ≤ 20 µs / ≤ 2 µs | see the criterion table above | |\n\
-         | ledger verification | ≥ 1 M entries/s | see the criterion table above | |\n"
+        "| policy decision / pseudonym | ≤ 20 µs / ≤ 2 µs | criterion (`cargo bench -p silta-core`), in the table at the top | |\n\
+         | ledger verification | ≥ 1 M entries/s | criterion (`cargo bench -p silta-ledger`), in the table at the top | |\n"
     );
 
     // The sweep.
@@ -220,8 +222,9 @@ fn markdown(settings: &Settings, r: &Results) -> String {
             s,
             "\nReport → subscriber (sent by the landlord until the alert reaches the social \
              worker's stream): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} alerts. \
-             Each report costs {:.2} ledger entries on average (the report, its decisions, \
-             the alert, and a share of the subscriber's acknowledgements). Enrolling {} \
+             Each report costs {:.2} ledger entries on average (one audit record per report, \
+             naming the recipients it was disclosed to, plus a share of the subscriber's \
+             acknowledgements). Enrolling {} \
              residents took {:.1} s; the subscriber read {} alerts in the whole run.\n",
             q(0.5),
             q(0.99),
