@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +39,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     /// The connection that copies the WAL back into the database file (see `checkpoint_wal`).
     wal: SqlitePool,
+    /// Dropped with the last clone of the store, which stops the checkpoint task.
+    _alive: Arc<()>,
 }
 
 impl SqliteStore {
@@ -61,16 +64,22 @@ impl SqliteStore {
             )
             .await?;
         MIGRATOR.run(&write).await?;
-        let wal = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(base.clone())
-            .await?;
-        tokio::spawn(checkpoint_wal(wal.clone()));
         let read = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(base.read_only(true))
+            .connect_with(base.clone().read_only(true))
             .await?;
-        Ok(SqliteStore { write, read, wal })
+        let wal = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base)
+            .await?;
+        let alive = Arc::new(());
+        tokio::spawn(checkpoint_wal(wal.clone(), Arc::downgrade(&alive)));
+        Ok(SqliteStore {
+            write,
+            read,
+            wal,
+            _alive: alive,
+        })
     }
 
     /// Opens the database named by a `sqlite://PATH` URL or a plain path.
@@ -269,8 +278,8 @@ struct SqliteTx {
     /// Rows written by this transaction that SQLite has not seen yet. sqlx runs every SQLite
     /// statement on its own worker thread, so each one costs two thread switches: writing a
     /// batch's rows as a few multi-row inserts at the end (or before any statement that reads
-    /// those tables) instead of one statement per row made the group commit several times
-    /// cheaper.
+    /// those tables) instead of one statement per row more than doubled the reports a second
+    /// the group commit keeps up with (docs/performance.md).
     pending: Pending,
     /// Each recipient's last alert sequence number, as this transaction has advanced it.
     alert_seqs: HashMap<String, i64>,
@@ -303,6 +312,8 @@ struct CaseKey {
 #[derive(Default)]
 struct Pending {
     reports: Vec<PendingReport>,
+    /// (landlord, idempotency key) → index in `reports`.
+    report_index: HashMap<(String, String), usize>,
     /// New cases: (key, case reference, audit subject, created at).
     cases: Vec<(CaseKey, String, String, i64)>,
     alerts: Vec<PendingAlert>,
@@ -461,7 +472,21 @@ impl SqliteTx {
             });
         }
         if statements > 0 {
-            q.build().execute(&mut *self.tx).await?;
+            // Statements whose text depends on the batch's size: not worth caching.
+            q.build().persistent(false).execute(&mut *self.tx).await?;
+        }
+        // Written reports stay findable without a read, like those never prefetched.
+        for r in pending.reports {
+            let key = (r.landlord, r.idempotency_key);
+            self.prefetched.report_keys.insert(key.clone());
+            self.prefetched.reports.insert(
+                key,
+                StoredReport {
+                    report_id: r.report_id,
+                    fingerprint: r.fingerprint,
+                    received_at: from_ms(r.received_at)?,
+                },
+            );
         }
         Ok(())
     }
@@ -478,11 +503,15 @@ impl SqliteTx {
 /// 1.5 GB). The writer therefore keeps an automatic checkpoint at 10,000 pages (40 MB): when it
 /// runs, this task has already copied nearly everything, so it is short, and it lets the next
 /// transaction start the WAL over.
-async fn checkpoint_wal(pool: SqlitePool) {
+async fn checkpoint_wal(pool: SqlitePool, store: std::sync::Weak<()>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if store.strong_count() == 0 {
+            pool.close().await;
+            return;
+        }
         if pool.is_closed() {
             return;
         }
@@ -574,7 +603,7 @@ impl WriteTx for SqliteTx {
                     keys.push_bind(*key);
                 }
                 q.push(")");
-                for r in q.build().fetch_all(&mut *self.tx).await? {
+                for r in q.build().persistent(false).fetch_all(&mut *self.tx).await? {
                     let key: String = r.try_get("idempotency_key")?;
                     self.prefetched.reports.insert(
                         (landlord.to_owned(), key),
@@ -613,7 +642,7 @@ impl WriteTx for SqliteTx {
                     keys.push_bind(*subject);
                 }
                 q.push(")");
-                for r in q.build().fetch_all(&mut *self.tx).await? {
+                for r in q.build().persistent(false).fetch_all(&mut *self.tx).await? {
                     let subject: String = r.try_get("subject_key")?;
                     let consent = consent_from_row(&r)?;
                     self.prefetched
@@ -646,7 +675,7 @@ impl WriteTx for SqliteTx {
                     keys.push_bind(*tenancy);
                 }
                 q.push(")");
-                for r in q.build().fetch_all(&mut *self.tx).await? {
+                for r in q.build().persistent(false).fetch_all(&mut *self.tx).await? {
                     self.prefetched.cases.insert(
                         CaseKey {
                             landlord: landlord.to_owned(),
@@ -667,11 +696,12 @@ impl WriteTx for SqliteTx {
         landlord: &OrgId,
         idempotency_key: &str,
     ) -> Result<Option<StoredReport>> {
+        let key = (landlord.as_str().to_owned(), idempotency_key.to_owned());
         if let Some(r) = self
             .pending
-            .reports
-            .iter()
-            .find(|r| r.landlord == landlord.as_str() && r.idempotency_key == idempotency_key)
+            .report_index
+            .get(&key)
+            .and_then(|&i| self.pending.reports.get(i))
         {
             return Ok(Some(StoredReport {
                 report_id: r.report_id.clone(),
@@ -679,7 +709,6 @@ impl WriteTx for SqliteTx {
                 received_at: from_ms(r.received_at)?,
             }));
         }
-        let key = (landlord.as_str().to_owned(), idempotency_key.to_owned());
         if self.prefetched.report_keys.contains(&key) {
             return Ok(self.prefetched.reports.get(&key).cloned());
         }
@@ -702,6 +731,13 @@ impl WriteTx for SqliteTx {
     }
 
     async fn insert_report(&mut self, report: &NewReport<'_>) -> Result<()> {
+        self.pending.report_index.insert(
+            (
+                report.landlord.as_str().to_owned(),
+                report.idempotency_key.to_owned(),
+            ),
+            self.pending.reports.len(),
+        );
         self.pending.reports.push(PendingReport {
             report_id: report.report_id.to_owned(),
             landlord: report.landlord.as_str().to_owned(),

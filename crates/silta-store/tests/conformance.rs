@@ -8,7 +8,9 @@ use silta_core::policy::{ConsentView, DecisionInput, Permit, Policies};
 use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
-use silta_store::{NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, SqliteStore, Store};
+use silta_store::{
+    Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, SqliteStore, Store,
+};
 
 const PURPOSE: &str = "eviction-prevention";
 const FLOW: &str = "rent-arrears";
@@ -433,6 +435,81 @@ async fn audit_appends_build_a_ledger_that_survives_rollbacks(store: &dyn Store)
     assert_eq!((latest.size, latest.note.as_str()), (head.size, "note\n"));
 }
 
+/// `prefetch` is a hint: the lookups after it answer as without it, also once the store has
+/// had to write the transaction's pending rows (an acknowledgement does) and for cases opened
+/// in the same transaction.
+async fn prefetched_lookups_answer_as_without_prefetch(store: &dyn Store) {
+    let landlord = org("landlord-p");
+    let recipient = org("ss-p");
+    let (subject, audit) = (ps("subject-p"), ps("audit-p"));
+    let at = now();
+    let mut tx = store.begin().await.expect("begin");
+    tx.prefetch(&Lookups {
+        reports: vec![(&landlord, "pk-1"), (&landlord, "pk-2")],
+        consents: vec![(&subject, PURPOSE)],
+        tenancies: vec![(&landlord, "T-P")],
+    })
+    .await
+    .expect("prefetch");
+    assert!(
+        tx.find_report(&landlord, "pk-1")
+            .await
+            .expect("find")
+            .is_none()
+    );
+    assert!(
+        tx.consents_for(&subject, PURPOSE)
+            .await
+            .expect("consents")
+            .is_empty()
+    );
+    tx.insert_report(&NewReport {
+        report_id: "rp-1",
+        landlord: &landlord,
+        idempotency_key: "pk-1",
+        fingerprint: &[9; 32],
+        received_at: at,
+    })
+    .await
+    .expect("insert report");
+    let case = |new_ref| NewCase {
+        landlord: &landlord,
+        tenancy_ref: "T-P",
+        recipient: &recipient,
+        subject_key: &subject,
+        audit_subject: &audit,
+        new_ref,
+        now: at,
+    };
+    let first = tx.case_ref(&case("case-p-1")).await.expect("case");
+    assert_eq!(first, "case-p-1");
+    assert_eq!(tx.case_ref(&case("case-p-2")).await.expect("case"), first);
+    // Makes the SQLite store write what it holds; the lookups must not change their answers.
+    tx.ack_alerts(&recipient, 0, &[], at).await.expect("ack");
+    let found = tx
+        .find_report(&landlord, "pk-1")
+        .await
+        .expect("find")
+        .expect("the report inserted above");
+    assert_eq!(found.report_id, "rp-1");
+    assert!(
+        tx.find_report(&landlord, "pk-2")
+            .await
+            .expect("find")
+            .is_none()
+    );
+    assert_eq!(tx.case_ref(&case("case-p-3")).await.expect("case"), first);
+    tx.commit().await.expect("commit");
+    let found = store
+        .find_case(&recipient, &first)
+        .await
+        .expect("find case");
+    assert!(
+        found.is_some(),
+        "the case opened in the transaction is stored"
+    );
+}
+
 async fn suite(store: &dyn Store) {
     audit_appends_build_a_ledger_that_survives_rollbacks(store).await;
     consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(store).await;
@@ -440,6 +517,7 @@ async fn suite(store: &dyn Store) {
     reports_are_found_by_key_and_cases_are_stable(store).await;
     an_uncommitted_transaction_leaves_nothing(store).await;
     retention_purges_one_flow_at_a_time(store).await;
+    prefetched_lookups_answer_as_without_prefetch(store).await;
 }
 
 #[tokio::test]
