@@ -492,6 +492,35 @@ impl SqliteTx {
     }
 }
 
+/// `select WHERE eq.0 = eq.1 AND within.0 IN (within.1…)`, in chunks under SQLite's limit on
+/// bound variables. Column names are the caller's constants, never input.
+async fn select_in(
+    conn: &mut SqliteConnection,
+    select: &str,
+    eq: (&str, &str),
+    within: (&str, &[&str]),
+) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
+    let mut rows = Vec::new();
+    for chunk in within.1.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(select);
+        q.push(" WHERE ")
+            .push(eq.0)
+            .push(" = ")
+            .push_bind(eq.1)
+            .push(" AND ")
+            .push(within.0)
+            .push(" IN (");
+        let mut list = q.separated(", ");
+        for value in chunk {
+            list.push_bind(*value);
+        }
+        q.push(")");
+        // Its text depends on the batch's size: not worth caching.
+        rows.extend(q.build().persistent(false).fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
 /// Copies committed pages from the WAL back into the database file, twice a second, on a
 /// connection of its own. SQLite would otherwise do it inside whichever commit crosses 1,000 WAL
 /// pages, and that commit, with every report in its batch, would wait for the whole copy and
@@ -592,28 +621,23 @@ impl WriteTx for SqliteTx {
             }
         }
         for (landlord, keys) in by_landlord {
-            for chunk in keys.chunks(ROWS_PER_INSERT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT idempotency_key, report_id, fingerprint, received_at FROM reports
-                     WHERE landlord_org = ",
+            let rows = select_in(
+                &mut self.tx,
+                "SELECT idempotency_key, report_id, fingerprint, received_at FROM reports",
+                ("landlord_org", landlord),
+                ("idempotency_key", &keys),
+            )
+            .await?;
+            for r in rows {
+                let key: String = r.try_get("idempotency_key")?;
+                self.prefetched.reports.insert(
+                    (landlord.to_owned(), key),
+                    StoredReport {
+                        report_id: r.try_get("report_id")?,
+                        fingerprint: r.try_get("fingerprint")?,
+                        received_at: from_ms(r.try_get("received_at")?)?,
+                    },
                 );
-                q.push_bind(landlord).push(" AND idempotency_key IN (");
-                let mut keys = q.separated(", ");
-                for key in chunk {
-                    keys.push_bind(*key);
-                }
-                q.push(")");
-                for r in q.build().persistent(false).fetch_all(&mut *self.tx).await? {
-                    let key: String = r.try_get("idempotency_key")?;
-                    self.prefetched.reports.insert(
-                        (landlord.to_owned(), key),
-                        StoredReport {
-                            report_id: r.try_get("report_id")?,
-                            fingerprint: r.try_get("fingerprint")?,
-                            received_at: from_ms(r.try_get("received_at")?)?,
-                        },
-                    );
-                }
             }
         }
         let mut by_purpose: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -630,27 +654,22 @@ impl WriteTx for SqliteTx {
             }
         }
         for (purpose, subjects) in by_purpose {
-            for chunk in subjects.chunks(ROWS_PER_INSERT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT subject_key, consent_id, recipient_org, purpose, valid_from,
-                            valid_until, state, covers_landlord, flows
-                     FROM consents WHERE purpose = ",
-                );
-                q.push_bind(purpose).push(" AND subject_key IN (");
-                let mut keys = q.separated(", ");
-                for subject in chunk {
-                    keys.push_bind(*subject);
-                }
-                q.push(")");
-                for r in q.build().persistent(false).fetch_all(&mut *self.tx).await? {
-                    let subject: String = r.try_get("subject_key")?;
-                    let consent = consent_from_row(&r)?;
-                    self.prefetched
-                        .consents
-                        .entry((subject, purpose.to_owned()))
-                        .or_default()
-                        .push(consent);
-                }
+            let rows = select_in(
+                &mut self.tx,
+                "SELECT subject_key, consent_id, recipient_org, purpose, valid_from, valid_until,
+                        state, covers_landlord, flows FROM consents",
+                ("purpose", purpose),
+                ("subject_key", &subjects),
+            )
+            .await?;
+            for r in rows {
+                let subject: String = r.try_get("subject_key")?;
+                let consent = consent_from_row(&r)?;
+                self.prefetched
+                    .consents
+                    .entry((subject, purpose.to_owned()))
+                    .or_default()
+                    .push(consent);
             }
         }
         let mut tenancies: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -664,28 +683,23 @@ impl WriteTx for SqliteTx {
             }
         }
         for (landlord, refs) in tenancies {
-            for chunk in refs.chunks(ROWS_PER_INSERT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT case_ref, tenancy_ref, recipient_org, subject_key FROM cases
-                     WHERE landlord_org = ",
+            let rows = select_in(
+                &mut self.tx,
+                "SELECT case_ref, tenancy_ref, recipient_org, subject_key FROM cases",
+                ("landlord_org", landlord),
+                ("tenancy_ref", &refs),
+            )
+            .await?;
+            for r in rows {
+                self.prefetched.cases.insert(
+                    CaseKey {
+                        landlord: landlord.to_owned(),
+                        tenancy_ref: r.try_get("tenancy_ref")?,
+                        recipient: r.try_get("recipient_org")?,
+                        subject_key: r.try_get("subject_key")?,
+                    },
+                    r.try_get("case_ref")?,
                 );
-                q.push_bind(landlord).push(" AND tenancy_ref IN (");
-                let mut keys = q.separated(", ");
-                for tenancy in chunk {
-                    keys.push_bind(*tenancy);
-                }
-                q.push(")");
-                for r in q.build().persistent(false).fetch_all(&mut *self.tx).await? {
-                    self.prefetched.cases.insert(
-                        CaseKey {
-                            landlord: landlord.to_owned(),
-                            tenancy_ref: r.try_get("tenancy_ref")?,
-                            recipient: r.try_get("recipient_org")?,
-                            subject_key: r.try_get("subject_key")?,
-                        },
-                        r.try_get("case_ref")?,
-                    );
-                }
             }
         }
         Ok(())
