@@ -2,8 +2,8 @@
 
 use silta_server::proto;
 use silta_tests::{
-    DPO, LANDLORD, SOCIAL_A, SOCIAL_B, TestGateway, captured_logs, enrol, invalid_hetus, report,
-    valid_hetus,
+    DPO, LANDLORD, SOCIAL_A, SOCIAL_B, TestGateway, captured_logs, enrol, exported_spans,
+    invalid_hetus, report, valid_hetus,
 };
 use tokio_stream::StreamExt;
 
@@ -121,6 +121,11 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
             && logs.contains("close"),
         "RPC spans were not captured"
     );
+    let spans = exported_spans();
+    assert!(
+        spans.contains("/silta.v1.Landlord/ReportRentArrears") && spans.contains("rent-arrears"),
+        "RPC spans were not exported over OTLP"
+    );
 
     let mut codes: Vec<String> = valid.clone();
     codes.extend(
@@ -140,6 +145,10 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
             assert!(
                 !logs.contains(&form),
                 "an identity code is in the logs in clear"
+            );
+            assert!(
+                !spans.contains(&form),
+                "an identity code is in the exported spans in clear"
             );
         }
     }

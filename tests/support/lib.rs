@@ -362,18 +362,108 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Captures every log line of this test process, at TRACE level, in memory.
+/// Captures every log line of this test process, at TRACE level, in memory, and exports every
+/// span over OTLP/gRPC (the gateway's own exporter) to a receiver in this process.
 pub fn capture_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            // Span closings too, with every field recorded: what an exporter would send.
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let logs = tracing_subscriber::fmt::layer()
+            // Span closings too, with every field recorded.
             .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .with_writer(|| LogWriter)
-            .with_ansi(false)
+            .with_ansi(false);
+        tracing_subscriber::registry()
+            .with(logs)
+            .with(silta_server::telemetry::otlp_layer(&otlp().provider))
+            .with(tracing_subscriber::filter::LevelFilter::TRACE)
             .init();
     });
+}
+
+/// An OTLP receiver on loopback and the span exporter that sends to it, both on a runtime of
+/// their own: the exporter's channel must outlive every test's runtime.
+struct Otlp {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    received: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+fn otlp() -> &'static Otlp {
+    static OTLP: std::sync::OnceLock<Otlp> = std::sync::OnceLock::new();
+    OTLP.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("OTLP runtime");
+            runtime.block_on(async move {
+                let received = std::sync::Arc::new(Mutex::new(Vec::new()));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind OTLP receiver");
+                let addr = listener.local_addr().expect("OTLP address");
+                let service = TraceServiceServer::new(Receiver(received.clone()));
+                tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                            listener,
+                        )),
+                );
+                let provider = silta_server::telemetry::otlp_provider(
+                    &format!("http://{addr}"),
+                    None,
+                    "silta-test",
+                )
+                .expect("OTLP exporter");
+                tx.send(Otlp { provider, received }).expect("send OTLP");
+                std::future::pending::<()>().await
+            })
+        });
+        rx.recv().expect("OTLP receiver started")
+    })
+}
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+struct Receiver(std::sync::Arc<Mutex<Vec<String>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        // The debug form shows every span name, attribute and event as sent.
+        let text = format!("{:?}", request.into_inner());
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Every span exported over OTLP so far, after flushing the exporter's queue.
+pub fn exported_spans() -> String {
+    let otlp = otlp();
+    // The flush blocks until the receiver answered; off the test's runtime thread.
+    std::thread::scope(|s| {
+        s.spawn(|| otlp.provider.force_flush().expect("flush OTLP exporter"))
+            .join()
+            .expect("flush thread")
+    });
+    otlp.received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .join("\n")
 }
 
 /// Everything logged so far.

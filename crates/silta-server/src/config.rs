@@ -97,6 +97,18 @@ impl Config {
         if self.log.format != "pretty" && self.log.format != "json" {
             return Err("log.format must be \"pretty\" or \"json\"".into());
         }
+        if let Some(endpoint) = &self.log.otlp_endpoint {
+            if endpoint.starts_with("https://") {
+                if self.log.otlp_ca_file.is_none() {
+                    return Err("log.otlp_endpoint is https: set log.otlp_ca_file to the PEM CA that signed the collector's certificate".into());
+                }
+            } else if !endpoint.starts_with("http://") {
+                return Err(
+                    "log.otlp_endpoint must be an http:// or https:// URL, e.g. http://127.0.0.1:4317"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -307,6 +319,13 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter, e.g. `info` or `silta_server=debug,info`. `RUST_LOG` overrides it.
     pub level: String,
+    /// Export spans over OTLP/gRPC to this collector, e.g. `http://127.0.0.1:4317`. Unset: no
+    /// export. Spans carry the same fields as the logs, never an identity code.
+    pub otlp_endpoint: Option<String>,
+    /// PEM CA certificates that verify an `https://` collector. Required for `https`.
+    pub otlp_ca_file: Option<PathBuf>,
+    /// `service.name` of the exported spans.
+    pub otlp_service_name: String,
 }
 
 impl Default for LogConfig {
@@ -314,6 +333,9 @@ impl Default for LogConfig {
         LogConfig {
             format: "pretty".into(),
             level: "info".into(),
+            otlp_endpoint: None,
+            otlp_ca_file: None,
+            otlp_service_name: "silta".into(),
         }
     }
 }
@@ -326,11 +348,17 @@ mod tests {
     fn defaults_are_valid_and_unworkable_values_name_their_key() {
         assert_eq!(Config::default().validate(), Ok(()));
         type Breaker = fn(&mut Config);
-        let cases: [(&str, Breaker); 4] = [
+        let cases: [(&str, Breaker); 6] = [
             ("tuning.delivery_page", |c| c.tuning.delivery_page = 0),
             ("tuning.delivery_poll_ms", |c| c.tuning.delivery_poll_ms = 0),
             ("tuning.max_batch", |c| c.tuning.max_batch = 0),
             ("log.format", |c| c.log.format = "xml".into()),
+            ("log.otlp_endpoint", |c| {
+                c.log.otlp_endpoint = Some("collector:4317".into())
+            }),
+            ("log.otlp_endpoint", |c| {
+                c.log.otlp_endpoint = Some("https://collector:4317".into())
+            }),
         ];
         for (key, break_it) in cases {
             let mut c = Config::default();

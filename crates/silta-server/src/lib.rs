@@ -26,6 +26,7 @@ mod proto_debug;
 mod retention;
 pub mod services;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -106,9 +106,16 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(config.as_deref())?;
-            init_logging(&config.log.format, &config.log.level);
+            let runtime = runtime()?;
+            // The OTLP exporter's channel runs on the runtime, so it is built inside it.
+            let telemetry =
+                runtime.block_on(async { silta_server::telemetry::init(&config.log) })?;
             let secret = load_secret(&config)?;
-            runtime()?.block_on(serve(config, secret))
+            let served = runtime.block_on(serve(config, secret));
+            // Flush the last spans before the runtime goes.
+            runtime
+                .block_on(async { tokio::task::spawn_blocking(|| telemetry.shutdown()).await })?;
+            served
         }
         Command::Demo => {
             init_logging("pretty", "warn");
@@ -392,19 +399,11 @@ fn dev_pki(out: &Path, trust_domain: &str, clients: &[String]) -> anyhow::Result
 }
 
 fn init_logging(format: &str, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        // Each line carries the RPC's span (path, request id, organisation, role, flow, code).
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        builder.init();
-    }
+    let log = silta_server::config::LogConfig {
+        format: format.into(),
+        level: level.into(),
+        ..Default::default()
+    };
+    // Only `serve` installs a subscriber otherwise, and nothing installs two.
+    let _ = silta_server::telemetry::init(&log);
 }

@@ -1,0 +1,158 @@
+//! Logs and traces: one `tracing` subscriber that writes logs to stderr (pretty or JSON) and,
+//! when `log.otlp_endpoint` is set, exports every span over OTLP/gRPC with a batch exporter.
+//!
+//! The exported spans carry exactly the fields the logs do (RPC path, request id,
+//! organisation, role, flow, decision, status code, duration): the request path never records
+//! an identity code, so neither does an exporter. The privacy e2e test captures both the log
+//! text and the spans a real OTLP receiver gets, and checks them.
+
+use std::path::Path;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::config::LogConfig;
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built (a malformed endpoint, say).
+    #[error("log.otlp_endpoint: {0}")]
+    Otlp(String),
+    /// A global subscriber was already installed.
+    #[error("logging was already initialised")]
+    AlreadyInitialised,
+}
+
+/// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes what is still queued.
+#[must_use = "dropping it stops nothing, but call shutdown() so the last spans are exported"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued (bounded by the exporter's timeout) and stops the
+    /// exporter. Call it from a multi-threaded runtime's worker or outside any runtime.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly; the last spans may be lost");
+        }
+    }
+}
+
+/// A tracer provider exporting spans over OTLP/gRPC to `endpoint` (e.g.
+/// `http://127.0.0.1:4317`), named `service` in the exported resource. An `https` endpoint is
+/// verified against the PEM certificates in `ca_file`.
+///
+/// Must be called inside a multi-threaded tokio runtime that outlives the provider: the
+/// exporter's gRPC channel runs on it.
+pub fn otlp_provider(
+    endpoint: &str,
+    ca_file: Option<&Path>,
+    service: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint);
+    if let Some(ca_file) = ca_file {
+        let pem = std::fs::read(ca_file).map_err(|e| {
+            TelemetryError::Otlp(format!("log.otlp_ca_file {}: {e}", ca_file.display()))
+        })?;
+        builder = builder.with_tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        );
+    }
+    let exporter = builder
+        .build()
+        .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+    let resource = Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("service.name", service.to_owned()),
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// The `tracing` layer that turns spans into OpenTelemetry spans of `provider`.
+///
+/// The transport crates' own spans are left out: the exporter itself runs on h2, hyper and
+/// tonic, and exporting the spans of an export would feed itself.
+pub fn otlp_layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let own_transport = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(
+            [
+                "h2",
+                "hyper",
+                "hyper_util",
+                "tower",
+                "tonic::transport",
+                "opentelemetry",
+                "opentelemetry_sdk",
+                "opentelemetry_otlp",
+            ]
+            .map(|t| (t, LevelFilter::OFF)),
+        );
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("silta"))
+        .with_filter(own_transport)
+}
+
+/// Installs the process-wide subscriber: logs to stderr in `log.format` at `log.level`
+/// (`RUST_LOG` overrides the level), plus OTLP export when `log.otlp_endpoint` is set.
+///
+/// With an OTLP endpoint it must run inside a multi-threaded tokio runtime.
+pub fn init(log: &LogConfig) -> Result<Telemetry, TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let provider = match log.otlp_endpoint.as_deref() {
+        Some(endpoint) => Some(otlp_provider(
+            endpoint,
+            log.otlp_ca_file.as_deref(),
+            &log.otlp_service_name,
+        )?),
+        None => None,
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    if log.format == "json" {
+        // Each line carries the RPC's span (path, request id, organisation, role, flow, code).
+        layers.push(
+            fmt.json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .boxed(),
+        );
+    } else {
+        layers.push(fmt.boxed());
+    }
+    if let Some(provider) = &provider {
+        layers.push(otlp_layer(provider).boxed());
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInitialised)?;
+    if let Some(endpoint) = log.otlp_endpoint.as_deref() {
+        tracing::info!(endpoint, "exporting spans over OTLP/gRPC");
+    }
+    Ok(Telemetry { provider })
+}
