@@ -18,10 +18,15 @@ const ISSUER: &str = "https://idp.city-housing.example";
 struct Idp {
     pkcs8: Vec<u8>,
     public: Vec<u8>,
+    kid: &'static str,
 }
 
 impl Idp {
     fn new() -> Self {
+        Self::with_kid("k1")
+    }
+
+    fn with_kid(kid: &'static str) -> Self {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
             .expect("key")
@@ -32,12 +37,12 @@ impl Idp {
             .public_key()
             .as_ref()
             .to_vec();
-        Idp { pkcs8, public }
+        Idp { pkcs8, public, kid }
     }
 
     fn jwks(&self) -> String {
         serde_json::json!({"keys": [{
-            "kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA", "use": "sig",
+            "kty": "OKP", "crv": "Ed25519", "kid": self.kid, "alg": "EdDSA", "use": "sig",
             "x": URL_SAFE_NO_PAD.encode(&self.public),
         }]})
         .to_string()
@@ -45,7 +50,7 @@ impl Idp {
 
     fn token(&self, claims: serde_json::Value) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some("k1".into());
+        header.kid = Some(self.kid.into());
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&self.pkcs8))
             .expect("signed")
     }
@@ -72,7 +77,9 @@ async fn start(idp: &Idp) -> TestGateway {
                 org: org.into(),
                 issuer: ISSUER.into(),
                 audience: "silta".into(),
-                jwks_file: path.clone(),
+                jwks_file: Some(path.clone()),
+                jwks_url: None,
+                jwks_ca_file: None,
             });
         }
         c.jwt.required_roles = vec!["dpo".into()];
@@ -237,4 +244,130 @@ async fn a_role_that_requires_a_token_is_refused_without_one() {
     if let Err(e) = with {
         assert!(!reason(&e).starts_with("JWT"), "{e:?}");
     }
+}
+
+/// A JWKS endpoint on loopback: serves whatever `keys` holds and counts the fetches.
+struct JwksServer {
+    url: String,
+    keys: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(initial: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let keys = std::sync::Arc::new(std::sync::Mutex::new(initial));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (k, f) = (keys.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (k, f) = (k.clone(), f.clone());
+                async move {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    k.lock().expect("keys").clone()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/jwks", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        JwksServer { url, keys, fetches }
+    }
+
+    fn serve(&self, jwks: String) {
+        *self.keys.lock().expect("keys") = jwks;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_follow_the_providers_rotation() {
+    let old = Idp::with_kid("2026-10");
+    let new = Idp::with_kid("2026-11");
+    let idp = JwksServer::start(old.jwks()).await;
+    let url = idp.url.clone();
+    let gw = TestGateway::start_with(|c| {
+        c.jwt.issuers.push(silta_server::config::JwtIssuer {
+            org: LANDLORD.into(),
+            issuer: ISSUER.into(),
+            audience: "silta".into(),
+            jwks_file: None,
+            jwks_url: Some(url),
+            jwks_ca_file: None,
+        });
+    })
+    .await;
+    assert_eq!(idp.fetches(), 1, "fetched once at start");
+    let mut landlord = gw.landlord(LANDLORD).await;
+    landlord
+        .report_rent_arrears(with_token(
+            report("u-1", RESIDENT),
+            &old.token(claims(LANDLORD)),
+        ))
+        .await
+        .expect("the current key is accepted");
+    assert_eq!(idp.fetches(), 1, "a known key needs no fetch");
+
+    // The provider rotates: the first token with the new key id prompts a fetch.
+    idp.serve(new.jwks());
+    landlord
+        .report_rent_arrears(with_token(
+            report("u-2", RESIDENT),
+            &new.token(claims(LANDLORD)),
+        ))
+        .await
+        .expect("the rotated key is accepted");
+    assert_eq!(idp.fetches(), 2);
+    // The retired key is gone from the set, and made-up key ids do not prompt more fetches.
+    let err = landlord
+        .report_rent_arrears(with_token(
+            report("u-3", RESIDENT),
+            &old.token(claims(LANDLORD)),
+        ))
+        .await
+        .expect_err("the retired key is refused");
+    assert_eq!(reason(&err), "JWT_UNKNOWN_KEY");
+    for i in 0..5 {
+        let forged = Idp::with_kid("made-up");
+        let err = landlord
+            .report_rent_arrears(with_token(
+                report(&format!("u-f{i}"), RESIDENT),
+                &forged.token(claims(LANDLORD)),
+            ))
+            .await
+            .expect_err("an unknown key is refused");
+        assert_eq!(reason(&err), "JWT_UNKNOWN_KEY");
+    }
+    assert_eq!(idp.fetches(), 2, "at most one prompted fetch per 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_must_be_https_off_loopback() {
+    let mut config = silta_server::Config::default();
+    config.jwt.issuers.push(silta_server::config::JwtIssuer {
+        org: LANDLORD.into(),
+        issuer: ISSUER.into(),
+        audience: "silta".into(),
+        jwks_file: None,
+        jwks_url: Some("http://idp.example/jwks".into()),
+        jwks_ca_file: None,
+    });
+    let err = silta_server::actor::ActorVerifier::new(&config.jwt)
+        .await
+        .expect_err("refused");
+    assert!(err.contains("must be https://"), "{err}");
+    config.jwt.issuers[0].jwks_url = None;
+    let err = silta_server::actor::ActorVerifier::new(&config.jwt)
+        .await
+        .expect_err("refused");
+    assert!(
+        err.contains("exactly one of jwks_file and jwks_url"),
+        "{err}"
+    );
 }

@@ -4,13 +4,14 @@
 //! or stored.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use silta_core::{Caller, OrgId};
 
 use crate::config::JwtConfig;
+use crate::jwks::Jwks;
 use crate::status::ApiError;
 
 /// Every RPC, as `jwt.required_actions` names them (a test keeps the list complete).
@@ -39,7 +40,7 @@ const ALLOWED: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::
 struct Issuer {
     issuer: String,
     audience: String,
-    keys: JwkSet,
+    keys: Arc<Jwks>,
 }
 
 /// Checks bearer tokens.
@@ -61,8 +62,8 @@ impl std::fmt::Debug for ActorVerifier {
 }
 
 impl ActorVerifier {
-    /// Reads each issuer's JWKS file.
-    pub fn new(config: &JwtConfig) -> Result<Self, String> {
+    /// Loads each issuer's keys (see [`Jwks::load`]) and starts refreshing them.
+    pub async fn new(config: &JwtConfig) -> Result<Self, String> {
         // A typo must not switch a requirement off silently.
         for role in &config.required_roles {
             role.parse::<silta_core::Role>()
@@ -78,6 +79,10 @@ impl ActorVerifier {
         if config.leeway_s > 300 {
             return Err("jwt.leeway_s must be at most 300 (seconds of clock skew)".into());
         }
+        if config.jwks_refresh_s < 30 {
+            return Err("jwt.jwks_refresh_s must be at least 30 (seconds)".into());
+        }
+        let refresh = Duration::from_secs(config.jwks_refresh_s);
         let mut issuers = HashMap::new();
         for i in &config.issuers {
             let org =
@@ -85,7 +90,7 @@ impl ActorVerifier {
             if issuers.contains_key(&org) {
                 return Err(format!("jwt.issuers: organisation {org} is listed twice"));
             }
-            let keys = read_jwks(&i.jwks_file)?;
+            let keys = Jwks::load(i, refresh).await?;
             issuers.insert(
                 org,
                 Issuer {
@@ -107,7 +112,7 @@ impl ActorVerifier {
 
     /// The actor named by `authorization` (the request's header value, if any), for `caller`
     /// calling `action`. `Ok(None)`: no token, and none is required.
-    pub fn verify(
+    pub async fn verify(
         &self,
         caller: &Caller,
         action: &str,
@@ -145,15 +150,24 @@ impl ActorVerifier {
                 "the token's algorithm is not allowed (allowed: RS256, ES256, EdDSA)",
             ));
         }
+        let mut keys = issuer.keys.current();
+        if head
+            .kid
+            .as_ref()
+            .is_some_and(|kid| keys.find(kid).is_none())
+        {
+            // The provider may have rotated its keys since they were last loaded.
+            keys = issuer.keys.refresh_for_unknown_key().await;
+        }
         let jwk = match &head.kid {
-            Some(kid) => issuer.keys.find(kid),
-            None if issuer.keys.keys.len() == 1 => issuer.keys.keys.first(),
+            Some(kid) => keys.find(kid),
+            None if keys.keys.len() == 1 => keys.keys.first(),
             None => None,
         }
         .ok_or_else(|| {
             jwt(
                 "jwt-unknown-key",
-                "the token's key id (kid) is not among the issuer's keys",
+                "the token's key id (kid) is not among the issuer's keys (if they were just rotated, retry in a minute)",
             )
         })?;
         // A key published for one algorithm verifies only that one.
@@ -242,13 +256,6 @@ fn jwt(reason: &'static str, message: &str) -> ApiError {
         message: message.to_owned(),
         permission: false,
     }
-}
-
-fn read_jwks(path: &Path) -> Result<JwkSet, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("jwt.issuers.jwks_file {}: {e}", path.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("jwt.issuers.jwks_file {}: not a JWKS: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -196,6 +196,9 @@ pub struct JwtConfig {
     pub display_claim: Option<String>,
     /// Clock skew allowed for `exp` and `nbf`, seconds.
     pub leeway_s: u64,
+    /// How often keys from a `jwks_url` are fetched again, seconds. A token whose key id is
+    /// unknown also triggers a fetch, at most once per 30 seconds per issuer.
+    pub jwks_refresh_s: u64,
 }
 
 impl Default for JwtConfig {
@@ -207,6 +210,7 @@ impl Default for JwtConfig {
             org_claim: "org".into(),
             display_claim: None,
             leeway_s: 30,
+            jwks_refresh_s: 300,
         }
     }
 }
@@ -221,8 +225,14 @@ pub struct JwtIssuer {
     pub issuer: String,
     /// The expected `aud`.
     pub audience: String,
-    /// A JWKS file with the issuer's public keys (RS256, ES256 or EdDSA).
-    pub jwks_file: PathBuf,
+    /// A JWKS file with the issuer's public keys (RS256, ES256 or EdDSA), read at start and
+    /// every `jwt.jwks_refresh_s`. Set this or `jwks_url`.
+    pub jwks_file: Option<PathBuf>,
+    /// The issuer's JWKS endpoint (`https://`; `http://` only on loopback), fetched at start,
+    /// every `jwt.jwks_refresh_s` and when a token names an unknown key.
+    pub jwks_url: Option<String>,
+    /// PEM CA certificates that verify `jwks_url`. Unset: the system's trusted roots.
+    pub jwks_ca_file: Option<PathBuf>,
 }
 
 /// `[admin]`

@@ -19,6 +19,7 @@ mod delivery;
 pub mod devpki;
 pub mod gateway;
 pub mod identity;
+pub mod jwks;
 mod ledger_proofs;
 pub mod metrics;
 pub mod policy_source;
@@ -191,7 +192,9 @@ pub async fn start(
         policy_source::PolicyHandle::open(config.policy.dir.clone())
             .map_err(|e| ServeError::Policy(e.to_string()))?,
     );
-    let actors = actor::ActorVerifier::new(&config.jwt).map_err(ServeError::Config)?;
+    let actors = actor::ActorVerifier::new(&config.jwt)
+        .await
+        .map_err(ServeError::Config)?;
     // The admin port (plain HTTP, `/metrics` only; keep it on a private interface) is bound
     // before anything is spawned, so a port in use stops the start cleanly.
     let admin = match config.admin.listen {

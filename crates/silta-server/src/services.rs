@@ -52,7 +52,7 @@ pub(crate) async fn context<T>(
                 action,
                 actor: None,
             };
-            match gw.actors.verify(&ctx.caller, action, authorization) {
+            match gw.actors.verify(&ctx.caller, action, authorization).await {
                 Ok(actor) => {
                     ctx.actor = actor;
                     return Ok(ctx);
