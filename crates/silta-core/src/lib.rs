@@ -20,5 +20,5 @@ pub mod validate;
 
 pub use hetu::{Hetu, HetuError, HetuRules};
 pub use org::{Caller, OrgId, Role};
-pub use pseudonym::{Domain, Pseudonym, Pseudonymiser};
-pub use secret::MasterSecret;
+pub use pseudonym::{Domain, Pseudonym, PseudonymSet, Pseudonymiser};
+pub use secret::{Keyring, MasterSecret};

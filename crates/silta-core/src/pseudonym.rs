@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ring::hmac;
 
 use crate::hetu::Hetu;
 use crate::org::OrgId;
-use crate::secret::MasterSecret;
+use crate::secret::{Keyring, MasterSecret};
 
 /// Bytes of the HMAC output kept in a pseudonym: 160 bits, far beyond any collision risk for
 /// a population of millions, and short enough to read.
@@ -70,6 +71,26 @@ impl Pseudonym {
     pub fn from_stored(s: String) -> Self {
         Pseudonym(s)
     }
+
+    /// The key version it was made under.
+    pub fn version(&self) -> Option<u32> {
+        self.0.strip_prefix("ps")?.split_once('.')?.0.parse().ok()
+    }
+
+    fn render(version: u32, tag: &[u8; PSEUDONYM_BYTES]) -> Self {
+        let mut s = format!("ps{version}.");
+        data_encoding::BASE32_NOPAD.encode_append(tag, &mut s);
+        s.make_ascii_lowercase();
+        Pseudonym(s)
+    }
+
+    fn version_and_tag(&self) -> Option<(u32, [u8; PSEUDONYM_BYTES])> {
+        let (version, tag) = self.0.strip_prefix("ps")?.split_once('.')?;
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(tag.to_ascii_uppercase().as_bytes())
+            .ok()?;
+        Some((version.parse().ok()?, bytes.try_into().ok()?))
+    }
 }
 
 impl fmt::Display for Pseudonym {
@@ -78,52 +99,178 @@ impl fmt::Display for Pseudonym {
     }
 }
 
-/// Computes pseudonyms and keyed fingerprints. Cheap to clone; keys are derived once per domain
-/// and cached.
+/// A subject's pseudonyms in one domain under every version of the keyring, oldest first.
+///
+/// Which one a record uses is decided where it is written: by the version the store says is in
+/// use, read in the same transaction (see `silta keys promote`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PseudonymSet {
+    first: u32,
+    all: Vec<Pseudonym>,
+}
+
+impl PseudonymSet {
+    /// The pseudonym under key `version`, if the keyring holds it.
+    pub fn at(&self, version: u32) -> Option<&Pseudonym> {
+        self.all
+            .get(usize::try_from(version.checked_sub(self.first)?).ok()?)
+    }
+
+    /// Every version's pseudonym, oldest first.
+    pub fn all(&self) -> &[Pseudonym] {
+        &self.all
+    }
+
+    /// The newest version's pseudonym.
+    pub fn latest(&self) -> &Pseudonym {
+        // Never empty: a keyring holds at least one version.
+        &self.all[self.all.len() - 1]
+    }
+}
+
+/// Computes pseudonyms and keyed fingerprints. Cheap to clone; keys are derived once per
+/// version and domain, and cached.
+///
+/// A pseudonym of the keyring's first version is `HMAC(key, identity code)`; one of each later
+/// version `v` is `HMAC(key_v, pseudonym_{v-1})`. So a stored pseudonym moves to a newer
+/// version without the identity code ([`Pseudonymiser::translate`]), and once it has, reading
+/// it back takes every key up to that version: a leaked old key alone reveals nothing.
 #[derive(Clone)]
 pub struct Pseudonymiser {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    secret: MasterSecret,
-    version: u32,
-    keys: RwLock<HashMap<Domain, hmac::Key>>,
+    keyring: Keyring,
+    keys: RwLock<HashMap<(u32, Domain), hmac::Key>>,
     fingerprint: hmac::Key,
+    /// The version the store said was in use when last asked (see [`Pseudonymiser::observe`]).
+    observed: AtomicU32,
 }
 
 impl fmt::Debug for Pseudonymiser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Pseudonymiser(v{})", self.inner.version)
+        write!(f, "Pseudonymiser({:?})", self.inner.keyring)
     }
 }
 
 impl Pseudonymiser {
-    /// A pseudonymiser for key version `version` of `secret`.
+    /// A pseudonymiser of one secret, as key version `version`.
     pub fn new(secret: MasterSecret, version: u32) -> Self {
-        let fp = secret.derive(format!("silta/fingerprint/v{version}").as_bytes());
+        Self::with_keyring(Keyring::single(secret, version))
+    }
+
+    /// A pseudonymiser for every version of `keyring`.
+    pub fn with_keyring(keyring: Keyring) -> Self {
+        // Fingerprints recognise retried reports; they do not rotate, so a retry that spans a
+        // key promotion is still recognised.
+        let fp = keyring
+            .root()
+            .derive(format!("silta/fingerprint/v{}", keyring.first()).as_bytes());
         Pseudonymiser {
             inner: Arc::new(Inner {
                 fingerprint: hmac::Key::new(hmac::HMAC_SHA256, fp.as_ref()),
-                secret,
-                version,
+                observed: AtomicU32::new(keyring.first()),
+                keyring,
                 keys: RwLock::new(HashMap::new()),
             }),
         }
     }
 
-    /// The current key version.
-    pub fn version(&self) -> u32 {
-        self.inner.version
+    /// The keyring's oldest version.
+    pub fn first_version(&self) -> u32 {
+        self.inner.keyring.first()
     }
 
-    /// The pseudonym of `hetu` in `domain`.
+    /// The keyring's newest version.
+    pub fn latest_version(&self) -> u32 {
+        self.inner.keyring.latest()
+    }
+
+    /// Whether the keyring holds `version`.
+    pub fn has_version(&self, version: u32) -> bool {
+        self.inner.keyring.has(version)
+    }
+
+    /// Remembers that the store said `version` is in use (each write transaction reads it).
+    pub fn observe(&self, version: u32) {
+        self.inner.observed.store(version, Ordering::Relaxed);
+    }
+
+    /// The version the store said was in use when last asked, if the keyring holds it; else
+    /// the keyring's newest. For records written outside a transaction that reads it (refusals):
+    /// the audit ledger holds any version, and queries search them all.
+    pub fn observed_version(&self) -> u32 {
+        let v = self.inner.observed.load(Ordering::Relaxed);
+        if self.has_version(v) {
+            v
+        } else {
+            self.latest_version()
+        }
+    }
+
+    /// The pseudonyms of `hetu` in `domain` under every version of the keyring.
+    pub fn pseudonyms(&self, hetu: &Hetu, domain: &Domain) -> PseudonymSet {
+        self.chain(hetu, domain, self.inner.keyring.latest())
+    }
+
+    /// The pseudonym of `hetu` in `domain` under `version`, if the keyring holds it.
+    pub fn pseudonym_at(&self, hetu: &Hetu, domain: &Domain, version: u32) -> Option<Pseudonym> {
+        self.has_version(version)
+            .then(|| self.chain(hetu, domain, version).latest().clone())
+    }
+
+    /// The pseudonym of `hetu` in `domain` under [`Pseudonymiser::observed_version`].
     pub fn pseudonym(&self, hetu: &Hetu, domain: &Domain) -> Pseudonym {
-        let tag = self.with_key(domain, |key| hmac::sign(key, hetu.clear_bytes()));
-        let mut s = format!("ps{}.", self.inner.version);
-        data_encoding::BASE32_NOPAD.encode_append(&tag.as_ref()[..PSEUDONYM_BYTES], &mut s);
-        s.make_ascii_lowercase();
-        Pseudonym(s)
+        self.chain(hetu, domain, self.observed_version())
+            .latest()
+            .clone()
+    }
+
+    /// A stored pseudonym and its translations to every newer version of the keyring. A
+    /// pseudonym of a version the keyring lacks is returned alone.
+    pub fn forward(&self, stored: &Pseudonym, domain: &Domain) -> PseudonymSet {
+        let Some(first) = stored.version().filter(|&v| self.has_version(v)) else {
+            return PseudonymSet {
+                first: stored.version().unwrap_or(0),
+                all: vec![stored.clone()],
+            };
+        };
+        let all = (first..=self.latest_version())
+            .map_while(|v| self.translate(stored, domain, v))
+            .collect();
+        PseudonymSet { first, all }
+    }
+
+    /// Versions first..=`last` of `hetu`'s pseudonym; `last` is in the keyring.
+    fn chain(&self, hetu: &Hetu, domain: &Domain, last: u32) -> PseudonymSet {
+        let first = self.inner.keyring.first();
+        let mut tag = self.with_key(first, domain, |key| tag_of(key, hetu.clear_bytes()));
+        let mut all = vec![Pseudonym::render(first, &tag)];
+        for version in first + 1..=last {
+            tag = self.with_key(version, domain, |key| tag_of(key, &tag));
+            all.push(Pseudonym::render(version, &tag));
+        }
+        PseudonymSet { first, all }
+    }
+
+    /// Moves a stored pseudonym of `domain` to key `version` without the identity code.
+    /// `None` if it is not a pseudonym, is of a version newer than `version`, or names a version
+    /// the keyring lacks.
+    pub fn translate(
+        &self,
+        pseudonym: &Pseudonym,
+        domain: &Domain,
+        version: u32,
+    ) -> Option<Pseudonym> {
+        let (from, mut tag) = pseudonym.version_and_tag()?;
+        if from > version || !self.has_version(from) || !self.has_version(version) {
+            return None;
+        }
+        for v in from + 1..=version {
+            tag = self.with_key(v, domain, |key| tag_of(key, &tag));
+        }
+        Some(Pseudonym::render(version, &tag))
     }
 
     /// A keyed fingerprint of `parts` (length-prefixed, so boundaries count). Used to compare
@@ -147,18 +294,21 @@ impl Pseudonymiser {
     /// Derives the Ed25519 seed that signs the audit ledger's checkpoints.
     pub fn checkpoint_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
         self.inner
-            .secret
+            .keyring
+            .root()
             .derive(b"silta/checkpoint-signing/ed25519/v1")
     }
 
     /// Derives the Ed25519 seed that signs consent receipts.
     pub(crate) fn receipt_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
         self.inner
-            .secret
+            .keyring
+            .root()
             .derive(b"silta/receipt-signing/ed25519/v1")
     }
 
-    fn with_key<R>(&self, domain: &Domain, f: impl FnOnce(&hmac::Key) -> R) -> R {
+    fn with_key<R>(&self, version: u32, domain: &Domain, f: impl FnOnce(&hmac::Key) -> R) -> R {
+        let id = (version, domain.clone());
         // A poisoned lock only means another thread panicked mid-insert of a derived key;
         // the map is still consistent, so keep using it.
         if let Some(key) = self
@@ -166,21 +316,33 @@ impl Pseudonymiser {
             .keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(domain)
+            .get(&id)
         {
             return f(key);
         }
-        let label = format!("silta/pseudonym/v{}/{}", self.inner.version, domain.label());
-        let raw = self.inner.secret.derive(label.as_bytes());
+        let label = format!("silta/pseudonym/v{version}/{}", domain.label());
+        // Callers pass versions of the keyring only (pseudonyms() and translate() check).
+        let secret = self
+            .inner
+            .keyring
+            .secret(version)
+            .expect("a version of the keyring");
+        let raw = secret.derive(label.as_bytes());
         let key = hmac::Key::new(hmac::HMAC_SHA256, raw.as_ref());
         let r = f(&key);
         self.inner
             .keys
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(domain.clone(), key);
+            .insert(id, key);
         r
     }
+}
+
+fn tag_of(key: &hmac::Key, input: &[u8]) -> [u8; PSEUDONYM_BYTES] {
+    let mut tag = [0u8; PSEUDONYM_BYTES];
+    tag.copy_from_slice(&hmac::sign(key, input).as_ref()[..PSEUDONYM_BYTES]);
+    tag
 }
 
 #[cfg(test)]
@@ -238,6 +400,62 @@ mod tests {
             assert_eq!(Pseudonym::parse(bad), None, "{bad}");
         }
         assert_eq!(a.as_str().len(), 4 + 32);
+    }
+
+    fn ring(versions: std::ops::RangeInclusive<u8>) -> Keyring {
+        let text: String = versions
+            .map(|v| {
+                let hex: String = (0u8..32)
+                    .map(|i| format!("{:02x}", i.wrapping_mul(37).wrapping_add(v)))
+                    .collect();
+                format!("v{v} {hex}\n")
+            })
+            .collect();
+        Keyring::parse(&text, 1).expect("a test keyring")
+    }
+
+    #[test]
+    fn a_rotation_keeps_old_pseudonyms_and_translates_them_without_the_code() {
+        let h = hetu("010594Y9032");
+        let before = Pseudonymiser::with_keyring(ring(1..=1));
+        let after = Pseudonymiser::with_keyring(ring(1..=3));
+        let stored = before.pseudonym(&h, &Domain::Lookup);
+        let set = after.pseudonyms(&h, &Domain::Lookup);
+        // Adding versions does not change the old ones: a rotated keyring still finds them.
+        assert_eq!(set.at(1), Some(&stored));
+        assert_eq!(set.all().len(), 3);
+        assert_eq!(set.latest().version(), Some(3));
+        assert_eq!(set.at(4), None);
+        for v in 1..=3 {
+            assert_eq!(
+                after.translate(&stored, &Domain::Lookup, v).as_ref(),
+                set.at(v)
+            );
+        }
+        // Never backwards, never to a version the keyring lacks, never across domains.
+        let v3 = set.at(3).expect("v3");
+        assert_eq!(after.translate(v3, &Domain::Lookup, 2), None);
+        assert_eq!(after.translate(&stored, &Domain::Lookup, 4), None);
+        assert_ne!(
+            after.translate(&stored, &Domain::Audit, 2).as_ref(),
+            set.at(2)
+        );
+        // A stored pseudonym and its newer versions, as a support notice's case gives them.
+        assert_eq!(after.forward(&stored, &Domain::Lookup), set);
+        assert_eq!(
+            after.pseudonym_at(&h, &Domain::Lookup, 2).as_ref(),
+            set.at(2)
+        );
+        // Until the store says otherwise, the first version is the one in use.
+        assert_eq!(after.pseudonym(&h, &Domain::Lookup), stored);
+        after.observe(3);
+        assert_eq!(&after.pseudonym(&h, &Domain::Lookup), set.latest());
+        // Signing keys and fingerprints stay those of the first version.
+        assert_eq!(before.checkpoint_seed(), after.checkpoint_seed());
+        assert_eq!(
+            before.fingerprint(Some(&h), &[b"x"]),
+            after.fingerprint(Some(&h), &[b"x"])
+        );
     }
 
     #[test]

@@ -58,9 +58,7 @@ fn matches(e: &Entry, f: &AuditFilter) -> bool {
         .as_ref()
         .is_none_or(|o| &e.actor_org == o || e.recipients.contains(o));
     org_ok
-        && f.subject
-            .as_ref()
-            .is_none_or(|s| e.subject.as_ref() == Some(s))
+        && (f.subjects.is_empty() || e.subject.as_ref().is_some_and(|s| f.subjects.contains(s)))
         && f.flow_id
             .as_ref()
             .is_none_or(|x| e.flow_id.as_ref() == Some(x))
@@ -157,19 +155,17 @@ impl AuditService {
         r: &proto::AuditQueryRequest,
     ) -> Result<AuditFilter, ApiError> {
         let mut v = Violations::default();
+        // A person's entries carry the audit pseudonym of the key version in use when each was
+        // written: search under every version from there on.
+        let p = &self.gw.pseudonymiser;
         let subject = match (r.subject_hetu.is_empty(), r.subject_pseudonym.is_empty()) {
             (true, true) => None,
             (false, true) => Hetu::parse(&r.subject_hetu, self.gw.hetu_rules)
                 .map_err(|e| v.add("subject_hetu", format!("personal identity code {e}")))
                 .ok()
-                .map(|h| {
-                    self.gw
-                        .pseudonymiser
-                        .pseudonym(&h, &Domain::Audit)
-                        .to_string()
-                }),
+                .map(|h| p.pseudonyms(&h, &Domain::Audit)),
             (true, false) => match Pseudonym::parse(&r.subject_pseudonym) {
-                Some(p) => Some(p.to_string()),
+                Some(given) => Some(p.forward(&given, &Domain::Audit)),
                 None => {
                     v.add("subject_pseudonym", "must be an audit pseudonym (ps<version>.<32 characters of a-z and 2-7>), as found in earlier results");
                     None
@@ -210,7 +206,9 @@ impl AuditService {
         }
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         Ok(AuditFilter {
-            subject,
+            subjects: subject
+                .map(|set| set.all().iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
             organisation: nonempty(&r.organisation),
             flow_id: nonempty(&r.flow_id),
             outcome: nonempty(&r.outcome),
@@ -253,7 +251,7 @@ impl Audit for AuditService {
                 .collect::<Result<Vec<_>, _>>()?;
             // Recorded after the read (a query does not list itself) but before anything is
             // served: a read that cannot be recorded is not served.
-            let subject = filter.subject.clone().map(Pseudonym::from_stored);
+            let subject = filter.subjects.last().cloned().map(Pseudonym::from_stored);
             self.gw
                 .record(&ctx, Outcome::Allow, "ledger-query", subject)
                 .await?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::policy::{ConsentView, DecisionInput, Policies};
 use silta_core::report::EvictionStage;
-use silta_core::{Domain, Hetu, OrgId, Pseudonym, Pseudonymiser};
+use silta_core::{Domain, Hetu, OrgId, PseudonymSet, Pseudonymiser};
 use silta_store::{Lookups, NewAlert, NewCase, NewReport, Store, StoreError, WriteTx};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -56,9 +56,10 @@ pub(crate) struct MessageJob {
     pub eviction_stage: Option<EvictionStage>,
     pub idempotency_key: String,
     pub route: Route,
-    /// The resident in the lookup domain: finds the consents.
-    pub lookup_key: Pseudonym,
-    pub audit_subject: Pseudonym,
+    /// The resident in the lookup domain, under each key version: finds the consents.
+    pub lookup: PseudonymSet,
+    /// The resident in the audit domain, under each key version.
+    pub audit: PseudonymSet,
     pub fingerprint: [u8; 32],
     /// The minimised fields, JSON.
     pub payload: String,
@@ -167,6 +168,7 @@ async fn apply_batch(
     decided: &mut Vec<DecisionLabels>,
 ) -> Result<Vec<Answer>, StoreError> {
     let mut tx = store.begin().await?;
+    let version = version_in_use(&mut *tx, p).await?;
     // Every idempotency key and resident the batch will look up, read in one go.
     let messages = || {
         batch.iter().filter_map(|job| match job {
@@ -179,7 +181,10 @@ async fn apply_batch(
             .map(|j| (&j.ctx.caller.org, j.idempotency_key.as_str()))
             .collect(),
         consents: messages()
-            .filter_map(|j| Some((&j.lookup_key, j.policies.flow(&j.flow_id)?.purpose.as_str())))
+            .filter_map(|j| {
+                let key = j.lookup.at(version)?;
+                Some((key, j.policies.flow(&j.flow_id)?.purpose.as_str()))
+            })
             .collect(),
         tenancies: messages()
             .filter_map(|j| match &j.route {
@@ -195,7 +200,7 @@ async fn apply_batch(
     for job in batch {
         results.push(match job {
             Job::Message(j, _) => {
-                Answer::Receipt(apply_message(&mut *tx, p, j, woken, decided).await?)
+                Answer::Receipt(apply_message(&mut *tx, p, version, j, woken, decided).await?)
             }
             Job::Audit { record, .. } => {
                 tx.append_audit(record).await?;
@@ -207,21 +212,55 @@ async fn apply_batch(
     Ok(results)
 }
 
+/// The pseudonym key version records are written under, as the store says in `tx`.
+pub(crate) async fn version_in_use(
+    tx: &mut dyn WriteTx,
+    p: &Pseudonymiser,
+) -> Result<u32, StoreError> {
+    let version = tx
+        .pseudonym_version()
+        .await?
+        .unwrap_or_else(|| p.first_version());
+    if !p.has_version(version) {
+        return Err(lacks_version(p, version));
+    }
+    p.observe(version);
+    Ok(version)
+}
+
+fn lacks_version(p: &Pseudonymiser, version: u32) -> StoreError {
+    tracing::error!(
+        version,
+        keyring_latest = p.latest_version(),
+        "the store uses a pseudonym key version this node's keyring lacks: install the rotated keyring on this node and restart it"
+    );
+    StoreError::Corrupt(format!(
+        "pseudonym key v{version} is not in this node's keyring"
+    ))
+}
+
 /// Decides one message against the consents as stored in this transaction and writes the
 /// report, its outbox rows and its audit record. Returns the caller's answer;
 /// `Err(StoreError)` aborts the whole batch.
 async fn apply_message(
     tx: &mut dyn WriteTx,
     p: &Pseudonymiser,
+    version: u32,
     job: &MessageJob,
     woken: &mut Vec<(OrgId, u64)>,
     decided: &mut Vec<DecisionLabels>,
 ) -> Result<Result<Receipt, ApiError>, StoreError> {
     let ctx = &job.ctx;
     let sender = &ctx.caller.org;
+    // Only a case read before a promotion and newer than it could lack the version; the
+    // promotion moved it meanwhile, so a retry finds it.
+    let (Some(lookup_key), Some(audit_subject)) = (job.lookup.at(version), job.audit.at(version))
+    else {
+        return Ok(Err(ApiError::Unavailable));
+    };
     let mut record = ctx.audit_record(job.received_at, Outcome::Deny, "");
     record.flow_id = Some(job.flow_id.clone());
-    record.subject = Some(job.audit_subject.clone());
+    record.subject = Some(audit_subject.clone());
 
     if let Some(prior) = tx.find_report(sender, &job.idempotency_key).await? {
         if prior.fingerprint == job.fingerprint {
@@ -246,7 +285,7 @@ async fn apply_message(
         return Ok(Err(ApiError::Unavailable));
     };
     // Only consents given for this flow count: a consent opens the flows its receipt lists.
-    let mut consents = tx.consents_for(&job.lookup_key, &flow.purpose).await?;
+    let mut consents = tx.consents_for(lookup_key, &flow.purpose).await?;
     consents.retain(|c| c.covers_flow(&flow.id));
     let now = job.received_at;
     let candidates: Vec<(OrgId, ConsentView)> = match &job.route {
@@ -317,15 +356,17 @@ async fn apply_message(
         let recipient = permit.recipient();
         let (pseudonym, case_ref) = match &job.route {
             Route::ToSocialServices { hetu, tenancy_ref } => {
-                let pseudonym = p.pseudonym(hetu, &Domain::Org(recipient.clone()));
+                let pseudonym = p
+                    .pseudonym_at(hetu, &Domain::Org(recipient.clone()), version)
+                    .ok_or_else(|| lacks_version(p, version))?;
                 let new_ref = mint_case_ref();
                 let case_ref = tx
                     .case_ref(&NewCase {
                         landlord: sender,
                         tenancy_ref,
                         recipient,
-                        subject_key: &job.lookup_key,
-                        audit_subject: &job.audit_subject,
+                        subject_key: lookup_key,
+                        audit_subject,
                         new_ref: &new_ref,
                         now,
                     })

@@ -248,15 +248,16 @@ impl Gateway {
         };
         // The audit pseudonym names the subject in the audit trail, refusals included, so a
         // resident's access report shows attempts too.
-        let audit_subject = self.pseudonymiser.pseudonym(&header.hetu, &Domain::Audit);
+        let audit = self.pseudonymiser.pseudonyms(&header.hetu, &Domain::Audit);
         if let Err(verdict) = policies.precheck(&input) {
             // Refused whatever the resident's consent: saying so reveals nothing about them.
-            let subject = Some(audit_subject);
+            let subject = audit.at(self.pseudonymiser.observed_version()).cloned();
             return Err(self.refuse(ctx, &policies, flow, verdict, subject).await);
         }
         // Pseudonymise: the lookup key finds consents, the fingerprint recognises retries. The
         // code itself stays in the job only to derive each recipient's pseudonym.
-        let lookup_key = self.pseudonymiser.pseudonym(&header.hetu, &Domain::Lookup);
+        // Under every key version: the committer picks the one the store has in use.
+        let lookup = self.pseudonymiser.pseudonyms(&header.hetu, &Domain::Lookup);
         let mut parts: Vec<&[u8]> = vec![kind.as_str().as_bytes()];
         parts.extend(header.fingerprint_parts());
         parts.extend_from_slice(body);
@@ -278,8 +279,8 @@ impl Gateway {
                 hetu: header.hetu,
                 tenancy_ref: header.tenancy_ref,
             },
-            lookup_key,
-            audit_subject,
+            lookup,
+            audit,
             fingerprint,
             payload,
             received_at,
@@ -365,8 +366,13 @@ impl Gateway {
                 landlord: case.landlord,
                 tenancy_ref: case.tenancy_ref,
             },
-            lookup_key: case.subject_key,
-            audit_subject: case.audit_subject,
+            // Read outside the commit's transaction: a key promotion may come between.
+            lookup: self
+                .pseudonymiser
+                .forward(&case.subject_key, &Domain::Lookup),
+            audit: self
+                .pseudonymiser
+                .forward(&case.audit_subject, &Domain::Audit),
             fingerprint,
             payload,
             received_at,
@@ -507,13 +513,22 @@ impl Gateway {
         // new consent.
         let flows = policies.consent_categories(&consent.purpose, consent.covers_landlord);
         let own = Domain::Org(ctx.caller.org.clone());
-        let subject_pseudonym = self.pseudonymiser.pseudonym(&hetu, &own);
-        let lookup_key = self.pseudonymiser.pseudonym(&hetu, &Domain::Lookup);
-        let audit_subject = self.pseudonymiser.pseudonym(&hetu, &Domain::Audit);
+        let own = self.pseudonymiser.pseudonyms(&hetu, &own);
+        let lookup = self.pseudonymiser.pseudonyms(&hetu, &Domain::Lookup);
+        let audit = self.pseudonymiser.pseudonyms(&hetu, &Domain::Audit);
         drop(hetu);
         let consent_id = uuid::Uuid::now_v7().to_string();
 
         let mut tx = self.store.begin().await?;
+        let version = crate::commit::version_in_use(&mut *tx, &self.pseudonymiser).await?;
+        // version_in_use checked the keyring holds it, and each set spans the keyring.
+        let (Some(subject_pseudonym), Some(lookup_key), Some(audit_subject)) = (
+            own.at(version).cloned(),
+            lookup.at(version).cloned(),
+            audit.at(version).cloned(),
+        ) else {
+            return Err(ApiError::Unavailable);
+        };
         tx.insert_consent(&NewConsentRow {
             consent_id: &consent_id,
             subject_key: &lookup_key,
@@ -614,8 +629,14 @@ impl Gateway {
                     drop(tx);
                     return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await);
                 };
-                let key = self.pseudonymiser.pseudonym(&hetu, &Domain::Lookup);
-                let audit = self.pseudonymiser.pseudonym(&hetu, &Domain::Audit);
+                let version = crate::commit::version_in_use(&mut *tx, &self.pseudonymiser).await?;
+                let p = &self.pseudonymiser;
+                let (Some(key), Some(audit)) = (
+                    p.pseudonym_at(&hetu, &Domain::Lookup, version),
+                    p.pseudonym_at(&hetu, &Domain::Audit, version),
+                ) else {
+                    return Err(ApiError::Unavailable);
+                };
                 let known = tx.consents_for(&key, purpose).await?;
                 if !known.iter().any(|c| c.recipient == ctx.caller.org) {
                     drop(tx);
@@ -782,11 +803,7 @@ impl Gateway {
 
     /// Records something the gateway did on its own (loading policies, …) in the ledger.
     pub(crate) async fn record_gateway_event(&self, action: &str, outcome: Outcome, reason: &str) {
-        let gateway = Caller {
-            // A literal that follows the organisation id rules.
-            org: silta_core::OrgId::new("silta-gateway").expect("valid literal org id"),
-            role: Role::Gateway,
-        };
+        let gateway = gateway_caller();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         let record = AuditRecord::new(
             OffsetDateTime::now_utc(),
@@ -802,6 +819,15 @@ impl Gateway {
     /// The public key that verifies consent receipts.
     pub fn receipt_public_key(&self) -> &[u8] {
         self.signer.public_key()
+    }
+}
+
+/// The gateway itself, as the actor of what it does on its own (reloads, key promotions).
+pub(crate) fn gateway_caller() -> Caller {
+    Caller {
+        // A literal that follows the organisation id rules.
+        org: silta_core::OrgId::new("silta-gateway").expect("valid literal org id"),
+        role: Role::Gateway,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod devpki;
 pub mod gateway;
 pub mod identity;
 pub mod jwks;
+pub mod keys;
 mod ledger_proofs;
 pub mod metrics;
 pub mod policy_source;
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use silta_core::consent::ReceiptSigner;
-use silta_core::{HetuRules, MasterSecret, Pseudonymiser};
+use silta_core::{HetuRules, Keyring, Pseudonymiser};
 use silta_store::{PostgresStore, SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -175,10 +176,11 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
     }
 }
 
-/// Starts the gateway on `listener` with `config` and the master secret.
+/// Starts the gateway on `listener` with `config` and the master secret's keyring (a single
+/// [`MasterSecret`] converts into one).
 pub async fn start(
     config: &Config,
-    secret: MasterSecret,
+    keyring: impl Into<Keyring>,
     listener: TcpListener,
 ) -> Result<RunningGateway, ServeError> {
     config.validate().map_err(ServeError::Config)?;
@@ -206,8 +208,21 @@ pub async fn start(
         None => None,
     };
     let store = open_store(&config.store.url).await?;
-    let pseudonymiser =
-        Pseudonymiser::new(secret, config.secrets.pseudonym_key_version.unwrap_or(1));
+    let pseudonymiser = Pseudonymiser::with_keyring(keyring.into());
+    // A node without the key version the store has in use could write nothing correct.
+    {
+        let mut tx = store.begin().await?;
+        commit::version_in_use(&mut *tx, &pseudonymiser)
+            .await
+            .map_err(|e| match e {
+                StoreError::Corrupt(_) => ServeError::Config(format!(
+                    "the store uses a pseudonym key version this keyring lacks (it holds v{}..=v{}); give this node the rotated keyring",
+                    pseudonymiser.first_version(),
+                    pseudonymiser.latest_version()
+                )),
+                e => ServeError::Store(e),
+            })?;
+    }
     let signer = ReceiptSigner::new(&pseudonymiser);
     let receipt_public_key = signer.public_key().to_vec();
     let checkpoint_signer = silta_ledger::checkpoint::NoteSigner::from_seed(

@@ -230,8 +230,8 @@ pub struct StoredCheckpoint {
 /// Which ledger entries to read. Unset fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
-    /// Audit-domain subject pseudonym.
-    pub subject: Option<String>,
+    /// Audit-domain subject pseudonyms (one person under every key version); empty: any.
+    pub subjects: Vec<String>,
     /// The acting or receiving organisation.
     pub organisation: Option<String>,
     /// Flow id.
@@ -406,6 +406,58 @@ pub trait WriteTx: Send {
         now: OffsetDateTime,
     ) -> Result<()>;
 
+    /// The pseudonym key version records are written under; `None` until a version was
+    /// promoted (the keyring's first is in use). Read in the transaction, so every record it
+    /// writes agrees with the stored ones.
+    async fn pseudonym_version(&mut self) -> Result<Option<u32>>;
+
+    /// Moves every stored lookup and audit pseudonym (of consents and cases) to `version` with
+    /// `rekey`, and records `version` as the one in use. Returns how many rows changed. The
+    /// audit ledger is not touched: its entries are immutable and keep the version they were
+    /// written under.
+    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64>;
+
     /// Commits durably.
     async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Which kind of pseudonym a stored column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectColumn {
+    /// silta's lookup domain (`subject_key`).
+    Lookup,
+    /// The audit domain (`audit_subject`).
+    Audit,
+}
+
+/// Maps a stored pseudonym to the promoted version; `None` if it cannot (the promotion is then
+/// abandoned and nothing changes).
+pub type Rekey<'a> = dyn Fn(SubjectColumn, &str) -> Option<String> + Send + Sync + 'a;
+
+/// The new `(subject_key, audit_subject)` of a row, or `None` if they do not change. Rows from
+/// schema v1 hold empty subjects and keep them.
+fn rekey_row(rekey: &Rekey<'_>, key: &str, audit: &str) -> Result<Option<(String, String)>> {
+    let map = |column, value: &str| -> Result<String> {
+        if value.is_empty() {
+            return Ok(String::new());
+        }
+        rekey(column, value).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "a stored {column:?} pseudonym cannot be moved to the promoted key version"
+            ))
+        })
+    };
+    let (k, a) = (
+        map(SubjectColumn::Lookup, key)?,
+        map(SubjectColumn::Audit, audit)?,
+    );
+    Ok((k != key || a != audit).then_some((k, a)))
+}
+
+fn version_from_row(v: Option<i64>) -> Result<Option<u32>> {
+    v.map(|v| {
+        u32::try_from(v)
+            .map_err(|_| StoreError::Corrupt("key_state.pseudonym_version out of range".into()))
+    })
+    .transpose()
 }

@@ -33,7 +33,7 @@ use crate::ledger::ledger_entry;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
-    NewConsentRow, NewReport, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
+    NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
     StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
@@ -241,8 +241,13 @@ impl Store for PostgresStore {
         if let Some(end) = f.end_index {
             q.push(" AND seq < ").push_bind(seq_to_i64(end));
         }
-        if let Some(subject) = &f.subject {
-            q.push(" AND subject = ").push_bind(subject);
+        if !f.subjects.is_empty() {
+            q.push(" AND subject IN (");
+            let mut list = q.separated(", ");
+            for subject in &f.subjects {
+                list.push_bind(subject);
+            }
+            q.push(")");
         }
         if let Some(org) = &f.organisation {
             q.push(" AND (actor_org = ")
@@ -664,6 +669,63 @@ impl WriteTx for PgTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn pseudonym_version(&mut self) -> Result<Option<u32>> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT pseudonym_version FROM key_state WHERE id = 1")
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        crate::version_from_row(v)
+    }
+
+    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
+        // Every writer holds the same advisory lock (see `begin`): no node writes a record
+        // under the old version once this commits, nor under the new one before.
+        let mut changed = 0u64;
+        for (table, id) in [("consents", "consent_id"), ("cases", "case_ref")] {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
+                "SELECT {id}, subject_key, audit_subject FROM {table}"
+            ))
+            .fetch_all(&mut *self.tx)
+            .await?;
+            let mut ids = Vec::new();
+            let mut keys = Vec::new();
+            let mut audits = Vec::new();
+            for (row, key, audit) in rows {
+                if let Some((key, audit)) = crate::rekey_row(rekey, &key, &audit)? {
+                    ids.push(row);
+                    keys.push(key);
+                    audits.push(audit);
+                }
+            }
+            // One statement per 5,000 rows rather than a round trip per row.
+            for ((ids, keys), audits) in ids
+                .chunks(5_000)
+                .zip(keys.chunks(5_000))
+                .zip(audits.chunks(5_000))
+            {
+                changed += sqlx::query(&format!(
+                    "UPDATE {table} AS t SET subject_key = v.k, audit_subject = v.a
+                     FROM UNNEST($1::text[], $2::text[], $3::text[]) AS v(id, k, a)
+                     WHERE t.{id} = v.id"
+                ))
+                .bind(ids)
+                .bind(keys)
+                .bind(audits)
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected();
+            }
+        }
+        sqlx::query(
+            "INSERT INTO key_state (id, pseudonym_version) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET pseudonym_version = excluded.pseudonym_version",
+        )
+        .bind(i64::from(version))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(changed)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {

@@ -26,7 +26,7 @@ use crate::ledger::ledger_entry;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
-    NewConsentRow, NewReport, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
+    NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
     StoredReport, Withdrawal, WriteTx,
 };
 
@@ -95,7 +95,9 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>> {
         Ok(Box::new(SqliteTx {
-            tx: self.write.begin().await?,
+            // IMMEDIATE takes the write lock at once: a transaction that read first and wrote
+            // later would fail if another process (`silta keys promote`) wrote in between.
+            tx: self.write.begin_with("BEGIN IMMEDIATE").await?,
             frontier: None,
             pending: Pending::default(),
             alert_seqs: HashMap::new(),
@@ -218,8 +220,13 @@ impl Store for SqliteStore {
         if let Some(end) = f.end_index {
             q.push(" AND seq < ").push_bind(seq_to_i64(end));
         }
-        if let Some(subject) = &f.subject {
-            q.push(" AND subject = ").push_bind(subject);
+        if !f.subjects.is_empty() {
+            q.push(" AND subject IN (");
+            let mut list = q.separated(", ");
+            for subject in &f.subjects {
+                list.push_bind(subject);
+            }
+            q.push(")");
         }
         if let Some(org) = &f.organisation {
             q.push(" AND (actor_org = ")
@@ -1053,6 +1060,49 @@ impl WriteTx for SqliteTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn pseudonym_version(&mut self) -> Result<Option<u32>> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT pseudonym_version FROM key_state WHERE id = 1")
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        crate::version_from_row(v)
+    }
+
+    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
+        self.flush().await?;
+        self.prefetched = Prefetched::default();
+        let mut changed = 0;
+        for (table, id) in [("consents", "consent_id"), ("cases", "case_ref")] {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
+                "SELECT {id}, subject_key, audit_subject FROM {table}"
+            ))
+            .fetch_all(&mut *self.tx)
+            .await?;
+            for (row, key, audit) in rows {
+                let Some((key, audit)) = crate::rekey_row(rekey, &key, &audit)? else {
+                    continue;
+                };
+                sqlx::query(&format!(
+                    "UPDATE {table} SET subject_key = ?, audit_subject = ? WHERE {id} = ?"
+                ))
+                .bind(key)
+                .bind(audit)
+                .bind(row)
+                .execute(&mut *self.tx)
+                .await?;
+                changed += 1;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO key_state (id, pseudonym_version) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET pseudonym_version = excluded.pseudonym_version",
+        )
+        .bind(i64::from(version))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(changed)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {

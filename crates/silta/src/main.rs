@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use silta_core::{Caller, MasterSecret, OrgId, Pseudonymiser, Role};
+use silta_core::{Caller, Keyring, OrgId, Pseudonymiser, Role};
 use silta_server::Config;
 
 /// silta: a privacy-preserving gRPC gateway between a city's landlord and its social services.
@@ -93,11 +93,28 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Shows the pseudonym key version and the consent-receipt verifying key.
+    /// Shows the keyring's versions, the version in use, and the public keys.
     Show {
         /// The TOML configuration file.
         #[arg(long, short, env = "SILTA_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Adds a new random pseudonym key version to the keyring file (secrets.master_secret_file).
+    /// Nothing changes until it is promoted: give every node the new file first.
+    Rotate {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "SILTA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Makes a keyring version the one in use: moves every stored lookup and audit pseudonym
+    /// to it in one transaction, while the gateway runs, and records it in the audit ledger.
+    Promote {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "SILTA_CONFIG")]
+        config: Option<PathBuf>,
+        /// The version to promote; the keyring's newest if unset.
+        #[arg(long)]
+        to: Option<u32>,
     },
 }
 
@@ -110,8 +127,8 @@ fn main() -> anyhow::Result<()> {
             // The OTLP exporter's channel runs on the runtime, so it is built inside it.
             let telemetry =
                 runtime.block_on(async { silta_server::telemetry::init(&config.log) })?;
-            let secret = load_secret(&config)?;
-            let served = runtime.block_on(serve(config, secret));
+            let keyring = load_keyring(&config)?;
+            let served = runtime.block_on(serve(config, keyring));
             // Flush the last spans before the runtime goes.
             runtime
                 .block_on(async { tokio::task::spawn_blocking(|| telemetry.shutdown()).await })?;
@@ -162,15 +179,25 @@ fn main() -> anyhow::Result<()> {
             KeysCommand::Generate { out } => generate_secret(&out),
             KeysCommand::Show { config } => {
                 let config = load_config(config.as_deref())?;
-                let version = config.secrets.pseudonym_key_version.unwrap_or(1);
-                let p = Pseudonymiser::new(load_secret(&config)?, version);
+                let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
                 let signer = silta_core::consent::ReceiptSigner::new(&p);
                 let checkpoints = silta_ledger::checkpoint::NoteSigner::from_seed(
                     &config.ledger.origin,
                     &p.checkpoint_seed(),
                 )
                 .map_err(|e| anyhow::anyhow!("ledger.origin: {e}"))?;
-                println!("pseudonym key version: {version}");
+                println!(
+                    "keyring: pseudonym key versions v{}..=v{}",
+                    p.first_version(),
+                    p.latest_version()
+                );
+                let in_use = runtime()?.block_on(async {
+                    let store = silta_server::open_store(&config.store.url).await?;
+                    let v = silta_server::keys::version_in_use(&*store, &p).await?;
+                    store.close().await;
+                    anyhow::Ok(v)
+                })?;
+                println!("pseudonym key version in use: v{in_use}");
                 println!(
                     "ledger checkpoint verifier key: {}",
                     checkpoints.verifier_key()
@@ -179,6 +206,31 @@ fn main() -> anyhow::Result<()> {
                     "consent receipt key (Ed25519, base64): {}",
                     data_encoding::BASE64.encode(signer.public_key())
                 );
+                Ok(())
+            }
+            KeysCommand::Rotate { config } => {
+                let config = load_config(config.as_deref())?;
+                rotate_keyring(&config)
+            }
+            KeysCommand::Promote { config, to } => {
+                init_logging("pretty", "warn");
+                let config = load_config(config.as_deref())?;
+                let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
+                let to = to.unwrap_or_else(|| p.latest_version());
+                let done = runtime()?.block_on(async {
+                    let store = silta_server::open_store(&config.store.url).await?;
+                    let done = silta_server::keys::promote(&*store, &p, to).await;
+                    store.close().await;
+                    anyhow::Ok(done?)
+                })?;
+                if done.from == done.to {
+                    println!("v{to} is already in use; nothing changed");
+                } else {
+                    println!(
+                        "v{} is in use (was v{}); {} consent and case rows moved; recorded in the audit ledger",
+                        done.to, done.from, done.rows
+                    );
+                }
                 Ok(())
             }
         },
@@ -192,11 +244,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn serve(config: Config, secret: MasterSecret) -> anyhow::Result<()> {
+async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-    let gateway = silta_server::start(&config, secret, listener).await?;
+    let gateway = silta_server::start(&config, keyring, listener).await?;
     reload_on_sighup(gateway.reloader.clone());
     let stop = gateway.stop_token();
     tokio::spawn(async move {
@@ -281,16 +333,15 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 /// The master secret, from `SILTA_MASTER_SECRET` or the configured file.
-fn load_secret(config: &Config) -> anyhow::Result<MasterSecret> {
-    if let Ok(hex) = std::env::var("SILTA_MASTER_SECRET") {
-        return MasterSecret::from_hex(&hex).context("SILTA_MASTER_SECRET");
+/// The keyring: from `SILTA_MASTER_SECRET` if set, else from `secrets.master_secret_file`,
+/// which must be readable by its owner only.
+fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let bare_version = config.secrets.pseudonym_key_version.unwrap_or(1);
+    if let Ok(text) = std::env::var("SILTA_MASTER_SECRET") {
+        let text = zeroize::Zeroizing::new(text);
+        return Keyring::parse(&text, bare_version).context("SILTA_MASTER_SECRET");
     }
-    let Some(path) = &config.secrets.master_secret_file else {
-        bail!(
-            "no master secret: set secrets.master_secret_file to a file made by \
-             `silta keys generate --out FILE`, or set SILTA_MASTER_SECRET"
-        );
-    };
+    let path = keyring_path(config)?;
     #[cfg(unix)]
     if !in_systemd_credentials(path) {
         use std::os::unix::fs::PermissionsExt;
@@ -311,8 +362,67 @@ fn load_secret(config: &Config) -> anyhow::Result<MasterSecret> {
         std::fs::read_to_string(path)
             .with_context(|| format!("secrets.master_secret_file {}", path.display()))?,
     );
-    MasterSecret::from_hex(&text)
+    Keyring::parse(&text, bare_version)
         .with_context(|| format!("secrets.master_secret_file {}", path.display()))
+}
+
+fn keyring_path(config: &Config) -> anyhow::Result<&Path> {
+    config.secrets.master_secret_file.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no master secret: set secrets.master_secret_file to a file made by \
+             `silta keys generate --out FILE`, or set SILTA_MASTER_SECRET"
+        )
+    })
+}
+
+/// Appends a new random version to the keyring file, rewriting a bare secret as `v<N> <hex>`
+/// first. The new file replaces the old one whole (written beside it, then renamed), with
+/// owner-only permissions.
+fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
+    use std::io::Write;
+    if std::env::var_os("SILTA_MASTER_SECRET").is_some() {
+        bail!(
+            "SILTA_MASTER_SECRET is set: rotate the keyring where it is kept, adding a line \
+             `v<N> <64 hex digits>` (see docs/operations.md)"
+        );
+    }
+    let path = keyring_path(config)?;
+    let ring = load_keyring(config)?;
+    let old = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("secrets.master_secret_file {}", path.display()))?,
+    );
+    let mut text = zeroize::Zeroizing::new(String::new());
+    if ring.first() == ring.latest() && !old.trim_start().starts_with('v') {
+        text.push_str(&format!("v{} {}\n", ring.first(), old.trim()));
+    } else {
+        text.push_str(old.trim_end());
+        text.push('\n');
+    }
+    let next = ring.latest() + 1;
+    let hex = random_secret_hex()?;
+    text.push_str(&format!("v{next} {}\n", hex.as_str()));
+    // Checked before it replaces anything.
+    Keyring::parse(&text, 1).context("the rotated keyring")?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write beside {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    println!(
+        "added pseudonym key v{next} to {}; give every node this file and restart them one at a \
+         time, then run `silta keys promote`",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Whether `path` is one of this service's systemd credentials (`LoadCredential=`). systemd
@@ -330,12 +440,18 @@ fn in_systemd_credentials(path: &Path) -> bool {
     }
 }
 
-fn generate_secret(out: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
+fn random_secret_hex() -> anyhow::Result<zeroize::Zeroizing<String>> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), bytes.as_mut())
         .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-    let hex = zeroize::Zeroizing::new(data_encoding::HEXLOWER.encode(bytes.as_ref()));
+    Ok(zeroize::Zeroizing::new(
+        data_encoding::HEXLOWER.encode(bytes.as_ref()),
+    ))
+}
+
+fn generate_secret(out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let hex = random_secret_hex()?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
