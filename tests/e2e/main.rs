@@ -5,6 +5,7 @@ mod actor;
 mod delivery;
 mod flows;
 mod identity;
+mod keys;
 mod ledger;
 mod privacy;
 mod reports;

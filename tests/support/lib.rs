@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, Once};
 
-use silta_core::{Caller, MasterSecret, OrgId, Role};
+use silta_core::{Caller, Keyring, OrgId, Role};
 use silta_server::devpki::{self, DevPki};
 use silta_server::proto::landlord_client::LandlordClient;
 use silta_server::proto::social_services_client::SocialServicesClient;
@@ -34,7 +34,8 @@ pub struct TestGateway {
     pub config: Config,
     /// The verifier key of the ledger's checkpoints.
     pub checkpoint_key: String,
-    secret: [u8; 32],
+    /// The keyring's secrets, version 1 first.
+    secrets: Vec<[u8; 32]>,
     running: Option<RunningGateway>,
 }
 
@@ -84,7 +85,7 @@ impl TestGateway {
             dir,
             pki,
             config,
-            secret,
+            secrets: vec![secret],
             checkpoint_key: String::new(),
             running: None,
         };
@@ -96,12 +97,49 @@ impl TestGateway {
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .expect("bind");
-        let secret = MasterSecret::from_bytes(&self.secret).expect("strong secret");
-        let running = silta_server::start(&self.config, secret, listener)
+        let running = silta_server::start(&self.config, self.keyring(), listener)
             .await
             .expect("gateway starts");
         self.checkpoint_key = running.checkpoint_verifier_key.clone();
         self.running = Some(running);
+    }
+
+    /// The keyring: every version added so far.
+    pub fn keyring(&self) -> Keyring {
+        self.keyring_of(self.secrets.len())
+    }
+
+    /// The keyring of versions 1 to `versions`.
+    pub fn keyring_of(&self, versions: usize) -> Keyring {
+        let text: String = self.secrets[..versions]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("v{} {}\n", i + 1, hex(s)))
+            .collect();
+        Keyring::parse(&text, 1).expect("a valid keyring")
+    }
+
+    /// Adds a random pseudonym key version, as `silta keys rotate` does; the running gateway
+    /// learns of it at its next restart.
+    pub fn rotate_keys(&mut self) {
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .expect("random");
+        self.secrets.push(secret);
+    }
+
+    /// Promotes the keyring's newest version from a second process's view of the database,
+    /// as `silta keys promote` does while the gateway runs.
+    pub async fn promote_keys(&self) -> silta_server::keys::Promotion {
+        let store = silta_server::open_store(&self.config.store.url)
+            .await
+            .expect("open store");
+        let p = silta_core::Pseudonymiser::with_keyring(self.keyring());
+        let done = silta_server::keys::promote(&*store, &p, p.latest_version())
+            .await
+            .expect("promote");
+        store.close().await;
+        done
     }
 
     /// Where the gateway listens.
@@ -469,4 +507,8 @@ pub fn exported_spans() -> String {
 /// Everything logged so far.
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

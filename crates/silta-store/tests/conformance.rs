@@ -10,6 +10,7 @@ use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
 use silta_store::{
     Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, SqliteStore, Store,
+    SubjectColumn,
 };
 
 const PURPOSE: &str = "eviction-prevention";
@@ -510,6 +511,82 @@ async fn prefetched_lookups_answer_as_without_prefetch(store: &dyn Store) {
     );
 }
 
+/// A promotion moves every stored subject in one transaction, or none if one cannot move.
+async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
+    enrol(store, "c-promote", "subject-p", "ss-a").await;
+    let mut tx = store.begin().await.expect("begin");
+    let case_ref = tx
+        .case_ref(&NewCase {
+            landlord: &org("landlord-1"),
+            tenancy_ref: "T-P",
+            recipient: &org("ss-a"),
+            subject_key: &ps("subject-p"),
+            audit_subject: &ps("audit-subject-p"),
+            new_ref: "case-promote",
+            now: now(),
+        })
+        .await
+        .expect("case");
+    assert_eq!(tx.pseudonym_version().await.expect("version"), None);
+    tx.commit().await.expect("commit");
+
+    // One value that cannot move abandons the whole promotion.
+    let mut tx = store.begin().await.expect("begin");
+    let refuse = |_: SubjectColumn, v: &str| (v != "subject-p").then(|| format!("{v}@2"));
+    assert!(tx.promote_pseudonyms(2, &refuse).await.is_err());
+    drop(tx);
+    let mut tx = store.begin().await.expect("begin");
+    assert_eq!(tx.pseudonym_version().await.expect("version"), None);
+    assert_eq!(
+        tx.consents_for(&ps("subject-p"), PURPOSE)
+            .await
+            .expect("consents")
+            .len(),
+        1
+    );
+    drop(tx);
+
+    let mut tx = store.begin().await.expect("begin");
+    let rekey = |column: SubjectColumn, v: &str| {
+        Some(match column {
+            SubjectColumn::Lookup => format!("{v}@2"),
+            SubjectColumn::Audit => format!("{v}@a2"),
+        })
+    };
+    let moved = tx.promote_pseudonyms(2, &rekey).await.expect("promote");
+    assert!(moved >= 2, "the consent and the case moved ({moved})");
+    tx.commit().await.expect("commit");
+
+    let mut tx = store.begin().await.expect("begin");
+    assert_eq!(tx.pseudonym_version().await.expect("version"), Some(2));
+    let old = tx
+        .consents_for(&ps("subject-p"), PURPOSE)
+        .await
+        .expect("consents");
+    let new = tx
+        .consents_for(&ps("subject-p@2"), PURPOSE)
+        .await
+        .expect("consents");
+    assert!(old.is_empty());
+    assert_eq!(new.len(), 1);
+    let subject = tx
+        .consent_subject(&org("ss-a"), "c-promote")
+        .await
+        .expect("subject")
+        .expect("stored");
+    assert_eq!(subject.audit_subject, ps("audit-subject-p@a2"));
+    drop(tx);
+    let case = store
+        .find_case(&org("ss-a"), &case_ref)
+        .await
+        .expect("case")
+        .expect("stored");
+    assert_eq!(
+        (case.subject_key, case.audit_subject),
+        (ps("subject-p@2"), ps("audit-subject-p@a2"))
+    );
+}
+
 async fn suite(store: &dyn Store) {
     audit_appends_build_a_ledger_that_survives_rollbacks(store).await;
     consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(store).await;
@@ -518,6 +595,8 @@ async fn suite(store: &dyn Store) {
     an_uncommitted_transaction_leaves_nothing(store).await;
     retention_purges_one_flow_at_a_time(store).await;
     prefetched_lookups_answer_as_without_prefetch(store).await;
+    // Last: it rewrites every stored subject.
+    a_key_promotion_moves_every_subject_or_none(store).await;
 }
 
 #[tokio::test]
