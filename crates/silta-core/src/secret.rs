@@ -142,9 +142,13 @@ impl From<MasterSecret> for Keyring {
     }
 }
 
-/// The gateway's master secret. Zeroed on drop; never printed.
+/// The gateway's master secret. Its bytes are zeroed on drop (`zeroize`); never printed.
+///
+/// It keeps the secret itself rather than ring's HKDF state, which ring does not zero: each
+/// derivation extracts afresh, and derivations are rare (each key is derived once and cached
+/// by its user).
 pub struct MasterSecret {
-    prk: hkdf::Prk,
+    bytes: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for MasterSecret {
@@ -176,9 +180,8 @@ impl MasterSecret {
         if seen.iter().filter(|&&s| s).count() < 16 {
             return Err(SecretError::Weak);
         }
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"silta master secret v1");
         Ok(MasterSecret {
-            prk: salt.extract(bytes),
+            bytes: Zeroizing::new(bytes.to_vec()),
         })
     }
 
@@ -186,9 +189,10 @@ impl MasterSecret {
     pub(crate) fn derive(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
         let mut out = Zeroizing::new([0u8; 32]);
         let info = [purpose];
+        let prk =
+            hkdf::Salt::new(hkdf::HKDF_SHA256, b"silta master secret v1").extract(&self.bytes);
         // Both calls fail only when the output is longer than 255 hash blocks; 32 bytes is one.
-        let okm = self
-            .prk
+        let okm = prk
             .expand(&info, Len32)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         okm.fill(out.as_mut())
