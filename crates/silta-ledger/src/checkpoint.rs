@@ -87,6 +87,73 @@ impl Checkpoint {
     }
 }
 
+/// The log's statement that checkpoints of sizes after `size` are signed by `new_key` and no
+/// longer by `old_key`. Valid only with signatures by both keys: the old one authorises the
+/// change, the new one proves it is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHandover {
+    /// The log's origin.
+    pub origin: String,
+    /// The tree size at the handover: the old key vouches for sizes up to this one only.
+    pub size: u64,
+    /// The retiring verifier key (`<name>+<id>+<key>`).
+    pub old_key: String,
+    /// The verifier key taking over.
+    pub new_key: String,
+}
+
+/// The second line of a handover note, which no checkpoint has (a checkpoint's is a number).
+const HANDOVER_TAG: &str = "silta checkpoint key handover";
+
+impl KeyHandover {
+    /// The body text, each line ending in a newline.
+    pub fn body(&self) -> String {
+        format!(
+            "{}\n{HANDOVER_TAG}\n{}\n{}\n{}\n",
+            self.origin, self.size, self.old_key, self.new_key
+        )
+    }
+
+    /// Signs the handover with the retiring key and the new one.
+    pub fn sign(&self, old: &NoteSigner, new: &NoteSigner) -> Result<String, NoteError> {
+        let text = self.body();
+        check_text(&text)?;
+        Ok(format!(
+            "{text}\n{}{}",
+            old.signature_line(&text),
+            new.signature_line(&text)
+        ))
+    }
+
+    /// Parses and verifies a handover note of `origin`: signed by both keys it names.
+    pub fn open(note: &str, origin: &str) -> Result<(Self, NoteVerifier, NoteVerifier), NoteError> {
+        let text = note
+            .split_once("\n\n")
+            .map(|(text, _)| text)
+            .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+        let lines: Vec<&str> = text.split('\n').collect();
+        let [o, HANDOVER_TAG, size, old_key, new_key] = lines.as_slice() else {
+            return Err(NoteError::Malformed("not a checkpoint key handover"));
+        };
+        if *o != origin {
+            return Err(NoteError::Malformed("handover is for another log (origin differs)"));
+        }
+        let size = size
+            .parse()
+            .map_err(|_| NoteError::Malformed("handover size is not a number"))?;
+        let (old, new) = (NoteVerifier::parse(old_key)?, NoteVerifier::parse(new_key)?);
+        old.open(note)?;
+        new.open(note)?;
+        let handover = KeyHandover {
+            origin: origin.to_owned(),
+            size,
+            old_key: (*old_key).to_owned(),
+            new_key: (*new_key).to_owned(),
+        };
+        Ok((handover, old, new))
+    }
+}
+
 fn key_id(name: &str, public_key: &[u8]) -> [u8; 4] {
     let mut c = Context::new(&SHA256);
     c.update(name.as_bytes());
@@ -149,13 +216,13 @@ impl NoteSigner {
     /// The signed note of `text` (which must be non-empty lines, each ending in a newline).
     pub fn sign(&self, text: &str) -> Result<String, NoteError> {
         check_text(text)?;
+        Ok(format!("{text}\n{}", self.signature_line(text)))
+    }
+
+    fn signature_line(&self, text: &str) -> String {
         let mut blob = self.id.to_vec();
         blob.extend_from_slice(self.key.sign(text.as_bytes()).as_ref());
-        Ok(format!(
-            "{text}\n{SIG_PREFIX}{} {}\n",
-            self.name,
-            STANDARD.encode(blob)
-        ))
+        format!("{SIG_PREFIX}{} {}\n", self.name, STANDARD.encode(blob))
     }
 }
 

@@ -3,7 +3,7 @@
 //! exactly the root the checkpoint signed. All checkpoints being prefixes of the one
 //! recomputed tree is what makes them consistent with each other.
 
-use crate::checkpoint::{Checkpoint, NoteError, NoteVerifier};
+use crate::checkpoint::{Checkpoint, KeyHandover, NoteError, NoteVerifier};
 use crate::entry::{Entry, EntryError};
 use crate::hash::{Hash, leaf_hash};
 use crate::tree::Frontier;
@@ -74,13 +74,61 @@ pub fn verify_export<'a>(
     verifier: &NoteVerifier,
     origin: &str,
 ) -> Result<Verified, VerifyError> {
+    verify_export_with_handovers(entries, notes, &[], verifier, origin)
+}
+
+/// As [`verify_export`], for a log whose checkpoint key changed: each handover note signed by
+/// a key already trusted (starting from `verifier`) and by its successor makes the successor
+/// trusted, and limits the key it retires to checkpoints no larger than the handover's size. A
+/// handover that no trusted key signed is ignored, and so are the checkpoints of its key.
+pub fn verify_export_with_handovers<'a>(
+    entries: impl IntoIterator<Item = &'a [u8]>,
+    notes: &[&str],
+    handovers: &[&str],
+    verifier: &NoteVerifier,
+    origin: &str,
+) -> Result<Verified, VerifyError> {
+    // (key, the largest size it may vouch for)
+    let mut keys: Vec<(NoteVerifier, Option<u64>)> = vec![(verifier.clone(), None)];
+    let mut opened: Vec<_> = handovers
+        .iter()
+        .filter_map(|note| KeyHandover::open(note, origin).ok())
+        .collect();
+    // Follow the chain from the trusted key, whatever order the handovers come in.
+    while let Some(i) = opened
+        .iter()
+        .position(|(_, old, _)| keys.iter().any(|(k, _)| k == old))
+    {
+        let (handover, old, new) = opened.swap_remove(i);
+        for (k, retired) in &mut keys {
+            if *k == old {
+                *retired = Some(retired.map_or(handover.size, |r| r.min(handover.size)));
+            }
+        }
+        if !keys.iter().any(|(k, _)| *k == new) {
+            keys.push((new, None));
+        }
+    }
     let mut checkpoints: Vec<Checkpoint> = notes
         .iter()
         .enumerate()
         .map(|(position, note)| {
-            verifier
-                .open_checkpoint(note, origin)
-                .map_err(|error| VerifyError::Checkpoint { position, error })
+            let mut last = NoteError::Unverified(origin.to_owned());
+            for (key, retired) in &keys {
+                match key.open_checkpoint(note, origin) {
+                    Ok(c) if retired.is_none_or(|r| c.size <= r) => return Ok(c),
+                    Ok(_) => {
+                        last = NoteError::Malformed(
+                            "signed by a key retired before this tree size",
+                        )
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(VerifyError::Checkpoint {
+                position,
+                error: last,
+            })
         })
         .collect::<Result<_, _>>()?;
     if checkpoints.is_empty() {

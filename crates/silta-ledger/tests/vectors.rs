@@ -415,6 +415,74 @@ fn a_history_rewritten_and_re_signed_is_caught_by_a_checkpoint_kept_from_before(
     );
 }
 
+#[test]
+fn a_checkpoint_key_handover_is_followed_only_from_the_trusted_key() {
+    use silta_ledger::checkpoint::KeyHandover;
+    use silta_ledger::entry::Entry;
+    use silta_ledger::verify::{VerifyError, verify_export_with_handovers};
+    let old = NoteSigner::from_seed("log/audit", &[5; 32]).expect("signer");
+    let new = NoteSigner::from_seed("log/audit", &[6; 32]).expect("signer");
+    let stranger = NoteSigner::from_seed("log/audit", &[7; 32]).expect("signer");
+    let trusted = NoteVerifier::parse(&old.verifier_key()).expect("key");
+    let entries: Vec<Vec<u8>> = (0..6)
+        .map(|i| {
+            Entry {
+                time_ms: i,
+                reason: "e".into(),
+                ..Entry::default()
+            }
+            .encode()
+            .expect("encodes")
+        })
+        .collect();
+    let checkpoint = |size: usize, by: &NoteSigner| {
+        let hashes: Vec<Hash> = entries[..size].iter().map(|e| leaf_hash(e)).collect();
+        let body = Checkpoint {
+            origin: "log/audit".into(),
+            size: size as u64,
+            root: mth(&hashes),
+        }
+        .body();
+        by.sign(&body).expect("signed")
+    };
+    let handover = |from: &NoteSigner, to: &NoteSigner, second: &NoteSigner| {
+        let h = KeyHandover {
+            origin: "log/audit".into(),
+            size: 3,
+            old_key: from.verifier_key(),
+            new_key: to.verifier_key(),
+        };
+        h.sign(from, second).expect("signed")
+    };
+    let export = || entries.iter().map(Vec::as_slice);
+    let good = handover(&old, &new, &new);
+    let (before, after) = (checkpoint(2, &old), checkpoint(6, &new));
+    let notes = [before.as_str(), after.as_str()];
+    let verified = verify_export_with_handovers(export(), &notes, &[&good], &trusted, "log/audit")
+        .expect("the chain from the trusted key verifies");
+    assert_eq!((verified.checkpoints, verified.anchored), (2, 6));
+    // Without the handover the new key is unknown.
+    assert!(matches!(
+        verify_export_with_handovers(export(), &notes, &[], &trusted, "log/audit"),
+        Err(VerifyError::Checkpoint { position: 1, .. })
+    ));
+    // The retired key cannot vouch for a size past the handover, even though it signed it.
+    let late = checkpoint(5, &old);
+    assert!(matches!(
+        verify_export_with_handovers(export(), &[&late], &[&good], &trusted, "log/audit"),
+        Err(VerifyError::Checkpoint { position: 0, .. })
+    ));
+    // A handover the new key did not sign, or one from a key nobody trusts, is ignored.
+    let unproven = handover(&old, &new, &stranger);
+    let rogue = handover(&stranger, &new, &new);
+    for bad in [&unproven, &rogue] {
+        assert!(
+            verify_export_with_handovers(export(), &notes, &[bad.as_str()], &trusted, "log/audit")
+                .is_err()
+        );
+    }
+}
+
 proptest! {
     #[test]
     fn note_and_checkpoint_parsers_never_panic_on_hostile_text(
@@ -427,5 +495,6 @@ proptest! {
         let _ = verifier.open(&text);
         let _ = Checkpoint::parse(&text);
         let _ = NoteVerifier::parse(&text);
+        prop_assert!(silta_ledger::checkpoint::KeyHandover::open(&note, "log/audit").is_err());
     }
 }
