@@ -32,7 +32,8 @@ async fn alerts(gw: &TestGateway) -> Streaming<proto::Alert> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_key_version_moves_stored_subjects_while_serving() {
-    let mut gw = TestGateway::start().await;
+    let mut gw = TestGateway::start_with(|c| c.ledger.checkpoint_every = 1).await;
+    let first_key = gw.checkpoint_key.clone();
     let enrolled = gw
         .social(SOCIAL_A)
         .await
@@ -156,6 +157,59 @@ async fn a_promoted_key_version_moves_stored_subjects_while_serving() {
     assert!(
         promoted[0].starts_with("pseudonym-key-v1-to-v2-"),
         "{promoted:?}"
+    );
+
+    // Checkpoints are now signed by the new version's key, and an auditor who holds only the
+    // first key follows the handover to it.
+    let latest = loop {
+        let latest = audit
+            .get_checkpoint(proto::GetCheckpointRequest { size: 0 })
+            .await
+            .expect("checkpoint")
+            .into_inner();
+        if latest.verifier_key != first_key {
+            break latest;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let items: Vec<proto::ExportItem> = audit
+        .export(proto::ExportRequest::default())
+        .await
+        .expect("export")
+        .into_inner()
+        .map(|i| i.expect("item"))
+        .collect()
+        .await;
+    let (mut entries, mut notes, mut handovers) = (Vec::new(), Vec::new(), Vec::new());
+    for item in items {
+        match item.item.expect("item") {
+            proto::export_item::Item::Entry(e) => entries.push(e.entry),
+            proto::export_item::Item::CheckpointNote(n) => notes.push(n),
+            proto::export_item::Item::KeyHandoverNote(n) => handovers.push(n),
+        }
+    }
+    assert_eq!(handovers.len(), 1);
+    let trusted = silta_ledger::checkpoint::NoteVerifier::parse(&first_key).expect("key");
+    let notes: Vec<&str> = notes.iter().map(String::as_str).collect();
+    let handovers: Vec<&str> = handovers.iter().map(String::as_str).collect();
+    let verified = silta_ledger::verify::verify_export_with_handovers(
+        entries.iter().map(Vec::as_slice),
+        &notes,
+        &handovers,
+        &trusted,
+        &gw.config.ledger.origin,
+    )
+    .expect("the export verifies from the first key");
+    assert!(verified.anchored >= latest.size);
+    assert!(
+        silta_ledger::verify::verify_export(
+            entries.iter().map(Vec::as_slice),
+            &notes,
+            &trusted,
+            &gw.config.ledger.origin,
+        )
+        .is_err(),
+        "without the handover the new key's checkpoints are not trusted"
     );
 
     // A node given the old keyring refuses to start rather than write under the wrong key.

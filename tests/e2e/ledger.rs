@@ -281,6 +281,7 @@ mod service {
             match item.item.expect("item") {
                 proto::export_item::Item::Entry(e) => entries.push(e.entry),
                 proto::export_item::Item::CheckpointNote(n) => notes.push(n),
+                proto::export_item::Item::KeyHandoverNote(_) => panic!("no key was promoted"),
             }
         }
         let notes: Vec<&str> = notes.iter().map(String::as_str).collect();

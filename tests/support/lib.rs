@@ -135,9 +135,14 @@ impl TestGateway {
             .await
             .expect("open store");
         let p = silta_core::Pseudonymiser::with_keyring(self.keyring());
-        let done = silta_server::keys::promote(&*store, &p, p.latest_version())
-            .await
-            .expect("promote");
+        let done = silta_server::keys::promote(
+            &*store,
+            &p,
+            p.latest_version(),
+            &self.config.ledger.origin,
+        )
+        .await
+        .expect("promote");
         store.close().await;
         done
     }

@@ -291,12 +291,24 @@ impl Pseudonymiser {
         out
     }
 
-    /// Derives the Ed25519 seed that signs the audit ledger's checkpoints.
+    /// Derives the Ed25519 seed that signs the audit ledger's checkpoints under the keyring's
+    /// first version.
     pub fn checkpoint_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
         self.inner
             .keyring
             .root()
             .derive(b"silta/checkpoint-signing/ed25519/v1")
+    }
+
+    /// The checkpoint signing seed of key `version` (which changes with the pseudonym key when
+    /// a version is promoted), if the keyring holds it.
+    pub fn checkpoint_seed_at(&self, version: u32) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        Some(
+            self.inner
+                .keyring
+                .secret(version)?
+                .derive(b"silta/checkpoint-signing/ed25519/v1"),
+        )
     }
 
     /// Derives the Ed25519 seed that signs consent receipts.

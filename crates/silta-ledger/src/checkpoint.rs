@@ -136,7 +136,9 @@ impl KeyHandover {
             return Err(NoteError::Malformed("not a checkpoint key handover"));
         };
         if *o != origin {
-            return Err(NoteError::Malformed("handover is for another log (origin differs)"));
+            return Err(NoteError::Malformed(
+                "handover is for another log (origin differs)",
+            ));
         }
         let size = size
             .parse()

@@ -118,9 +118,7 @@ pub fn verify_export_with_handovers<'a>(
                 match key.open_checkpoint(note, origin) {
                     Ok(c) if retired.is_none_or(|r| c.size <= r) => return Ok(c),
                     Ok(_) => {
-                        last = NoteError::Malformed(
-                            "signed by a key retired before this tree size",
-                        )
+                        last = NoteError::Malformed("signed by a key retired before this tree size")
                     }
                     Err(e) => last = e,
                 }

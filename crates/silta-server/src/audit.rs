@@ -298,12 +298,19 @@ impl Audit for AuditService {
                 tracing::error!(error = %e, "stored checkpoint does not parse");
                 ApiError::Integrity("a stored checkpoint is malformed; verify the ledger")
             })?;
+            // The key that signed it: after a key promotion, older checkpoints keep theirs.
+            let verifier_key = crate::checkpoints::signing_key_of(
+                &self.gw.pseudonymiser,
+                &checkpoint.origin,
+                &stored.note,
+            )
+            .map_or_else(|| self.gw.checkpoint_verifier_key.clone(), |(key, _)| key);
             Ok(proto::SignedCheckpoint {
                 note: stored.note,
                 size: checkpoint.size,
                 root_hash: checkpoint.root.to_vec(),
                 origin: checkpoint.origin,
-                verifier_key: self.gw.checkpoint_verifier_key.clone(),
+                verifier_key,
             })
         }
         .await;
@@ -426,10 +433,24 @@ impl Audit for AuditService {
                         }
                     }
                 }
-                match gw.store.checkpoints(to).await {
-                    Ok(cps) => {
-                        for c in cps {
-                            let item = proto::export_item::Item::CheckpointNote(c.note);
+                let notes = async {
+                    let checkpoints = gw.store.checkpoints(to).await?;
+                    let handovers = gw.store.key_handovers().await?;
+                    Ok::<_, silta_store::StoreError>(
+                        checkpoints
+                            .into_iter()
+                            .map(|c| proto::export_item::Item::CheckpointNote(c.note))
+                            .chain(
+                                handovers
+                                    .into_iter()
+                                    .map(|h| proto::export_item::Item::KeyHandoverNote(h.note)),
+                            )
+                            .collect::<Vec<_>>(),
+                    )
+                };
+                match notes.await {
+                    Ok(items) => {
+                        for item in items {
                             if tx
                                 .send(Ok(proto::ExportItem { item: Some(item) }))
                                 .await

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use silta_core::Pseudonymiser;
 use silta_ledger::Hash;
 use silta_ledger::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use silta_ledger::proof::verify_consistency;
@@ -32,11 +33,45 @@ pub(crate) enum CheckpointError {
     NotAnExtension(u64),
 }
 
-/// Signs and stores checkpoints.
+/// The checkpoint signer of key `version`.
+pub(crate) fn signer_for(
+    p: &Pseudonymiser,
+    origin: &str,
+    version: u32,
+) -> Result<NoteSigner, StoreError> {
+    let seed = p.checkpoint_seed_at(version).ok_or_else(|| {
+        StoreError::Corrupt(format!("key v{version} is not in this node's keyring"))
+    })?;
+    // The origin was validated at start-up (see `start`).
+    NoteSigner::from_seed(origin, &seed)
+        .map_err(|e| StoreError::Corrupt(format!("checkpoint key: {e}")))
+}
+
+/// The verifier key, of any version in the keyring, that `note` verifies with, and the
+/// checkpoint it holds.
+pub(crate) fn signing_key_of(
+    p: &Pseudonymiser,
+    origin: &str,
+    note: &str,
+) -> Option<(String, Checkpoint)> {
+    (p.first_version()..=p.latest_version())
+        .filter_map(|v| signer_for(p, origin, v).ok())
+        .map(|s| s.verifier_key())
+        .find_map(|key| {
+            let checkpoint = NoteVerifier::parse(&key)
+                .ok()?
+                .open_checkpoint(note, origin)
+                .ok()?;
+            Some((key, checkpoint))
+        })
+}
+
+/// Signs and stores checkpoints, with the key of the version in use (read in the same
+/// transaction as the checkpoint is stored, so no checkpoint past a key handover is signed by
+/// the key it retired).
 pub(crate) struct Checkpointer {
     pub store: Arc<dyn Store>,
-    pub signer: NoteSigner,
-    pub verifier: NoteVerifier,
+    pub pseudonymiser: Pseudonymiser,
     pub config: LedgerConfig,
     /// Poked by the committer after each batch.
     pub appended: Arc<Notify>,
@@ -51,13 +86,14 @@ impl Checkpointer {
         let Some(stored) = self.store.latest_checkpoint().await? else {
             return Ok(());
         };
-        match self
-            .verifier
-            .open_checkpoint(&stored.note, &self.config.origin)
-        {
-            Ok(c) => *self.last.lock().await = Some((c.size, c.root)),
-            Err(e) => {
-                tracing::error!(error = %e, size = stored.size, "the latest stored checkpoint does not verify with this gateway's key")
+        let opened = signing_key_of(&self.pseudonymiser, &self.config.origin, &stored.note);
+        match opened {
+            Some((_, c)) => *self.last.lock().await = Some((c.size, c.root)),
+            None => {
+                tracing::error!(
+                    size = stored.size,
+                    "the latest stored checkpoint does not verify with any key of this gateway's keyring"
+                )
             }
         }
         Ok(())
@@ -91,12 +127,12 @@ impl Checkpointer {
             size: head.size,
             root: head.root,
         };
+        let mut tx = self.store.begin().await?;
+        let version = crate::commit::version_in_use(&mut *tx, &self.pseudonymiser).await?;
         // The origin was validated at start-up, so the body is well-formed.
-        let note = self
-            .signer
+        let note = signer_for(&self.pseudonymiser, &self.config.origin, version)?
             .sign(&checkpoint.body())
             .map_err(|e| StoreError::Corrupt(format!("checkpoint note: {e}")))?;
-        let mut tx = self.store.begin().await?;
         tx.append_checkpoint(head.size, &head.root, &note, OffsetDateTime::now_utc())
             .await?;
         tx.commit().await?;

@@ -5,10 +5,12 @@
 //! restarted with) while the old version stays in use; then `silta keys promote` moves every
 //! stored lookup and audit pseudonym to the new version and records it as in use, in one
 //! transaction that every writer serialises with. The promotion is itself an entry in the
-//! audit ledger.
+//! audit ledger, and the checkpoint signing key moves with it: a handover note signed by the
+//! retiring key and its successor lets an auditor who trusts the old key follow to the new.
 
 use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::{Domain, Pseudonym, Pseudonymiser};
+use silta_ledger::checkpoint::KeyHandover;
 use silta_store::{Store, StoreError, SubjectColumn};
 use time::OffsetDateTime;
 
@@ -65,6 +67,7 @@ pub async fn promote(
     store: &dyn Store,
     p: &Pseudonymiser,
     to: u32,
+    origin: &str,
 ) -> Result<Promotion, PromoteError> {
     if !p.has_version(to) {
         return Err(PromoteError::NotInKeyring {
@@ -105,7 +108,24 @@ pub async fn promote(
         Outcome::Allow,
         &format!("pseudonym-key-v{from}-to-v{to}-{rows}-rows"),
     );
-    tx.append_audit(&record).await?;
+    let index = tx.append_audit(&record).await?;
+    // The checkpoint key changes with the version: the retiring key vouches for checkpoints
+    // up to and including this entry, its successor for those after, and both sign the note
+    // that says so.
+    let old = crate::checkpoints::signer_for(p, origin, from)?;
+    let new = crate::checkpoints::signer_for(p, origin, to)?;
+    let size = index + 1;
+    let handover = KeyHandover {
+        origin: origin.to_owned(),
+        size,
+        old_key: old.verifier_key(),
+        new_key: new.verifier_key(),
+    };
+    let note = handover
+        .sign(&old, &new)
+        .map_err(|e| StoreError::Corrupt(format!("key handover note: {e}")))?;
+    tx.append_key_handover(size, &note, OffsetDateTime::now_utc())
+        .await?;
     tx.commit().await?;
     p.observe(to);
     tracing::info!(from, to, rows, "pseudonym key promoted");

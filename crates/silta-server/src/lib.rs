@@ -225,19 +225,23 @@ pub async fn start(
     }
     let signer = ReceiptSigner::new(&pseudonymiser);
     let receipt_public_key = signer.public_key().to_vec();
-    let checkpoint_signer = silta_ledger::checkpoint::NoteSigner::from_seed(
+    // Checks the origin, which every checkpoint signer is named by.
+    silta_ledger::checkpoint::NoteSigner::from_seed(
         &config.ledger.origin,
         &pseudonymiser.checkpoint_seed(),
     )
     .map_err(|e| ServeError::Config(format!("ledger.origin: {e}")))?;
-    let checkpoint_verifier_key = checkpoint_signer.verifier_key();
+    let checkpoint_verifier_key = checkpoints::signer_for(
+        &pseudonymiser,
+        &config.ledger.origin,
+        pseudonymiser.observed_version(),
+    )?
+    .verifier_key();
     let appended = Arc::new(tokio::sync::Notify::new());
     let metrics = Arc::new(metrics::Metrics::default());
     let checkpointer = Arc::new(checkpoints::Checkpointer {
         store: Arc::clone(&store),
-        verifier: silta_ledger::checkpoint::NoteVerifier::parse(&checkpoint_signer.verifier_key())
-            .map_err(|e| ServeError::Config(format!("ledger.origin: {e}")))?,
-        signer: checkpoint_signer,
+        pseudonymiser: pseudonymiser.clone(),
         config: config.ledger.clone(),
         appended: Arc::clone(&appended),
         last: tokio::sync::Mutex::new(None),

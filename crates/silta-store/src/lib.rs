@@ -293,6 +293,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every checkpoint with a size up to `max_size`, smallest first.
     async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>>;
 
+    /// Every checkpoint key handover (size and signed note), oldest first.
+    async fn key_handovers(&self) -> Result<Vec<StoredCheckpoint>>;
+
     /// Ledger entries matching `filter`, in leaf order.
     async fn ledger_entries(&self, filter: &AuditFilter) -> Result<Vec<LedgerEntry>>;
 
@@ -402,6 +405,14 @@ pub trait WriteTx: Send {
         &mut self,
         size: u64,
         root: &Hash,
+        note: &str,
+        now: OffsetDateTime,
+    ) -> Result<()>;
+
+    /// Stores a checkpoint key handover note made at tree size `size`.
+    async fn append_key_handover(
+        &mut self,
+        size: u64,
         note: &str,
         now: OffsetDateTime,
     ) -> Result<()>;

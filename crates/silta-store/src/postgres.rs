@@ -219,6 +219,20 @@ impl Store for PostgresStore {
         Ok(note.map(|note| StoredCheckpoint { size, note }))
     }
 
+    async fn key_handovers(&self) -> Result<Vec<StoredCheckpoint>> {
+        let rows = sqlx::query("SELECT size, note FROM key_handovers ORDER BY size")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredCheckpoint {
+                    size: seq_from_i64(r.try_get("size")?)?,
+                    note: r.try_get("note")?,
+                })
+            })
+            .collect()
+    }
+
     async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>> {
         let rows = sqlx::query("SELECT size, note FROM checkpoints WHERE size <= $1 ORDER BY size")
             .bind(seq_to_i64(max_size))
@@ -668,6 +682,21 @@ impl WriteTx for PgTx {
         .bind(to_ms(now))
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn append_key_handover(
+        &mut self,
+        size: u64,
+        note: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO key_handovers (size, note, created_at) VALUES ($1, $2, $3)")
+            .bind(seq_to_i64(size))
+            .bind(note)
+            .bind(to_ms(now))
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

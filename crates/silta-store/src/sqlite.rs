@@ -199,6 +199,20 @@ impl Store for SqliteStore {
         Ok(note.map(|note| StoredCheckpoint { size, note }))
     }
 
+    async fn key_handovers(&self) -> Result<Vec<StoredCheckpoint>> {
+        let rows = sqlx::query("SELECT size, note FROM key_handovers ORDER BY size")
+            .fetch_all(&self.read)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoredCheckpoint {
+                    size: seq_from_i64(r.try_get("size")?)?,
+                    note: r.try_get("note")?,
+                })
+            })
+            .collect()
+    }
+
     async fn checkpoints(&self, max_size: u64) -> Result<Vec<StoredCheckpoint>> {
         let rows = sqlx::query("SELECT size, note FROM checkpoints WHERE size <= ? ORDER BY size")
             .bind(seq_to_i64(max_size))
@@ -1059,6 +1073,21 @@ impl WriteTx for SqliteTx {
         .bind(to_ms(now))
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn append_key_handover(
+        &mut self,
+        size: u64,
+        note: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO key_handovers (size, note, created_at) VALUES (?, ?, ?)")
+            .bind(seq_to_i64(size))
+            .bind(note)
+            .bind(to_ms(now))
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -555,7 +555,18 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
     };
     let moved = tx.promote_pseudonyms(2, &rekey).await.expect("promote");
     assert!(moved >= 2, "the consent and the case moved ({moved})");
+    tx.append_key_handover(7, "handover note\n", now())
+        .await
+        .expect("handover");
     tx.commit().await.expect("commit");
+    let handovers = store.key_handovers().await.expect("handovers");
+    assert_eq!(
+        handovers
+            .iter()
+            .map(|h| (h.size, h.note.as_str()))
+            .collect::<Vec<_>>(),
+        [(7, "handover note\n")]
+    );
 
     let mut tx = store.begin().await.expect("begin");
     assert_eq!(tx.pseudonym_version().await.expect("version"), Some(2));

@@ -8,7 +8,11 @@
 //! {"index":0,"entry":"<base64 of the canonical entry bytes>"}
 //! ...
 //! {"checkpoint":"<the C2SP signed note, verbatim>"}
+//! {"key_handover":"<a checkpoint key handover, C2SP signed note, verbatim>"}
 //! ```
+//!
+//! Key handover lines appear once a key version was promoted; `verify` follows them from the
+//! key it is given.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use silta_ledger::checkpoint::NoteVerifier;
 use silta_ledger::entry::Entry;
-use silta_ledger::verify::verify_export;
+use silta_ledger::verify::verify_export_with_handovers;
 use silta_server::proto;
 use silta_server::proto::audit_client::AuditClient;
 use tokio_stream::StreamExt;
@@ -122,6 +126,8 @@ struct Line {
     entry: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_handover: Option<String>,
 }
 
 /// Runs an audit command; returns the process exit code.
@@ -198,6 +204,10 @@ async fn export(out: &Path, conn: &Connection) -> anyhow::Result<()> {
                     ..Line::default()
                 }
             }
+            Some(proto::export_item::Item::KeyHandoverNote(note)) => Line {
+                key_handover: Some(note),
+                ..Line::default()
+            },
             None => continue,
         };
         writeln!(w, "{}", serde_json::to_string(&line)?)?;
@@ -224,7 +234,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
     };
     let verifier = NoteVerifier::parse(&key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let (mut entries, mut notes) = (Vec::new(), Vec::new());
+    let (mut entries, mut notes, mut handovers) = (Vec::new(), Vec::new(), Vec::new());
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         let at = || format!("{} line {}", path.display(), n + 1);
@@ -248,12 +258,21 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
             entries.push(STANDARD.decode(entry).with_context(at)?);
         } else if let Some(note) = parsed.checkpoint {
             notes.push(note);
+        } else if let Some(note) = parsed.key_handover {
+            handovers.push(note);
         } else {
             bail!("{}: not an export line", at());
         }
     }
     let notes: Vec<&str> = notes.iter().chain(held).map(String::as_str).collect();
-    match verify_export(entries.iter().map(Vec::as_slice), &notes, &verifier, origin) {
+    let handovers: Vec<&str> = handovers.iter().map(String::as_str).collect();
+    match verify_export_with_handovers(
+        entries.iter().map(Vec::as_slice),
+        &notes,
+        &handovers,
+        &verifier,
+        origin,
+    ) {
         Ok(v) => {
             println!(
                 "OK: {} entries and {} checkpoints of {origin} verify.",

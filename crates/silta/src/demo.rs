@@ -371,7 +371,8 @@ pub async fn run() -> anyhow::Result<bool> {
                 match item?.item {
                     Some(proto::export_item::Item::Entry(e)) => leaves.push(e.entry),
                     Some(proto::export_item::Item::CheckpointNote(n)) => notes.push(n),
-                    None => {}
+                    // The demo's fresh keyring has one version: no handovers.
+                    Some(proto::export_item::Item::KeyHandoverNote(_)) | None => {}
                 }
             }
             let verifier =

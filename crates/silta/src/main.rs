@@ -219,7 +219,8 @@ fn main() -> anyhow::Result<()> {
                 let to = to.unwrap_or_else(|| p.latest_version());
                 let done = runtime()?.block_on(async {
                     let store = silta_server::open_store(&config.store.url).await?;
-                    let done = silta_server::keys::promote(&*store, &p, to).await;
+                    let done =
+                        silta_server::keys::promote(&*store, &p, to, &config.ledger.origin).await;
                     store.close().await;
                     anyhow::Ok(done?)
                 })?;
