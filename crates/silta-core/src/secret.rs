@@ -41,6 +41,9 @@ pub enum KeyringError {
     /// Versions must run 1, 2, 3, … (or N, N+1, …) without gaps or repeats, oldest first.
     #[error("line {0}: versions must follow each other without gaps, oldest first")]
     NotContiguous(usize),
+    /// A version repeats an earlier version's secret: rotating to it would change nothing.
+    #[error("line {0}: the same secret as an earlier version; each version needs its own")]
+    Duplicate(usize),
     /// The file holds no secret.
     #[error("holds no secret")]
     Empty,
@@ -97,6 +100,12 @@ impl Keyring {
                 .ok_or(KeyringError::Malformed(line))?;
             let secret = MasterSecret::from_hex(hex)
                 .map_err(|error| KeyringError::Secret { line, error })?;
+            if ring
+                .as_ref()
+                .is_some_and(|r| r.secrets.iter().any(|s| s.bytes == secret.bytes))
+            {
+                return Err(KeyringError::Duplicate(line));
+            }
             match &mut ring {
                 None => ring = Some(Keyring::single(secret, version)),
                 Some(r) if r.latest().checked_add(1) == Some(version) => r.secrets.push(secret),
@@ -268,6 +277,10 @@ mod tests {
         assert_eq!(
             Keyring::parse("# nothing\n", 1).unwrap_err(),
             KeyringError::Empty
+        );
+        assert_eq!(
+            Keyring::parse(&format!("v1 {}\nv2 {}", hex(1), hex(1)), 1).unwrap_err(),
+            KeyringError::Duplicate(2)
         );
     }
 }

@@ -140,9 +140,16 @@ impl KeyHandover {
                 "handover is for another log (origin differs)",
             ));
         }
-        let size = size
-            .parse()
-            .map_err(|_| NoteError::Malformed("handover size is not a number"))?;
+        let size = Some(size)
+            .filter(|s| {
+                !s.is_empty()
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && (s.len() == 1 || !s.starts_with('0'))
+            })
+            .and_then(|s| s.parse().ok())
+            .ok_or(NoteError::Malformed(
+                "handover size is not a decimal number",
+            ))?;
         let (old, new) = (NoteVerifier::parse(old_key)?, NoteVerifier::parse(new_key)?);
         old.open(note)?;
         new.open(note)?;

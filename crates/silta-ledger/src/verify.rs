@@ -62,6 +62,15 @@ pub enum VerifyError {
         /// Entries in the export.
         entries: u64,
     },
+    /// Two key handovers retire the same key, or hand over to the same key.
+    #[error(
+        "two checkpoint key handovers involve key {key}: a key signed two different histories, \
+         so it was misused or has leaked; ask the operator"
+    )]
+    ConflictingHandovers {
+        /// The key both handovers name.
+        key: String,
+    },
     /// No checkpoint at all: nothing anchors the entries.
     #[error("the export holds no checkpoint, so nothing vouches for its entries")]
     NoCheckpoint,
@@ -77,10 +86,12 @@ pub fn verify_export<'a>(
     verify_export_with_handovers(entries, notes, &[], verifier, origin)
 }
 
-/// As [`verify_export`], for a log whose checkpoint key changed: each handover note signed by
-/// a key already trusted (starting from `verifier`) and by its successor makes the successor
-/// trusted, and limits the key it retires to checkpoints no larger than the handover's size. A
-/// handover that no trusted key signed is ignored, and so are the checkpoints of its key.
+/// As [`verify_export`], for a log whose checkpoint key changed. A handover note counts only
+/// when both keys it names signed it. From the trusted `verifier`, the chain of handovers is
+/// followed both ways: forward to the keys it handed over to, backward to the keys that handed
+/// over to it. Each key vouches only for the tree sizes between the handover that brought it
+/// in and the one that retired it. Two handovers from the same key, or to the same key, are a
+/// key signing two histories: the export is refused. Handovers off the chain are ignored.
 pub fn verify_export_with_handovers<'a>(
     entries: impl IntoIterator<Item = &'a [u8]>,
     notes: &[&str],
@@ -88,37 +99,19 @@ pub fn verify_export_with_handovers<'a>(
     verifier: &NoteVerifier,
     origin: &str,
 ) -> Result<Verified, VerifyError> {
-    // (key, the largest size it may vouch for)
-    let mut keys: Vec<(NoteVerifier, Option<u64>)> = vec![(verifier.clone(), None)];
-    let mut opened: Vec<_> = handovers
-        .iter()
-        .filter_map(|note| KeyHandover::open(note, origin).ok())
-        .collect();
-    // Follow the chain from the trusted key, whatever order the handovers come in.
-    while let Some(i) = opened
-        .iter()
-        .position(|(_, old, _)| keys.iter().any(|(k, _)| k == old))
-    {
-        let (handover, old, new) = opened.swap_remove(i);
-        for (k, retired) in &mut keys {
-            if *k == old {
-                *retired = Some(retired.map_or(handover.size, |r| r.min(handover.size)));
-            }
-        }
-        if !keys.iter().any(|(k, _)| *k == new) {
-            keys.push((new, None));
-        }
-    }
+    let keys = key_spans(handovers, verifier, origin)?;
     let mut checkpoints: Vec<Checkpoint> = notes
         .iter()
         .enumerate()
         .map(|(position, note)| {
             let mut last = NoteError::Unverified(origin.to_owned());
-            for (key, retired) in &keys {
+            for (key, from, until) in &keys {
                 match key.open_checkpoint(note, origin) {
-                    Ok(c) if retired.is_none_or(|r| c.size <= r) => return Ok(c),
+                    Ok(c) if *from <= c.size && until.is_none_or(|u| c.size <= u) => return Ok(c),
                     Ok(_) => {
-                        last = NoteError::Malformed("signed by a key retired before this tree size")
+                        last = NoteError::Malformed(
+                            "signed by a key that did not vouch for this tree size (see its key handovers)",
+                        )
                     }
                     Err(e) => last = e,
                 }
@@ -169,4 +162,68 @@ pub fn verify_export_with_handovers<'a>(
         anchored,
         root: frontier.root(),
     })
+}
+
+/// The trusted keys and the tree sizes each may vouch for: `(key, from, until)`, inclusive.
+#[allow(clippy::type_complexity)]
+fn key_spans(
+    handovers: &[&str],
+    trusted: &NoteVerifier,
+    origin: &str,
+) -> Result<Vec<(NoteVerifier, u64, Option<u64>)>, VerifyError> {
+    let opened: Vec<(KeyHandover, NoteVerifier, NoteVerifier)> = handovers
+        .iter()
+        .filter_map(|note| KeyHandover::open(note, origin).ok())
+        .collect();
+    for (i, (a, a_old, a_new)) in opened.iter().enumerate() {
+        for (b, b_old, b_new) in &opened[i + 1..] {
+            if a == b {
+                continue; // the same handover twice
+            }
+            if a_old == b_old || a_new == b_new {
+                return Err(VerifyError::ConflictingHandovers {
+                    key: if a_old == b_old {
+                        a.old_key.clone()
+                    } else {
+                        a.new_key.clone()
+                    },
+                });
+            }
+        }
+    }
+    let from_key = |k: &NoteVerifier| opened.iter().find(|(_, old, _)| old == k);
+    let to_key = |k: &NoteVerifier| opened.iter().find(|(_, _, new)| new == k);
+    let mut spans = vec![(trusted.clone(), 0, None)];
+    // Forward: the trusted key until its handover, its successor from then, and on.
+    let mut key = trusted.clone();
+    for _ in 0..opened.len() {
+        let Some((h, _, new)) = from_key(&key) else {
+            break;
+        };
+        if spans.iter().any(|(k, _, _)| k == new) {
+            break; // a cycle
+        }
+        if let Some(last) = spans.last_mut() {
+            last.2 = Some(h.size);
+        }
+        spans.push((new.clone(), h.size, None));
+        key = new.clone();
+    }
+    // Backward: the trusted key from the handover that brought it in, its predecessor until
+    // then, and back.
+    let mut key = trusted.clone();
+    for _ in 0..opened.len() {
+        let Some((h, old, _)) = to_key(&key) else {
+            break;
+        };
+        if spans.iter().any(|(k, _, _)| k == old) {
+            break;
+        }
+        if let Some(span) = spans.iter_mut().find(|(k, _, _)| *k == key) {
+            span.1 = h.size;
+        }
+        spans.push((old.clone(), 0, Some(h.size)));
+        key = old.clone();
+    }
+    Ok(spans)
 }

@@ -472,6 +472,32 @@ fn a_checkpoint_key_handover_is_followed_only_from_the_trusted_key() {
         verify_export_with_handovers(export(), &[&late], &[&good], &trusted, "log/audit"),
         Err(VerifyError::Checkpoint { position: 0, .. })
     ));
+    // Nor can the new key vouch for a size before the handover.
+    let early = checkpoint(2, &new);
+    assert!(matches!(
+        verify_export_with_handovers(export(), &[&early], &[&good], &trusted, "log/audit"),
+        Err(VerifyError::Checkpoint { position: 0, .. })
+    ));
+    // An auditor who trusts the new key follows the handover backwards to the old one.
+    let trusts_new = NoteVerifier::parse(&new.verifier_key()).expect("key");
+    assert!(
+        verify_export_with_handovers(export(), &notes, &[&good], &trusts_new, "log/audit").is_ok()
+    );
+    assert!(
+        verify_export_with_handovers(export(), &[&late], &[&good], &trusts_new, "log/audit")
+            .is_err()
+    );
+    // A leaked old key that hands over a second time, to a key of the thief's, is caught.
+    let forged = handover(&old, &stranger, &stranger);
+    assert!(matches!(
+        verify_export_with_handovers(export(), &notes, &[&good, &forged], &trusted, "log/audit"),
+        Err(VerifyError::ConflictingHandovers { .. })
+    ));
+    // The same handover twice is no conflict.
+    assert!(
+        verify_export_with_handovers(export(), &notes, &[&good, &good], &trusted, "log/audit")
+            .is_ok()
+    );
     // A handover the new key did not sign, or one from a key nobody trusts, is ignored.
     let unproven = handover(&old, &new, &stranger);
     let rogue = handover(&stranger, &new, &new);

@@ -251,7 +251,14 @@ impl Audit for AuditService {
                 .collect::<Result<Vec<_>, _>>()?;
             // Recorded after the read (a query does not list itself) but before anything is
             // served: a read that cannot be recorded is not served.
-            let subject = filter.subjects.last().cloned().map(Pseudonym::from_stored);
+            // Named under the version in use, like every record this node writes now.
+            let in_use = self.gw.pseudonymiser.observed_version();
+            let subject = filter
+                .subjects
+                .iter()
+                .map(|s| Pseudonym::from_stored(s.clone()))
+                .find(|p| p.version() == Some(in_use))
+                .or_else(|| filter.subjects.last().cloned().map(Pseudonym::from_stored));
             self.gw
                 .record(&ctx, Outcome::Allow, "ledger-query", subject)
                 .await?;
@@ -299,12 +306,20 @@ impl Audit for AuditService {
                 ApiError::Integrity("a stored checkpoint is malformed; verify the ledger")
             })?;
             // The key that signed it: after a key promotion, older checkpoints keep theirs.
-            let verifier_key = crate::checkpoints::signing_key_of(
+            let (verifier_key, _) = crate::checkpoints::signing_key_of(
                 &self.gw.pseudonymiser,
                 &checkpoint.origin,
                 &stored.note,
             )
-            .map_or_else(|| self.gw.checkpoint_verifier_key.clone(), |(key, _)| key);
+            .ok_or_else(|| {
+                tracing::error!(
+                    size = checkpoint.size,
+                    "a stored checkpoint verifies with no key of this node's keyring"
+                );
+                ApiError::Integrity(
+                    "a stored checkpoint is signed by no key of this gateway; verify the ledger",
+                )
+            })?;
             Ok(proto::SignedCheckpoint {
                 note: stored.note,
                 size: checkpoint.size,

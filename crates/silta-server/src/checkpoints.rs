@@ -103,13 +103,28 @@ impl Checkpointer {
     /// entries since the last one.
     pub async fn publish(&self, min_growth: u64) -> Result<(), CheckpointError> {
         let mut last = self.last.lock().await;
+        // A cheap look first, so a wake-up with too little growth takes no write lock.
         let head = self.store.ledger_head().await?;
         self.metrics
             .ledger_entries
             .set(i64::try_from(head.size).unwrap_or(i64::MAX));
+        let grown = last
+            .map_or(0, |(size, _)| size)
+            .saturating_add(min_growth.max(1));
+        if head.size < grown
+            && last.is_none_or(|(size, root)| head.size != size || head.root == root)
+        {
+            return Ok(());
+        }
+        // The key version and the head are read while holding the write lock, so a checkpoint
+        // is signed by the key in use for exactly the tree it names: never the retired key past
+        // a key handover, nor the new key before it.
+        let mut tx = self.store.begin().await?;
+        let version = crate::commit::version_in_use(&mut *tx, &self.pseudonymiser).await?;
+        let head = self.store.ledger_head().await?;
         if let Some((size, root)) = *last {
-            if head.size < size.saturating_add(min_growth.max(1)) {
-                if head.size == size && head.root != root {
+            if head.size == size {
+                if head.root != root {
                     return Err(CheckpointError::NotAnExtension(size));
                 }
                 return Ok(());
@@ -119,16 +134,12 @@ impl Checkpointer {
                 .map_err(|_| CheckpointError::NotAnExtension(size))?;
             verify_consistency(size, head.size, &root, &head.root, &proof)
                 .map_err(|_| CheckpointError::NotAnExtension(size))?;
-        } else if head.size < min_growth.max(1) {
-            return Ok(());
         }
         let checkpoint = Checkpoint {
             origin: self.config.origin.clone(),
             size: head.size,
             root: head.root,
         };
-        let mut tx = self.store.begin().await?;
-        let version = crate::commit::version_in_use(&mut *tx, &self.pseudonymiser).await?;
         // The origin was validated at start-up, so the body is well-formed.
         let note = signer_for(&self.pseudonymiser, &self.config.origin, version)?
             .sign(&checkpoint.body())

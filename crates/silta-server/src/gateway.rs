@@ -109,7 +109,6 @@ pub struct Gateway {
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) stop: CancellationToken,
     pub(crate) tuning: TuningConfig,
-    pub(crate) checkpoint_verifier_key: String,
     pub(crate) policies: Arc<PolicyHandle>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) actors: crate::actor::ActorVerifier,

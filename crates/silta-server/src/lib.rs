@@ -91,7 +91,8 @@ pub struct RunningGateway {
     pub local_addr: SocketAddr,
     /// The receipt-signing public key.
     pub receipt_public_key: Vec<u8>,
-    /// The verifier key of the ledger's checkpoints (C2SP signed-note form).
+    /// The verifier key of the ledger's checkpoints (C2SP signed-note form), of the key
+    /// version in use when the gateway started (a promotion while it runs moves to the next).
     pub checkpoint_verifier_key: String,
     /// Reloads the policy set (what SIGHUP does).
     pub reloader: PolicyReloader,
@@ -302,7 +303,6 @@ pub async fn start(
         notifier,
         stop: stop.clone(),
         tuning: config.tuning.clone(),
-        checkpoint_verifier_key: checkpoint_verifier_key.clone(),
         policies: Arc::clone(&policies),
         metrics: Arc::clone(&metrics),
         actors,

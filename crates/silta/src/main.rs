@@ -181,11 +181,17 @@ fn main() -> anyhow::Result<()> {
                 let config = load_config(config.as_deref())?;
                 let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
                 let signer = silta_core::consent::ReceiptSigner::new(&p);
-                let checkpoints = silta_ledger::checkpoint::NoteSigner::from_seed(
-                    &config.ledger.origin,
-                    &p.checkpoint_seed(),
-                )
-                .map_err(|e| anyhow::anyhow!("ledger.origin: {e}"))?;
+                let checkpoint_key = |version: u32| {
+                    let seed = p
+                        .checkpoint_seed_at(version)
+                        .ok_or_else(|| anyhow::anyhow!("v{version} is not in the keyring"))?;
+                    let signer = silta_ledger::checkpoint::NoteSigner::from_seed(
+                        &config.ledger.origin,
+                        &seed,
+                    )
+                    .map_err(|e| anyhow::anyhow!("ledger.origin: {e}"))?;
+                    anyhow::Ok(signer.verifier_key())
+                };
                 println!(
                     "keyring: pseudonym key versions v{}..=v{}",
                     p.first_version(),
@@ -199,9 +205,16 @@ fn main() -> anyhow::Result<()> {
                 })?;
                 println!("pseudonym key version in use: v{in_use}");
                 println!(
-                    "ledger checkpoint verifier key: {}",
-                    checkpoints.verifier_key()
+                    "ledger checkpoint verifier key, v{in_use} (signs checkpoints now): {}",
+                    checkpoint_key(in_use)?
                 );
+                if in_use != p.first_version() {
+                    println!(
+                        "ledger checkpoint verifier key, v{} (signed before the first handover): {}",
+                        p.first_version(),
+                        checkpoint_key(p.first_version())?
+                    );
+                }
                 println!(
                     "consent receipt key (Ed25519, base64): {}",
                     data_encoding::BASE64.encode(signer.public_key())
@@ -380,6 +393,7 @@ fn keyring_path(config: &Config) -> anyhow::Result<&Path> {
 /// first. The new file replaces the old one whole (written beside it, then renamed), with
 /// owner-only permissions.
 fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     use std::io::Write;
     if std::env::var_os("SILTA_MASTER_SECRET").is_some() {
         bail!(
@@ -393,16 +407,23 @@ fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
         std::fs::read_to_string(path)
             .with_context(|| format!("secrets.master_secret_file {}", path.display()))?,
     );
-    let mut text = zeroize::Zeroizing::new(String::new());
-    if ring.first() == ring.latest() && !old.trim_start().starts_with('v') {
-        text.push_str(&format!("v{} {}\n", ring.first(), old.trim()));
+    // Sized up front so the secret text is never left behind in a grown-out buffer.
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(old.len() + 128));
+    let bare = !old.lines().map(str::trim).any(|l| l.starts_with('v'));
+    if bare {
+        // One bare secret (comments aside): it becomes `v<N> <hex>`.
+        let hex = old
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .unwrap_or_default();
+        writeln!(text, "v{} {hex}", ring.first())?;
     } else {
-        text.push_str(old.trim_end());
-        text.push('\n');
+        writeln!(text, "{}", old.trim_end())?;
     }
     let next = ring.latest() + 1;
     let hex = random_secret_hex()?;
-    text.push_str(&format!("v{next} {}\n", hex.as_str()));
+    writeln!(text, "v{next} {}", hex.as_str())?;
     // Checked before it replaces anything.
     Keyring::parse(&text, 1).context("the rotated keyring")?;
     let dir = path.parent().unwrap_or(Path::new("."));
