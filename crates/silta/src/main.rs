@@ -204,13 +204,14 @@ fn main() -> anyhow::Result<()> {
                     anyhow::Ok(v)
                 })?;
                 println!("pseudonym key version in use: v{in_use}");
+                // The line auditors and scripts read names the key signing checkpoints now.
                 println!(
-                    "ledger checkpoint verifier key, v{in_use} (signs checkpoints now): {}",
+                    "ledger checkpoint verifier key: {}",
                     checkpoint_key(in_use)?
                 );
                 if in_use != p.first_version() {
                     println!(
-                        "ledger checkpoint verifier key, v{} (signed before the first handover): {}",
+                        "ledger checkpoint verifier key of v{} (before the first key handover): {}",
                         p.first_version(),
                         checkpoint_key(p.first_version())?
                     );
