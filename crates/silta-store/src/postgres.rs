@@ -93,6 +93,8 @@ impl Store for PostgresStore {
             tx,
             frontier: None,
             notified: Vec::new(),
+            audit: Vec::new(),
+            nodes: Vec::new(),
         }))
     }
 
@@ -317,6 +319,87 @@ struct PgTx {
     /// The ledger's right edge, read on the first append of this transaction and advanced in
     /// memory; dropped with the transaction, so a rollback leaves nothing stale.
     frontier: Option<Frontier>,
+    /// Ledger entries appended in this transaction, written at commit in one statement (a
+    /// round trip per entry was most of a batch's time). Nothing in the transaction reads the
+    /// ledger back: the frontier answers for it.
+    audit: Vec<AuditRow>,
+    /// The subtrees those entries completed, written with them.
+    nodes: Vec<(u32, u64, Hash)>,
+}
+
+/// An audit row waiting for commit.
+struct AuditRow {
+    seq: i64,
+    at: i64,
+    request_id: String,
+    actor_org: String,
+    actor_role: &'static str,
+    actor_person: Option<String>,
+    action: String,
+    flow_id: Option<String>,
+    outcome: &'static str,
+    reason: String,
+    policy_ids: String,
+    subject: Option<String>,
+    fields: String,
+    recipients: String,
+    entry: Vec<u8>,
+    leaf: Hash,
+}
+
+impl PgTx {
+    /// Writes the pending ledger entries and subtrees: one statement each, whatever their
+    /// number.
+    async fn flush_ledger(&mut self) -> Result<()> {
+        let audit = std::mem::take(&mut self.audit);
+        if !audit.is_empty() {
+            macro_rules! column {
+                ($field:ident) => {
+                    audit.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+                };
+            }
+            sqlx::query(
+                "INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person,
+                                    action, flow_id, outcome, reason, policy_ids, subject,
+                                    fields, recipients, entry, leaf_hash)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                                      $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                                      $10::text[], $11::text[], $12::text[], $13::text[],
+                                      $14::text[], $15::bytea[], $16::bytea[])",
+            )
+            .bind(column!(seq))
+            .bind(column!(at))
+            .bind(column!(request_id))
+            .bind(column!(actor_org))
+            .bind(column!(actor_role))
+            .bind(column!(actor_person))
+            .bind(column!(action))
+            .bind(column!(flow_id))
+            .bind(column!(outcome))
+            .bind(column!(reason))
+            .bind(column!(policy_ids))
+            .bind(column!(subject))
+            .bind(column!(fields))
+            .bind(column!(recipients))
+            .bind(column!(entry))
+            .bind(audit.iter().map(|r| r.leaf.to_vec()).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let nodes = std::mem::take(&mut self.nodes);
+        if !nodes.is_empty() {
+            sqlx::query(
+                "INSERT INTO ledger_nodes (level, idx, hash)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])",
+            )
+            .bind(nodes.iter().map(|n| i64::from(n.0)).collect::<Vec<_>>())
+            .bind(nodes.iter().map(|n| seq_to_i64(n.1)).collect::<Vec<_>>())
+            .bind(nodes.iter().map(|n| n.2.to_vec()).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the ledger's size and right edge: O(log n) indexed reads.
@@ -628,40 +711,25 @@ impl WriteTx for PgTx {
         frontier.append(leaf, |level, index, hash| {
             completed.push((level, index, *hash))
         });
-        sqlx::query(
-            "INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person, action,
-                                flow_id, outcome, reason, policy_ids, subject, fields, recipients,
-                                entry, leaf_hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(seq_to_i64(seq))
-        .bind(to_ms(r.at))
-        .bind(&r.request_id)
-        .bind(r.actor.org.as_str())
-        .bind(r.actor.role.as_str())
-        .bind(r.actor_person.as_deref())
-        .bind(&r.action)
-        .bind(r.flow_id.as_deref())
-        .bind(r.outcome.as_str())
-        .bind(&r.reason)
-        .bind(json_list(&r.policy_ids))
-        .bind(r.subject.as_ref().map(Pseudonym::as_str))
-        .bind(json_list(&r.fields))
-        .bind(json_list(
-            &r.recipients.iter().map(OrgId::as_str).collect::<Vec<_>>(),
-        ))
-        .bind(&entry)
-        .bind(leaf.as_slice())
-        .execute(&mut *self.tx)
-        .await?;
-        for (level, index, hash) in completed {
-            sqlx::query("INSERT INTO ledger_nodes (level, idx, hash) VALUES ($1, $2, $3)")
-                .bind(i64::from(level))
-                .bind(seq_to_i64(index))
-                .bind(hash.as_slice())
-                .execute(&mut *self.tx)
-                .await?;
-        }
+        self.audit.push(AuditRow {
+            seq: seq_to_i64(seq),
+            at: to_ms(r.at),
+            request_id: r.request_id.clone(),
+            actor_org: r.actor.org.as_str().to_owned(),
+            actor_role: r.actor.role.as_str(),
+            actor_person: r.actor_person.clone(),
+            action: r.action.clone(),
+            flow_id: r.flow_id.clone(),
+            outcome: r.outcome.as_str(),
+            reason: r.reason.clone(),
+            policy_ids: json_list(&r.policy_ids),
+            subject: r.subject.as_ref().map(|s| s.as_str().to_owned()),
+            fields: json_list(&r.fields),
+            recipients: json_list(&r.recipients.iter().map(OrgId::as_str).collect::<Vec<_>>()),
+            entry,
+            leaf,
+        });
+        self.nodes.extend(completed);
         Ok(seq)
     }
 
@@ -758,6 +826,7 @@ impl WriteTx for PgTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.flush_ledger().await?;
         // Sent with the transaction: delivered to every node's listener only if it commits.
         // One notification per organisation, for its highest new sequence.
         self.notified.sort();
