@@ -13,6 +13,7 @@
 //! its own subscribers of that organisation; the table stays the truth (subscriptions also
 //! re-poll), so a lost notification only delays a delivery.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -32,7 +33,7 @@ use time::OffsetDateTime;
 use crate::ledger::ledger_entry;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
+    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
     NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
     StoredReport, Wakeup, Withdrawal, WriteTx,
 };
@@ -95,6 +96,7 @@ impl Store for PostgresStore {
             notified: Vec::new(),
             audit: Vec::new(),
             nodes: Vec::new(),
+            prefetched: Prefetched::default(),
         }))
     }
 
@@ -325,6 +327,20 @@ struct PgTx {
     audit: Vec<AuditRow>,
     /// The subtrees those entries completed, written with them.
     nodes: Vec<(u32, u64, Hash)>,
+    /// What `prefetch` read for this transaction's batch.
+    prefetched: Prefetched,
+}
+
+/// A batch's lookups, read in one query each (see [`WriteTx::prefetch`]) and kept true to the
+/// transaction's own writes.
+#[derive(Default)]
+struct Prefetched {
+    /// (landlord, idempotency key) pairs looked up; those found (or inserted since) are in
+    /// `reports`.
+    report_keys: HashSet<(String, String)>,
+    reports: HashMap<(String, String), StoredReport>,
+    /// (subject key, purpose) → every consent stored for it; cleared when consents change.
+    consents: HashMap<(String, String), Vec<ConsentRecord>>,
 }
 
 /// An audit row waiting for commit.
@@ -429,6 +445,24 @@ async fn read_node(conn: &mut PgConnection, level: u32, index: u64) -> Result<Ha
         .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))
 }
 
+fn consent_from_row(r: &sqlx::postgres::PgRow) -> Result<ConsentRecord> {
+    let org: String = r.try_get("recipient_org")?;
+    let state: String = r.try_get("state")?;
+    Ok(ConsentRecord {
+        consent_id: r.try_get("consent_id")?,
+        recipient: OrgId::new(&org)
+            .map_err(|e| StoreError::Corrupt(format!("consent recipient: {e}")))?,
+        purpose: r.try_get("purpose")?,
+        valid_from: from_ms(r.try_get("valid_from")?)?,
+        valid_until: from_ms(r.try_get("valid_until")?)?,
+        state: ConsentState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
+        covers_landlord: r.try_get::<bool, _>("covers_landlord")?,
+        flows: serde_json::from_str(&r.try_get::<String, _>("flows")?)
+            .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
+    })
+}
+
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
     let v: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
     // A list of strings always serialises.
@@ -437,11 +471,84 @@ fn json_list<T: AsRef<str>>(items: &[T]) -> String {
 
 #[async_trait]
 impl WriteTx for PgTx {
+    async fn prefetch(&mut self, lookups: &Lookups<'_>) -> Result<()> {
+        let mut by_landlord: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (landlord, key) in &lookups.reports {
+            let pair = (landlord.as_str().to_owned(), (*key).to_owned());
+            if self.prefetched.report_keys.insert(pair) {
+                by_landlord.entry(landlord.as_str()).or_default().push(key);
+            }
+        }
+        for (landlord, keys) in by_landlord {
+            let rows = sqlx::query(
+                "SELECT idempotency_key, report_id, fingerprint, received_at FROM reports
+                 WHERE landlord_org = $1 AND idempotency_key = ANY($2::text[])",
+            )
+            .bind(landlord)
+            .bind(&keys)
+            // Planned for these very keys: a cached generic plan for `= ANY($2)` can fall
+            // back to scanning the table.
+            .persistent(false)
+            .fetch_all(&mut *self.tx)
+            .await?;
+            for r in rows {
+                let key: String = r.try_get("idempotency_key")?;
+                self.prefetched.reports.insert(
+                    (landlord.to_owned(), key),
+                    StoredReport {
+                        report_id: r.try_get("report_id")?,
+                        fingerprint: r.try_get("fingerprint")?,
+                        received_at: from_ms(r.try_get("received_at")?)?,
+                    },
+                );
+            }
+        }
+        let mut by_purpose: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (subject, purpose) in &lookups.consents {
+            let key = (subject.as_str().to_owned(), (*purpose).to_owned());
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.prefetched.consents.entry(key)
+            {
+                slot.insert(Vec::new());
+                by_purpose
+                    .entry(purpose)
+                    .or_default()
+                    .push(subject.as_str());
+            }
+        }
+        for (purpose, subjects) in by_purpose {
+            let rows = sqlx::query(
+                "SELECT subject_key, consent_id, recipient_org, purpose, valid_from, valid_until,
+                        state, covers_landlord, flows
+                 FROM consents WHERE purpose = $1 AND subject_key = ANY($2::text[])",
+            )
+            .bind(purpose)
+            .bind(&subjects)
+            .persistent(false)
+            .fetch_all(&mut *self.tx)
+            .await?;
+            for r in rows {
+                let subject: String = r.try_get("subject_key")?;
+                let consent = consent_from_row(&r)?;
+                self.prefetched
+                    .consents
+                    .entry((subject, purpose.to_owned()))
+                    .or_default()
+                    .push(consent);
+            }
+        }
+        Ok(())
+    }
+
     async fn find_report(
         &mut self,
         landlord: &OrgId,
         idempotency_key: &str,
     ) -> Result<Option<StoredReport>> {
+        let key = (landlord.as_str().to_owned(), idempotency_key.to_owned());
+        if self.prefetched.report_keys.contains(&key) {
+            return Ok(self.prefetched.reports.get(&key).cloned());
+        }
         let row = sqlx::query(
             "SELECT report_id, fingerprint, received_at FROM reports
              WHERE landlord_org = $1 AND idempotency_key = $2",
@@ -472,6 +579,21 @@ impl WriteTx for PgTx {
         .bind(to_ms(report.received_at))
         .execute(&mut *self.tx)
         .await?;
+        // A prefetched "absent" must not hide it from a retry later in the batch.
+        let key = (
+            report.landlord.as_str().to_owned(),
+            report.idempotency_key.to_owned(),
+        );
+        if self.prefetched.report_keys.contains(&key) {
+            self.prefetched.reports.insert(
+                key,
+                StoredReport {
+                    report_id: report.report_id.to_owned(),
+                    fingerprint: report.fingerprint.to_vec(),
+                    received_at: report.received_at,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -480,6 +602,10 @@ impl WriteTx for PgTx {
         subject_key: &Pseudonym,
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>> {
+        let key = (subject_key.as_str().to_owned(), purpose.to_owned());
+        if let Some(consents) = self.prefetched.consents.get(&key) {
+            return Ok(consents.clone());
+        }
         let rows = sqlx::query(
             "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
                     covers_landlord, flows
@@ -489,25 +615,7 @@ impl WriteTx for PgTx {
         .bind(purpose)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let org: String = r.try_get("recipient_org")?;
-                let state: String = r.try_get("state")?;
-                Ok(ConsentRecord {
-                    consent_id: r.try_get("consent_id")?,
-                    recipient: OrgId::new(&org)
-                        .map_err(|e| StoreError::Corrupt(format!("consent recipient: {e}")))?,
-                    purpose: r.try_get("purpose")?,
-                    valid_from: from_ms(r.try_get("valid_from")?)?,
-                    valid_until: from_ms(r.try_get("valid_until")?)?,
-                    state: ConsentState::parse(&state)
-                        .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
-                    covers_landlord: r.try_get::<bool, _>("covers_landlord")?,
-                    flows: serde_json::from_str(&r.try_get::<String, _>("flows")?)
-                        .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
-                })
-            })
-            .collect()
+        rows.iter().map(consent_from_row).collect()
     }
 
     async fn case_ref(&mut self, c: &NewCase<'_>) -> Result<String> {
@@ -567,6 +675,7 @@ impl WriteTx for PgTx {
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
+        self.prefetched.consents.clear();
         sqlx::query(
             "UPDATE consents SET state = 'superseded', changed_at = $1
              WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'",
@@ -632,6 +741,7 @@ impl WriteTx for PgTx {
         purpose: &str,
         now: OffsetDateTime,
     ) -> Result<Withdrawal> {
+        self.prefetched.consents.clear();
         let withdrawn: Vec<String> = sqlx::query_scalar(
             "UPDATE consents SET state = 'withdrawn', changed_at = $1
              WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'
@@ -777,6 +887,7 @@ impl WriteTx for PgTx {
     }
 
     async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
+        self.prefetched.consents.clear();
         // Every writer holds the same advisory lock (see `begin`): no node writes a record
         // under the old version once this commits, nor under the new one before.
         let mut changed = 0u64;

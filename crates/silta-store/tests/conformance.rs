@@ -500,6 +500,30 @@ async fn prefetched_lookups_answer_as_without_prefetch(store: &dyn Store) {
             .is_none()
     );
     assert_eq!(tx.case_ref(&case("case-p-3")).await.expect("case"), first);
+    // A consent stored after the read-ahead is seen by the next lookup.
+    tx.insert_consent(&NewConsentRow {
+        consent_id: "c-prefetch",
+        subject_key: &subject,
+        audit_subject: &audit,
+        recipient: &recipient,
+        purpose: PURPOSE,
+        valid_from: at - Duration::hours(1),
+        valid_until: at + Duration::days(30),
+        evidence_ref: "E-P",
+        notice_version: "v1",
+        covers_landlord: false,
+        flows: &[FLOW.to_owned()],
+        now: at,
+    })
+    .await
+    .expect("insert consent");
+    assert_eq!(
+        tx.consents_for(&subject, PURPOSE)
+            .await
+            .expect("consents")
+            .len(),
+        1
+    );
     tx.commit().await.expect("commit");
     let found = store
         .find_case(&recipient, &first)
@@ -513,15 +537,15 @@ async fn prefetched_lookups_answer_as_without_prefetch(store: &dyn Store) {
 
 /// A promotion moves every stored subject in one transaction, or none if one cannot move.
 async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
-    enrol(store, "c-promote", "subject-p", "ss-a").await;
+    enrol(store, "c-promote", "subject-k", "ss-a").await;
     let mut tx = store.begin().await.expect("begin");
     let case_ref = tx
         .case_ref(&NewCase {
             landlord: &org("landlord-1"),
             tenancy_ref: "T-P",
             recipient: &org("ss-a"),
-            subject_key: &ps("subject-p"),
-            audit_subject: &ps("audit-subject-p"),
+            subject_key: &ps("subject-k"),
+            audit_subject: &ps("audit-subject-k"),
             new_ref: "case-promote",
             now: now(),
         })
@@ -532,13 +556,13 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
 
     // One value that cannot move abandons the whole promotion.
     let mut tx = store.begin().await.expect("begin");
-    let refuse = |_: SubjectColumn, v: &str| (v != "subject-p").then(|| format!("{v}@2"));
+    let refuse = |_: SubjectColumn, v: &str| (v != "subject-k").then(|| format!("{v}@2"));
     assert!(tx.promote_pseudonyms(2, &refuse).await.is_err());
     drop(tx);
     let mut tx = store.begin().await.expect("begin");
     assert_eq!(tx.pseudonym_version().await.expect("version"), None);
     assert_eq!(
-        tx.consents_for(&ps("subject-p"), PURPOSE)
+        tx.consents_for(&ps("subject-k"), PURPOSE)
             .await
             .expect("consents")
             .len(),
@@ -571,11 +595,11 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
     let mut tx = store.begin().await.expect("begin");
     assert_eq!(tx.pseudonym_version().await.expect("version"), Some(2));
     let old = tx
-        .consents_for(&ps("subject-p"), PURPOSE)
+        .consents_for(&ps("subject-k"), PURPOSE)
         .await
         .expect("consents");
     let new = tx
-        .consents_for(&ps("subject-p@2"), PURPOSE)
+        .consents_for(&ps("subject-k@2"), PURPOSE)
         .await
         .expect("consents");
     assert!(old.is_empty());
@@ -585,7 +609,7 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
         .await
         .expect("subject")
         .expect("stored");
-    assert_eq!(subject.audit_subject, ps("audit-subject-p@a2"));
+    assert_eq!(subject.audit_subject, ps("audit-subject-k@a2"));
     drop(tx);
     let case = store
         .find_case(&org("ss-a"), &case_ref)
@@ -594,7 +618,7 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
         .expect("stored");
     assert_eq!(
         (case.subject_key, case.audit_subject),
-        (ps("subject-p@2"), ps("audit-subject-p@a2"))
+        (ps("subject-k@2"), ps("audit-subject-k@a2"))
     );
 }
 
