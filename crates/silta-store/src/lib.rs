@@ -13,6 +13,7 @@
 
 mod ledger;
 mod postgres;
+mod read_ahead;
 mod sqlite;
 pub mod testing;
 mod time_conv;

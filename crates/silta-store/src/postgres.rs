@@ -13,7 +13,6 @@
 //! its own subscribers of that organisation; the table stays the truth (subscriptions also
 //! re-poll), so a lost notification only delays a delivery.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,6 +30,7 @@ use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
 use crate::ledger::ledger_entry;
+use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
@@ -96,7 +96,7 @@ impl Store for PostgresStore {
             notified: Vec::new(),
             audit: Vec::new(),
             nodes: Vec::new(),
-            prefetched: Prefetched::default(),
+            prefetched: ReadAhead::default(),
         }))
     }
 
@@ -328,19 +328,7 @@ struct PgTx {
     /// The subtrees those entries completed, written with them.
     nodes: Vec<(u32, u64, Hash)>,
     /// What `prefetch` read for this transaction's batch.
-    prefetched: Prefetched,
-}
-
-/// A batch's lookups, read in one query each (see [`WriteTx::prefetch`]) and kept true to the
-/// transaction's own writes.
-#[derive(Default)]
-struct Prefetched {
-    /// (landlord, idempotency key) pairs looked up; those found (or inserted since) are in
-    /// `reports`.
-    report_keys: HashSet<(String, String)>,
-    reports: HashMap<(String, String), StoredReport>,
-    /// (subject key, purpose) → every consent stored for it; cleared when consents change.
-    consents: HashMap<(String, String), Vec<ConsentRecord>>,
+    prefetched: ReadAhead,
 }
 
 /// An audit row waiting for commit.
@@ -472,13 +460,7 @@ fn json_list<T: AsRef<str>>(items: &[T]) -> String {
 #[async_trait]
 impl WriteTx for PgTx {
     async fn prefetch(&mut self, lookups: &Lookups<'_>) -> Result<()> {
-        let mut by_landlord: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (landlord, key) in &lookups.reports {
-            let pair = (landlord.as_str().to_owned(), (*key).to_owned());
-            if self.prefetched.report_keys.insert(pair) {
-                by_landlord.entry(landlord.as_str()).or_default().push(key);
-            }
-        }
+        let by_landlord = self.prefetched.unread_reports(lookups);
         for (landlord, keys) in by_landlord {
             let rows = sqlx::query(
                 "SELECT idempotency_key, report_id, fingerprint, received_at FROM reports
@@ -492,31 +474,16 @@ impl WriteTx for PgTx {
             .fetch_all(&mut *self.tx)
             .await?;
             for r in rows {
-                let key: String = r.try_get("idempotency_key")?;
-                self.prefetched.reports.insert(
-                    (landlord.to_owned(), key),
-                    StoredReport {
-                        report_id: r.try_get("report_id")?,
-                        fingerprint: r.try_get("fingerprint")?,
-                        received_at: from_ms(r.try_get("received_at")?)?,
-                    },
-                );
+                let report = StoredReport {
+                    report_id: r.try_get("report_id")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    received_at: from_ms(r.try_get("received_at")?)?,
+                };
+                self.prefetched
+                    .found_report(landlord, r.try_get("idempotency_key")?, report);
             }
         }
-        let mut by_purpose: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (subject, purpose) in &lookups.consents {
-            let key = (subject.as_str().to_owned(), (*purpose).to_owned());
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                self.prefetched.consents.entry(key)
-            {
-                slot.insert(Vec::new());
-                by_purpose
-                    .entry(purpose)
-                    .or_default()
-                    .push(subject.as_str());
-            }
-        }
-        for (purpose, subjects) in by_purpose {
+        for (purpose, subjects) in self.prefetched.unread_consents(lookups) {
             let rows = sqlx::query(
                 "SELECT subject_key, consent_id, recipient_org, purpose, valid_from, valid_until,
                         state, covers_landlord, flows
@@ -528,13 +495,9 @@ impl WriteTx for PgTx {
             .fetch_all(&mut *self.tx)
             .await?;
             for r in rows {
-                let subject: String = r.try_get("subject_key")?;
                 let consent = consent_from_row(&r)?;
                 self.prefetched
-                    .consents
-                    .entry((subject, purpose.to_owned()))
-                    .or_default()
-                    .push(consent);
+                    .found_consent(r.try_get("subject_key")?, purpose, consent);
             }
         }
         Ok(())
@@ -545,9 +508,8 @@ impl WriteTx for PgTx {
         landlord: &OrgId,
         idempotency_key: &str,
     ) -> Result<Option<StoredReport>> {
-        let key = (landlord.as_str().to_owned(), idempotency_key.to_owned());
-        if self.prefetched.report_keys.contains(&key) {
-            return Ok(self.prefetched.reports.get(&key).cloned());
+        if let Some(known) = self.prefetched.report(landlord.as_str(), idempotency_key) {
+            return Ok(known);
         }
         let row = sqlx::query(
             "SELECT report_id, fingerprint, received_at FROM reports
@@ -580,20 +542,15 @@ impl WriteTx for PgTx {
         .execute(&mut *self.tx)
         .await?;
         // A prefetched "absent" must not hide it from a retry later in the batch.
-        let key = (
-            report.landlord.as_str().to_owned(),
+        self.prefetched.found_report(
+            report.landlord.as_str(),
             report.idempotency_key.to_owned(),
+            StoredReport {
+                report_id: report.report_id.to_owned(),
+                fingerprint: report.fingerprint.to_vec(),
+                received_at: report.received_at,
+            },
         );
-        if self.prefetched.report_keys.contains(&key) {
-            self.prefetched.reports.insert(
-                key,
-                StoredReport {
-                    report_id: report.report_id.to_owned(),
-                    fingerprint: report.fingerprint.to_vec(),
-                    received_at: report.received_at,
-                },
-            );
-        }
         Ok(())
     }
 
@@ -602,9 +559,8 @@ impl WriteTx for PgTx {
         subject_key: &Pseudonym,
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>> {
-        let key = (subject_key.as_str().to_owned(), purpose.to_owned());
-        if let Some(consents) = self.prefetched.consents.get(&key) {
-            return Ok(consents.clone());
+        if let Some(consents) = self.prefetched.consents(subject_key.as_str(), purpose) {
+            return Ok(consents);
         }
         let rows = sqlx::query(
             "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
@@ -675,7 +631,7 @@ impl WriteTx for PgTx {
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
-        self.prefetched.consents.clear();
+        self.prefetched.forget_consents();
         sqlx::query(
             "UPDATE consents SET state = 'superseded', changed_at = $1
              WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'",
@@ -741,7 +697,7 @@ impl WriteTx for PgTx {
         purpose: &str,
         now: OffsetDateTime,
     ) -> Result<Withdrawal> {
-        self.prefetched.consents.clear();
+        self.prefetched.forget_consents();
         let withdrawn: Vec<String> = sqlx::query_scalar(
             "UPDATE consents SET state = 'withdrawn', changed_at = $1
              WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'
@@ -887,7 +843,7 @@ impl WriteTx for PgTx {
     }
 
     async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
-        self.prefetched.consents.clear();
+        self.prefetched.forget_consents();
         // Every writer holds the same advisory lock (see `begin`): no node writes a record
         // under the old version once this commits, nor under the new one before.
         let mut changed = 0u64;

@@ -23,6 +23,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
 
 use crate::ledger::ledger_entry;
+use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
@@ -308,14 +309,11 @@ struct SqliteTx {
     prefetched: Prefetched,
 }
 
-/// Reports and consents read ahead for a batch.
+/// Reports, consents and cases read ahead for a batch.
 #[derive(Default)]
 struct Prefetched {
-    /// (landlord, idempotency key) pairs looked up; those found are in `reports`.
-    report_keys: HashSet<(String, String)>,
-    reports: HashMap<(String, String), StoredReport>,
-    /// (subject key, purpose) → every consent stored for it; cleared when consents change.
-    consents: HashMap<(String, String), Vec<ConsentRecord>>,
+    /// Reports and consents, as on every store.
+    read: ReadAhead,
     /// (landlord, tenancy reference) pairs whose cases were all read into `cases`; cases this
     /// transaction opens are added to `cases` too (and to `Pending::cases`).
     tenancies: HashSet<(String, String)>,
@@ -498,16 +496,14 @@ impl SqliteTx {
         }
         // Written reports stay findable without a read, like those never prefetched.
         for r in pending.reports {
-            let key = (r.landlord, r.idempotency_key);
-            self.prefetched.report_keys.insert(key.clone());
-            self.prefetched.reports.insert(
-                key,
-                StoredReport {
-                    report_id: r.report_id,
-                    fingerprint: r.fingerprint,
-                    received_at: from_ms(r.received_at)?,
-                },
-            );
+            let report = StoredReport {
+                report_id: r.report_id,
+                fingerprint: r.fingerprint,
+                received_at: from_ms(r.received_at)?,
+            };
+            self.prefetched
+                .read
+                .found_report(&r.landlord, r.idempotency_key, report);
         }
         Ok(())
     }
@@ -631,16 +627,7 @@ fn json_list<T: AsRef<str>>(items: &[T]) -> String {
 #[async_trait]
 impl WriteTx for SqliteTx {
     async fn prefetch(&mut self, lookups: &Lookups<'_>) -> Result<()> {
-        let mut by_landlord: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (landlord, key) in &lookups.reports {
-            if self
-                .prefetched
-                .report_keys
-                .insert((landlord.as_str().to_owned(), (*key).to_owned()))
-            {
-                by_landlord.entry(landlord.as_str()).or_default().push(key);
-            }
-        }
+        let by_landlord = self.prefetched.read.unread_reports(lookups);
         for (landlord, keys) in by_landlord {
             let rows = select_in(
                 &mut self.tx,
@@ -650,31 +637,17 @@ impl WriteTx for SqliteTx {
             )
             .await?;
             for r in rows {
-                let key: String = r.try_get("idempotency_key")?;
-                self.prefetched.reports.insert(
-                    (landlord.to_owned(), key),
-                    StoredReport {
-                        report_id: r.try_get("report_id")?,
-                        fingerprint: r.try_get("fingerprint")?,
-                        received_at: from_ms(r.try_get("received_at")?)?,
-                    },
-                );
+                let report = StoredReport {
+                    report_id: r.try_get("report_id")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    received_at: from_ms(r.try_get("received_at")?)?,
+                };
+                self.prefetched
+                    .read
+                    .found_report(landlord, r.try_get("idempotency_key")?, report);
             }
         }
-        let mut by_purpose: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (subject, purpose) in &lookups.consents {
-            let key = (subject.as_str().to_owned(), (*purpose).to_owned());
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                self.prefetched.consents.entry(key)
-            {
-                slot.insert(Vec::new());
-                by_purpose
-                    .entry(purpose)
-                    .or_default()
-                    .push(subject.as_str());
-            }
-        }
-        for (purpose, subjects) in by_purpose {
+        for (purpose, subjects) in self.prefetched.read.unread_consents(lookups) {
             let rows = select_in(
                 &mut self.tx,
                 "SELECT subject_key, consent_id, recipient_org, purpose, valid_from, valid_until,
@@ -684,13 +657,10 @@ impl WriteTx for SqliteTx {
             )
             .await?;
             for r in rows {
-                let subject: String = r.try_get("subject_key")?;
                 let consent = consent_from_row(&r)?;
                 self.prefetched
-                    .consents
-                    .entry((subject, purpose.to_owned()))
-                    .or_default()
-                    .push(consent);
+                    .read
+                    .found_consent(r.try_get("subject_key")?, purpose, consent);
             }
         }
         let mut tenancies: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -744,8 +714,8 @@ impl WriteTx for SqliteTx {
                 received_at: from_ms(r.received_at)?,
             }));
         }
-        if self.prefetched.report_keys.contains(&key) {
-            return Ok(self.prefetched.reports.get(&key).cloned());
+        if let Some(known) = self.prefetched.read.report(&key.0, &key.1) {
+            return Ok(known);
         }
         let row = sqlx::query(
             "SELECT report_id, fingerprint, received_at FROM reports
@@ -788,9 +758,8 @@ impl WriteTx for SqliteTx {
         subject_key: &Pseudonym,
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>> {
-        let key = (subject_key.as_str().to_owned(), purpose.to_owned());
-        if let Some(consents) = self.prefetched.consents.get(&key) {
-            return Ok(consents.clone());
+        if let Some(consents) = self.prefetched.read.consents(subject_key.as_str(), purpose) {
+            return Ok(consents);
         }
         let rows = sqlx::query(
             "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
@@ -884,7 +853,7 @@ impl WriteTx for SqliteTx {
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
-        self.prefetched.consents.clear();
+        self.prefetched.read.forget_consents();
         sqlx::query(
             "UPDATE consents SET state = 'superseded', changed_at = ?
              WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'",
@@ -951,7 +920,7 @@ impl WriteTx for SqliteTx {
         now: OffsetDateTime,
     ) -> Result<Withdrawal> {
         self.flush().await?;
-        self.prefetched.consents.clear();
+        self.prefetched.read.forget_consents();
         let withdrawn: Vec<String> = sqlx::query_scalar(
             "UPDATE consents SET state = 'withdrawn', changed_at = ?
              WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
