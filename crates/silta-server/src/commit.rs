@@ -73,6 +73,31 @@ pub(crate) struct AfterCommit {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Starts the committer on a thread of its own, with a single-threaded runtime; the receiver
+/// resolves when it has returned (an error if it panicked).
+///
+/// The committer is the gateway's serial section: every report waits for it. On the shared
+/// runtime its every wake-up queued behind the request tasks of a busy worker, and the SQLite
+/// store runs its statements synchronously on the calling thread (`silta_store::SqliteStore`),
+/// which must not be an async worker.
+pub(crate) fn spawn(
+    committer: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (ended, done) = oneshot::channel();
+    // Log lines from the committer go where the caller's go (tests capture them per thread).
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    std::thread::Builder::new()
+        .name("silta-committer".to_owned())
+        .spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || runtime.block_on(committer));
+            let _ = ended.send(());
+        })?;
+    Ok(done)
+}
+
 /// Runs until `stop` is cancelled (or every sender is gone), then commits the jobs already
 /// queued and returns. Jobs sent after `stop` are refused at the queue, so their callers answer
 /// `UNAVAILABLE` and retry elsewhere; nothing that was acknowledged is lost.

@@ -265,7 +265,7 @@ pub async fn start(
     ));
 
     let (commits, jobs) = mpsc::channel(config.tuning.max_batch.max(1) * 4);
-    let committer = tokio::spawn(commit::run(
+    let committer = commit::spawn(commit::run(
         Arc::clone(&store),
         pseudonymiser.clone(),
         jobs,
@@ -276,7 +276,8 @@ pub async fn start(
             appended,
             metrics: Arc::clone(&metrics),
         },
-    ));
+    ))
+    .map_err(|e| ServeError::Internal(format!("cannot start the committer's thread: {e}")))?;
     // Without its committer the gateway can store nothing: stop it so a supervisor restarts it,
     // rather than keep accepting connections that can only fail.
     let watch_stop = stop.clone();

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// The database refused or failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite write connection refused or failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A schema migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -2,13 +2,13 @@
 //! loss. One write connection serialises writers; a pool of read-only connections serves
 //! subscriptions concurrently.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
 use silta_core::OrgId;
 use silta_core::audit::AuditRecord;
 use silta_core::consent::{ConsentRecord, ConsentState};
@@ -19,14 +19,13 @@ use silta_ledger::{Hash, leaf_hash};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use crate::ledger::ledger_entry;
-use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
+    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
     NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
     StoredReport, Withdrawal, WriteTx,
 };
@@ -36,7 +35,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// The embedded SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    write: SqlitePool,
+    write: Writer,
     read: SqlitePool,
     /// The connection that copies the WAL back into the database file (see `checkpoint_wal`).
     wal: SqlitePool,
@@ -53,18 +52,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // The writer's page cache: 64 MiB rather than SQLite's 2 MiB, so that the indexes a
-        // commit touches (random pseudonyms, time-ordered ids) stay in memory as the file grows.
-        let write = SqlitePoolOptions::new()
+        let migrate = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(
-                base.clone()
-                    .create_if_missing(true)
-                    .pragma("cache_size", "-65536")
-                    .pragma("wal_autocheckpoint", "10000"),
-            )
+            .connect_with(base.clone().create_if_missing(true))
             .await?;
-        MIGRATOR.run(&write).await?;
+        MIGRATOR.run(&migrate).await?;
+        migrate.close().await;
+        let write = Arc::new(tokio::sync::Mutex::new(open_writer(path)?));
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(base.clone().read_only(true))
@@ -95,14 +89,20 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>> {
-        Ok(Box::new(SqliteTx {
+        let conn = Arc::clone(&self.write).lock_owned().await;
+        off_runtime(|| {
+            if !conn.is_autocommit() {
+                // A rollback that failed when its transaction was dropped: finish it first.
+                conn.execute_batch("ROLLBACK")?;
+            }
             // IMMEDIATE takes the write lock at once: a transaction that read first and wrote
             // later would fail if another process (`silta keys promote`) wrote in between.
-            tx: self.write.begin_with("BEGIN IMMEDIATE").await?,
+            conn.execute_batch("BEGIN IMMEDIATE")
+        })?;
+        Ok(Box::new(SqliteTx {
+            conn,
+            open: true,
             frontier: None,
-            pending: Pending::default(),
-            alert_seqs: HashMap::new(),
-            prefetched: Prefetched::default(),
         }))
     }
 
@@ -287,255 +287,8 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.read.close().await;
-        self.write.close().await;
         self.wal.close().await;
     }
-}
-
-struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
-    /// The ledger's right edge, read on the first append of this transaction and advanced in
-    /// memory; dropped with the transaction, so a rollback leaves nothing stale.
-    frontier: Option<Frontier>,
-    /// Rows written by this transaction that SQLite has not seen yet. sqlx runs every SQLite
-    /// statement on its own worker thread, so each one costs two thread switches: writing a
-    /// batch's rows as a few multi-row inserts at the end (or before any statement that reads
-    /// those tables) instead of one statement per row more than doubled the reports a second
-    /// the group commit keeps up with (docs/performance.md).
-    pending: Pending,
-    /// Each recipient's last alert sequence number, as this transaction has advanced it.
-    alert_seqs: HashMap<String, i64>,
-    /// What [`WriteTx::prefetch`] read, for the same reason as `pending`.
-    prefetched: Prefetched,
-}
-
-/// Reports, consents and cases read ahead for a batch.
-#[derive(Default)]
-struct Prefetched {
-    /// Reports and consents, as on every store.
-    read: ReadAhead,
-    /// (landlord, tenancy reference) pairs whose cases were all read into `cases`; cases this
-    /// transaction opens are added to `cases` too (and to `Pending::cases`).
-    tenancies: HashSet<(String, String)>,
-    cases: HashMap<CaseKey, String>,
-}
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct CaseKey {
-    landlord: String,
-    tenancy_ref: String,
-    recipient: String,
-    subject_key: String,
-}
-
-#[derive(Default)]
-struct Pending {
-    reports: Vec<PendingReport>,
-    /// (landlord, idempotency key) → index in `reports`.
-    report_index: HashMap<(String, String), usize>,
-    /// New cases: (key, case reference, audit subject, created at).
-    cases: Vec<(CaseKey, String, String, i64)>,
-    alerts: Vec<PendingAlert>,
-    audit: Vec<PendingAudit>,
-    nodes: Vec<(u32, u64, Hash)>,
-    /// Whether `alert_seqs` changed since the last flush.
-    seqs_changed: bool,
-}
-
-struct PendingReport {
-    report_id: String,
-    landlord: String,
-    idempotency_key: String,
-    fingerprint: Vec<u8>,
-    received_at: i64,
-}
-
-struct PendingAlert {
-    alert_id: String,
-    recipient: String,
-    seq: i64,
-    flow_id: String,
-    purpose: String,
-    legal_basis: String,
-    consent_id: String,
-    report_id: String,
-    subject_pseudonym: String,
-    case_ref: String,
-    payload: String,
-    created_at: i64,
-}
-
-struct PendingAudit {
-    seq: i64,
-    at: i64,
-    request_id: String,
-    actor_org: String,
-    actor_role: &'static str,
-    actor_person: Option<String>,
-    action: String,
-    flow_id: Option<String>,
-    outcome: &'static str,
-    reason: String,
-    policy_ids: String,
-    subject: Option<String>,
-    fields: String,
-    recipients: String,
-    entry: Vec<u8>,
-    leaf: Hash,
-}
-
-/// Rows per multi-row insert: well under SQLite's limit of 32,766 bound variables.
-const ROWS_PER_INSERT: usize = 1_000;
-
-impl SqliteTx {
-    /// Writes the pending rows, in an order that satisfies every constraint: reports before
-    /// the alerts that name them, audit entries in ledger order before their tree nodes.
-    async fn flush(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        // One multi-statement query: sqlx binds the `?`s of each statement in turn, and the
-        // whole flush costs one trip to SQLite's worker thread.
-        let mut q = QueryBuilder::<Sqlite>::new("");
-        let mut statements = 0usize;
-        let mut next = |q: &mut QueryBuilder<'_, Sqlite>| {
-            if statements > 0 {
-                q.push(";\n");
-            }
-            statements += 1;
-        };
-        for chunk in pending.reports.chunks(ROWS_PER_INSERT) {
-            next(&mut q);
-            q.push("INSERT INTO reports (report_id, landlord_org, idempotency_key, fingerprint, received_at) ");
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.report_id.as_str())
-                    .push_bind(r.landlord.as_str())
-                    .push_bind(r.idempotency_key.as_str())
-                    .push_bind(r.fingerprint.as_slice())
-                    .push_bind(r.received_at);
-            });
-        }
-        for chunk in pending.cases.chunks(ROWS_PER_INSERT) {
-            next(&mut q);
-            q.push("INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
-                                    audit_subject, created_at) ");
-            q.push_values(chunk, |mut b, (key, case_ref, audit_subject, at)| {
-                b.push_bind(case_ref.as_str())
-                    .push_bind(key.landlord.as_str())
-                    .push_bind(key.tenancy_ref.as_str())
-                    .push_bind(key.recipient.as_str())
-                    .push_bind(key.subject_key.as_str())
-                    .push_bind(audit_subject.as_str())
-                    .push_bind(*at);
-            });
-        }
-        for chunk in pending.alerts.chunks(ROWS_PER_INSERT) {
-            next(&mut q);
-            q.push(
-                "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
-                                     consent_id, report_id, subject_pseudonym, case_ref, payload,
-                                     created_at) ",
-            );
-            q.push_values(chunk, |mut b, a| {
-                b.push_bind(a.alert_id.as_str())
-                    .push_bind(a.recipient.as_str())
-                    .push_bind(a.seq)
-                    .push_bind(a.flow_id.as_str())
-                    .push_bind(a.purpose.as_str())
-                    .push_bind(a.legal_basis.as_str())
-                    .push_bind(a.consent_id.as_str())
-                    .push_bind(a.report_id.as_str())
-                    .push_bind(a.subject_pseudonym.as_str())
-                    .push_bind(a.case_ref.as_str())
-                    .push_bind(a.payload.as_str())
-                    .push_bind(a.created_at);
-            });
-        }
-        if pending.seqs_changed {
-            next(&mut q);
-            q.push("INSERT INTO alert_sequences (recipient_org, last_seq) ");
-            q.push_values(&self.alert_seqs, |mut b, (org, seq)| {
-                b.push_bind(org.as_str()).push_bind(*seq);
-            });
-            q.push(" ON CONFLICT (recipient_org) DO UPDATE SET last_seq = excluded.last_seq");
-        }
-        for chunk in pending.audit.chunks(ROWS_PER_INSERT) {
-            next(&mut q);
-            q.push("INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person, action,
-                                    flow_id, outcome, reason, policy_ids, subject, fields, recipients,
-                                    entry, leaf_hash) ");
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.seq)
-                    .push_bind(r.at)
-                    .push_bind(r.request_id.as_str())
-                    .push_bind(r.actor_org.as_str())
-                    .push_bind(r.actor_role)
-                    .push_bind(r.actor_person.as_deref())
-                    .push_bind(r.action.as_str())
-                    .push_bind(r.flow_id.as_deref())
-                    .push_bind(r.outcome)
-                    .push_bind(r.reason.as_str())
-                    .push_bind(r.policy_ids.as_str())
-                    .push_bind(r.subject.as_deref())
-                    .push_bind(r.fields.as_str())
-                    .push_bind(r.recipients.as_str())
-                    .push_bind(r.entry.as_slice())
-                    .push_bind(r.leaf.as_slice());
-            });
-        }
-        for chunk in pending.nodes.chunks(ROWS_PER_INSERT) {
-            next(&mut q);
-            q.push("INSERT INTO ledger_nodes (level, idx, hash) ");
-            q.push_values(chunk, |mut b, (level, index, hash)| {
-                b.push_bind(i64::from(*level))
-                    .push_bind(seq_to_i64(*index))
-                    .push_bind(hash.as_slice());
-            });
-        }
-        if statements > 0 {
-            // Statements whose text depends on the batch's size: not worth caching.
-            q.build().persistent(false).execute(&mut *self.tx).await?;
-        }
-        // Written reports stay findable without a read, like those never prefetched.
-        for r in pending.reports {
-            let report = StoredReport {
-                report_id: r.report_id,
-                fingerprint: r.fingerprint,
-                received_at: from_ms(r.received_at)?,
-            };
-            self.prefetched
-                .read
-                .found_report(&r.landlord, r.idempotency_key, report);
-        }
-        Ok(())
-    }
-}
-
-/// `select WHERE eq.0 = eq.1 AND within.0 IN (within.1…)`, in chunks under SQLite's limit on
-/// bound variables. Column names are the caller's constants, never input.
-async fn select_in(
-    conn: &mut SqliteConnection,
-    select: &str,
-    eq: (&str, &str),
-    within: (&str, &[&str]),
-) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
-    let mut rows = Vec::new();
-    for chunk in within.1.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Sqlite>::new(select);
-        q.push(" WHERE ")
-            .push(eq.0)
-            .push(" = ")
-            .push_bind(eq.1)
-            .push(" AND ")
-            .push(within.0)
-            .push(" IN (");
-        let mut list = q.separated(", ");
-        for value in chunk {
-            list.push_bind(*value);
-        }
-        q.push(")");
-        // Its text depends on the batch's size: not worth caching.
-        rows.extend(q.build().persistent(false).fetch_all(&mut *conn).await?);
-    }
-    Ok(rows)
 }
 
 /// Copies committed pages from the WAL back into the database file, twice a second, on a
@@ -600,22 +353,131 @@ async fn read_node(conn: &mut SqliteConnection, level: u32, index: u64) -> Resul
         .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))
 }
 
-fn consent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ConsentRecord> {
-    let org: String = r.try_get("recipient_org")?;
-    let state: String = r.try_get("state")?;
+/// The write connection. SQLite has one writer at a time, so silta keeps one connection for
+/// every write and lends it to one transaction at a time.
+///
+/// It is a synchronous rusqlite connection rather than a sqlx one: sqlx runs each SQLite
+/// statement on a worker thread of its own, so every statement cost two thread switches, and a
+/// group commit spent more time handing work between threads than in SQLite
+/// (docs/performance.md). Here statements run on the caller's thread from a cache of prepared
+/// statements. The group committer has a thread of its own; the other writers (enrolment,
+/// acknowledgements, checkpoints, retention) wait for the lock and the fsync off the async
+/// workers (see [`off_runtime`]).
+type Writer = Arc<tokio::sync::Mutex<rusqlite::Connection>>;
+
+/// Opens the write connection with the settings every commit relies on.
+fn open_writer(path: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // The page cache is 64 MiB rather than SQLite's 2 MiB, so that the indexes a commit touches
+    // (random pseudonyms, time-ordered ids) stay in memory as the file grows. The automatic
+    // WAL checkpoint is explained at `checkpoint_wal`.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA cache_size = -65536;
+         PRAGMA wal_autocheckpoint = 10000;",
+    )?;
+    // Every statement the write path runs, with room to spare.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Runs `f`, which may wait (for a write lock another process holds, or for an fsync), without
+/// stalling an async worker: on a multi-threaded runtime's worker, the worker's other tasks move
+/// to another thread meanwhile. Elsewhere (the committer's own thread, a single-threaded
+/// runtime) it runs `f` directly.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+struct SqliteTx {
+    /// The write connection, inside `BEGIN IMMEDIATE` until `open` is false.
+    conn: tokio::sync::OwnedMutexGuard<rusqlite::Connection>,
+    open: bool,
+    /// The ledger's right edge, read on the first append of this transaction and advanced in
+    /// memory; dropped with the transaction, so a rollback leaves nothing stale.
+    frontier: Option<Frontier>,
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open {
+            // Not committed (an error, or a caller that gave up): nothing of it stays.
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rollback failed; the next transaction retries it");
+            }
+        }
+    }
+}
+
+/// A consent row as read, before its columns are checked.
+type RawConsent = (String, String, String, i64, i64, String, i64, String);
+
+const CONSENT_COLUMNS: &str = "consent_id, recipient_org, purpose, valid_from, valid_until, state,
+                                covers_landlord, flows";
+
+fn raw_consent(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawConsent> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn consent_record(raw: RawConsent) -> Result<ConsentRecord> {
+    let (consent_id, org, purpose, valid_from, valid_until, state, covers_landlord, flows) = raw;
     Ok(ConsentRecord {
-        consent_id: r.try_get("consent_id")?,
+        consent_id,
         recipient: OrgId::new(&org)
             .map_err(|e| StoreError::Corrupt(format!("consent recipient: {e}")))?,
-        purpose: r.try_get("purpose")?,
-        valid_from: from_ms(r.try_get("valid_from")?)?,
-        valid_until: from_ms(r.try_get("valid_until")?)?,
+        purpose,
+        valid_from: from_ms(valid_from)?,
+        valid_until: from_ms(valid_until)?,
         state: ConsentState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
-        covers_landlord: r.try_get::<i64, _>("covers_landlord")? != 0,
-        flows: serde_json::from_str(&r.try_get::<String, _>("flows")?)
+        covers_landlord: covers_landlord != 0,
+        flows: serde_json::from_str(&flows)
             .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
     })
+}
+
+/// Reads the ledger's size and right edge on the write connection: O(log n) indexed reads.
+fn writer_frontier(conn: &rusqlite::Connection) -> Result<Frontier> {
+    let size: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit")?
+        .query_row([], |r| r.get(0))?;
+    let size = seq_from_i64(size)?;
+    let mut node =
+        conn.prepare_cached("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?")?;
+    let mut edge = Vec::new();
+    for (level, index) in Frontier::edge_nodes(size) {
+        let hash: Vec<u8> = node
+            .query_row(params![i64::from(level), seq_to_i64(index)], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("ledger node ({level}, {index}) is missing"))
+            })?;
+        edge.push(
+            Hash::try_from(hash.as_slice())
+                .map_err(|_| StoreError::Corrupt("ledger node is not 32 bytes".into()))?,
+        );
+    }
+    Frontier::from_edge(size, &edge).ok_or_else(|| StoreError::Corrupt("ledger edge".into()))
 }
 
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
@@ -624,132 +486,52 @@ fn json_list<T: AsRef<str>>(items: &[T]) -> String {
     serde_json::to_string(&v).expect("a list of strings serialises")
 }
 
+fn changed(n: usize) -> u64 {
+    // A count of rows always fits.
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 #[async_trait]
 impl WriteTx for SqliteTx {
-    async fn prefetch(&mut self, lookups: &Lookups<'_>) -> Result<()> {
-        let by_landlord = self.prefetched.read.unread_reports(lookups);
-        for (landlord, keys) in by_landlord {
-            let rows = select_in(
-                &mut self.tx,
-                "SELECT idempotency_key, report_id, fingerprint, received_at FROM reports",
-                ("landlord_org", landlord),
-                ("idempotency_key", &keys),
-            )
-            .await?;
-            for r in rows {
-                let report = StoredReport {
-                    report_id: r.try_get("report_id")?,
-                    fingerprint: r.try_get("fingerprint")?,
-                    received_at: from_ms(r.try_get("received_at")?)?,
-                };
-                self.prefetched
-                    .read
-                    .found_report(landlord, r.try_get("idempotency_key")?, report);
-            }
-        }
-        for (purpose, subjects) in self.prefetched.read.unread_consents(lookups) {
-            let rows = select_in(
-                &mut self.tx,
-                "SELECT subject_key, consent_id, recipient_org, purpose, valid_from, valid_until,
-                        state, covers_landlord, flows FROM consents",
-                ("purpose", purpose),
-                ("subject_key", &subjects),
-            )
-            .await?;
-            for r in rows {
-                let consent = consent_from_row(&r)?;
-                self.prefetched
-                    .read
-                    .found_consent(r.try_get("subject_key")?, purpose, consent);
-            }
-        }
-        let mut tenancies: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (landlord, tenancy) in &lookups.tenancies {
-            let key = (landlord.as_str().to_owned(), (*tenancy).to_owned());
-            if self.prefetched.tenancies.insert(key) {
-                tenancies
-                    .entry(landlord.as_str())
-                    .or_default()
-                    .push(tenancy);
-            }
-        }
-        for (landlord, refs) in tenancies {
-            let rows = select_in(
-                &mut self.tx,
-                "SELECT case_ref, tenancy_ref, recipient_org, subject_key FROM cases",
-                ("landlord_org", landlord),
-                ("tenancy_ref", &refs),
-            )
-            .await?;
-            for r in rows {
-                self.prefetched.cases.insert(
-                    CaseKey {
-                        landlord: landlord.to_owned(),
-                        tenancy_ref: r.try_get("tenancy_ref")?,
-                        recipient: r.try_get("recipient_org")?,
-                        subject_key: r.try_get("subject_key")?,
-                    },
-                    r.try_get("case_ref")?,
-                );
-            }
-        }
-        Ok(())
-    }
-
     async fn find_report(
         &mut self,
         landlord: &OrgId,
         idempotency_key: &str,
     ) -> Result<Option<StoredReport>> {
-        let key = (landlord.as_str().to_owned(), idempotency_key.to_owned());
-        if let Some(r) = self
-            .pending
-            .report_index
-            .get(&key)
-            .and_then(|&i| self.pending.reports.get(i))
-        {
-            return Ok(Some(StoredReport {
-                report_id: r.report_id.clone(),
-                fingerprint: r.fingerprint.clone(),
-                received_at: from_ms(r.received_at)?,
-            }));
-        }
-        if let Some(known) = self.prefetched.read.report(&key.0, &key.1) {
-            return Ok(known);
-        }
-        let row = sqlx::query(
-            "SELECT report_id, fingerprint, received_at FROM reports
-             WHERE landlord_org = ? AND idempotency_key = ?",
-        )
-        .bind(landlord.as_str())
-        .bind(idempotency_key)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.map(|r| {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT report_id, fingerprint, received_at FROM reports
+                 WHERE landlord_org = ? AND idempotency_key = ?",
+            )?
+            .query_row(params![landlord.as_str(), idempotency_key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?))
+            })
+            .optional()?;
+        row.map(|(report_id, fingerprint, at)| {
             Ok(StoredReport {
-                report_id: r.try_get("report_id")?,
-                fingerprint: r.try_get("fingerprint")?,
-                received_at: from_ms(r.try_get("received_at")?)?,
+                report_id,
+                fingerprint,
+                received_at: from_ms(at)?,
             })
         })
         .transpose()
     }
 
     async fn insert_report(&mut self, report: &NewReport<'_>) -> Result<()> {
-        self.pending.report_index.insert(
-            (
-                report.landlord.as_str().to_owned(),
-                report.idempotency_key.to_owned(),
-            ),
-            self.pending.reports.len(),
-        );
-        self.pending.reports.push(PendingReport {
-            report_id: report.report_id.to_owned(),
-            landlord: report.landlord.as_str().to_owned(),
-            idempotency_key: report.idempotency_key.to_owned(),
-            fingerprint: report.fingerprint.to_vec(),
-            received_at: to_ms(report.received_at),
-        });
+        self.conn
+            .prepare_cached(
+                "INSERT INTO reports (report_id, landlord_org, idempotency_key, fingerprint,
+                                      received_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                report.report_id,
+                report.landlord.as_str(),
+                report.idempotency_key,
+                report.fingerprint,
+                to_ms(report.received_at),
+            ])?;
         Ok(())
     }
 
@@ -758,133 +540,109 @@ impl WriteTx for SqliteTx {
         subject_key: &Pseudonym,
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>> {
-        if let Some(consents) = self.prefetched.read.consents(subject_key.as_str(), purpose) {
-            return Ok(consents);
-        }
-        let rows = sqlx::query(
-            "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
-                    covers_landlord, flows
-             FROM consents WHERE subject_key = ? AND purpose = ?",
-        )
-        .bind(subject_key.as_str())
-        .bind(purpose)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(consent_from_row).collect()
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject_key = ? AND purpose = ?"
+        ))?;
+        let raw = st
+            .query_map(params![subject_key.as_str(), purpose], raw_consent)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raw.into_iter().map(consent_record).collect()
     }
 
     async fn case_ref(&mut self, c: &NewCase<'_>) -> Result<String> {
-        let key = CaseKey {
-            landlord: c.landlord.as_str().to_owned(),
-            tenancy_ref: c.tenancy_ref.to_owned(),
-            recipient: c.recipient.as_str().to_owned(),
-            subject_key: c.subject_key.as_str().to_owned(),
-        };
-        if let Some(case_ref) = self.prefetched.cases.get(&key) {
-            return Ok(case_ref.clone());
-        }
-        if self
-            .prefetched
-            .tenancies
-            .contains(&(key.landlord.clone(), key.tenancy_ref.clone()))
-        {
-            // Every case of this tenancy was read ahead: this one is new.
-            self.prefetched
-                .cases
-                .insert(key.clone(), c.new_ref.to_owned());
-            self.pending.cases.push((
-                key,
-                c.new_ref.to_owned(),
-                c.audit_subject.as_str().to_owned(),
-                to_ms(c.now),
-            ));
-            return Ok(c.new_ref.to_owned());
-        }
-        let row = sqlx::query(
-            "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
-                                audit_subject, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (landlord_org, tenancy_ref, recipient_org, subject_key)
-             DO UPDATE SET case_ref = case_ref
-             RETURNING case_ref",
-        )
-        .bind(c.new_ref)
-        .bind(c.landlord.as_str())
-        .bind(c.tenancy_ref)
-        .bind(c.recipient.as_str())
-        .bind(c.subject_key.as_str())
-        .bind(c.audit_subject.as_str())
-        .bind(to_ms(c.now))
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(row.try_get("case_ref")?)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
+                                    audit_subject, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (landlord_org, tenancy_ref, recipient_org, subject_key)
+                 DO UPDATE SET case_ref = case_ref
+                 RETURNING case_ref",
+            )?
+            .query_row(
+                params![
+                    c.new_ref,
+                    c.landlord.as_str(),
+                    c.tenancy_ref,
+                    c.recipient.as_str(),
+                    c.subject_key.as_str(),
+                    c.audit_subject.as_str(),
+                    to_ms(c.now),
+                ],
+                |r| r.get(0),
+            )?)
     }
 
     async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64> {
         let recipient = permit.recipient().as_str();
-        let last = match self.alert_seqs.get(recipient) {
-            Some(last) => *last,
-            None => {
-                sqlx::query_scalar("SELECT last_seq FROM alert_sequences WHERE recipient_org = ?")
-                    .bind(recipient)
-                    .fetch_optional(&mut *self.tx)
-                    .await?
-                    .unwrap_or(0)
-            }
-        };
-        let seq = last + 1;
-        self.alert_seqs.insert(recipient.to_owned(), seq);
-        self.pending.seqs_changed = true;
-        self.pending.alerts.push(PendingAlert {
-            alert_id: alert.alert_id.to_owned(),
-            recipient: recipient.to_owned(),
-            seq,
-            flow_id: alert.flow_id.to_owned(),
-            purpose: alert.purpose.to_owned(),
-            legal_basis: alert.legal_basis.to_owned(),
-            consent_id: permit.consent_id().unwrap_or("").to_owned(),
-            report_id: alert.report_id.to_owned(),
-            subject_pseudonym: alert.subject_pseudonym.to_owned(),
-            case_ref: alert.case_ref.to_owned(),
-            payload: alert.payload.to_owned(),
-            created_at: to_ms(alert.now),
-        });
+        let seq: i64 = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO alert_sequences (recipient_org, last_seq) VALUES (?, 1)
+                 ON CONFLICT (recipient_org) DO UPDATE SET last_seq = last_seq + 1
+                 RETURNING last_seq",
+            )?
+            .query_row(params![recipient], |r| r.get(0))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
+                                     consent_id, report_id, subject_pseudonym, case_ref, payload,
+                                     created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                alert.alert_id,
+                recipient,
+                seq,
+                alert.flow_id,
+                alert.purpose,
+                alert.legal_basis,
+                permit.consent_id().unwrap_or(""),
+                alert.report_id,
+                alert.subject_pseudonym,
+                alert.case_ref,
+                alert.payload,
+                to_ms(alert.now),
+            ])?;
         seq_from_i64(seq)
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
-        self.prefetched.read.forget_consents();
-        sqlx::query(
-            "UPDATE consents SET state = 'superseded', changed_at = ?
-             WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'",
-        )
-        .bind(to_ms(c.now))
-        .bind(c.subject_key.as_str())
-        .bind(c.recipient.as_str())
-        .bind(c.purpose)
-        .execute(&mut *self.tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
-                                   valid_from, valid_until, evidence_ref, notice_version, state,
-                                   created_at, changed_at, covers_landlord, flows)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
-        )
-        .bind(c.consent_id)
-        .bind(c.subject_key.as_str())
-        .bind(c.audit_subject.as_str())
-        .bind(c.recipient.as_str())
-        .bind(c.purpose)
-        .bind(to_ms(c.valid_from))
-        .bind(to_ms(c.valid_until))
-        .bind(c.evidence_ref)
-        .bind(c.notice_version)
-        .bind(to_ms(c.now))
-        .bind(to_ms(c.now))
-        .bind(i64::from(c.covers_landlord))
-        .bind(json_list(c.flows))
-        .execute(&mut *self.tx)
-        .await?;
+        self.conn
+            .prepare_cached(
+                "UPDATE consents SET state = 'superseded', changed_at = ?
+                 WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'",
+            )?
+            .execute(params![
+                to_ms(c.now),
+                c.subject_key.as_str(),
+                c.recipient.as_str(),
+                c.purpose,
+            ])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org,
+                                       purpose, valid_from, valid_until, evidence_ref,
+                                       notice_version, state, created_at, changed_at,
+                                       covers_landlord, flows)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                c.consent_id,
+                c.subject_key.as_str(),
+                c.audit_subject.as_str(),
+                c.recipient.as_str(),
+                c.purpose,
+                to_ms(c.valid_from),
+                to_ms(c.valid_until),
+                c.evidence_ref,
+                c.notice_version,
+                to_ms(c.now),
+                to_ms(c.now),
+                i64::from(c.covers_landlord),
+                json_list(c.flows),
+            ])?;
         Ok(())
     }
 
@@ -893,19 +651,27 @@ impl WriteTx for SqliteTx {
         recipient: &OrgId,
         consent_id: &str,
     ) -> Result<Option<ConsentSubject>> {
-        let row = sqlx::query(
-            "SELECT subject_key, audit_subject, purpose, state FROM consents WHERE consent_id = ? AND recipient_org = ?",
-        )
-        .bind(consent_id)
-        .bind(recipient.as_str())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.map(|r| {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT subject_key, audit_subject, purpose, state FROM consents
+                 WHERE consent_id = ? AND recipient_org = ?",
+            )?
+            .query_row(params![consent_id, recipient.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(key, audit, purpose, state)| {
             Ok(ConsentSubject {
-                subject_key: Pseudonym::from_stored(r.try_get("subject_key")?),
-                audit_subject: Pseudonym::from_stored(r.try_get("audit_subject")?),
-                purpose: r.try_get("purpose")?,
-                state: ConsentState::parse(r.try_get("state")?)
+                subject_key: Pseudonym::from_stored(key),
+                audit_subject: Pseudonym::from_stored(audit),
+                purpose,
+                state: ConsentState::parse(&state)
                     .ok_or_else(|| StoreError::Corrupt("consent state".into()))?,
             })
         })
@@ -919,35 +685,36 @@ impl WriteTx for SqliteTx {
         purpose: &str,
         now: OffsetDateTime,
     ) -> Result<Withdrawal> {
-        self.flush().await?;
-        self.prefetched.read.forget_consents();
-        let withdrawn: Vec<String> = sqlx::query_scalar(
-            "UPDATE consents SET state = 'withdrawn', changed_at = ?
-             WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
-             RETURNING consent_id",
-        )
-        .bind(to_ms(now))
-        .bind(subject_key.as_str())
-        .bind(recipient.as_str())
-        .bind(purpose)
-        .fetch_all(&mut *self.tx)
-        .await?;
+        let withdrawn = self
+            .conn
+            .prepare_cached(
+                "UPDATE consents SET state = 'withdrawn', changed_at = ?
+                 WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
+                 RETURNING consent_id",
+            )?
+            .query_map(
+                params![
+                    to_ms(now),
+                    subject_key.as_str(),
+                    recipient.as_str(),
+                    purpose
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
         // Every undelivered message under these consents: alerts to the organisation itself
         // and support notices it sent to a landlord alike.
-        let purged = sqlx::query(
-            "DELETE FROM alerts WHERE acked_at IS NULL AND consent_id IN
-               (SELECT consent_id FROM consents
-                WHERE subject_key = ? AND recipient_org = ? AND purpose = ?)",
-        )
-        .bind(subject_key.as_str())
-        .bind(recipient.as_str())
-        .bind(purpose)
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
+        let purged = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM alerts WHERE acked_at IS NULL AND consent_id IN
+                   (SELECT consent_id FROM consents
+                    WHERE subject_key = ? AND recipient_org = ? AND purpose = ?)",
+            )?
+            .execute(params![subject_key.as_str(), recipient.as_str(), purpose])?;
         Ok(Withdrawal {
             withdrawn,
-            purged_alerts: purged,
+            purged_alerts: changed(purged),
         })
     }
 
@@ -958,41 +725,37 @@ impl WriteTx for SqliteTx {
         seqs: &[u64],
         now: OffsetDateTime,
     ) -> Result<u64> {
-        self.flush().await?;
         let listed: Vec<i64> = seqs.iter().map(|&s| seq_to_i64(s)).collect();
         let listed = serde_json::to_string(&listed).expect("a list of integers serialises");
-        let done = sqlx::query(
-            "UPDATE alerts SET acked_at = ?
-             WHERE recipient_org = ? AND acked_at IS NULL
-               AND (seq <= ? OR seq IN (SELECT value FROM json_each(?)))",
-        )
-        .bind(to_ms(now))
-        .bind(recipient.as_str())
-        .bind(seq_to_i64(up_to))
-        .bind(listed)
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(done)
+        let done = self
+            .conn
+            .prepare_cached(
+                "UPDATE alerts SET acked_at = ?
+                 WHERE recipient_org = ? AND acked_at IS NULL
+                   AND (seq <= ? OR seq IN (SELECT value FROM json_each(?)))",
+            )?
+            .execute(params![
+                to_ms(now),
+                recipient.as_str(),
+                seq_to_i64(up_to),
+                listed
+            ])?;
+        Ok(changed(done))
     }
 
     async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64> {
-        self.flush().await?;
-        Ok(
-            sqlx::query("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")
-                .bind(flow_id)
-                .bind(to_ms(cutoff))
-                .execute(&mut *self.tx)
-                .await?
-                .rows_affected(),
-        )
+        let purged = self
+            .conn
+            .prepare_cached("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")?
+            .execute(params![flow_id, to_ms(cutoff)])?;
+        Ok(changed(purged))
     }
 
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {
         let entry = ledger_entry(r).encode()?;
         let leaf = leaf_hash(&entry);
         if self.frontier.is_none() {
-            self.frontier = Some(load_frontier(&mut self.tx).await?);
+            self.frontier = Some(writer_frontier(&self.conn)?);
         }
         let frontier = self
             .frontier
@@ -1003,25 +766,41 @@ impl WriteTx for SqliteTx {
         frontier.append(leaf, |level, index, hash| {
             completed.push((level, index, *hash))
         });
-        self.pending.audit.push(PendingAudit {
-            seq: seq_to_i64(seq),
-            at: to_ms(r.at),
-            request_id: r.request_id.clone(),
-            actor_org: r.actor.org.as_str().to_owned(),
-            actor_role: r.actor.role.as_str(),
-            actor_person: r.actor_person.clone(),
-            action: r.action.clone(),
-            flow_id: r.flow_id.clone(),
-            outcome: r.outcome.as_str(),
-            reason: r.reason.clone(),
-            policy_ids: json_list(&r.policy_ids),
-            subject: r.subject.as_ref().map(|s| s.as_str().to_owned()),
-            fields: json_list(&r.fields),
-            recipients: json_list(&r.recipients.iter().map(OrgId::as_str).collect::<Vec<_>>()),
-            entry,
-            leaf,
-        });
-        self.pending.nodes.extend(completed);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (seq, at, request_id, actor_org, actor_role, actor_person,
+                                    action, flow_id, outcome, reason, policy_ids, subject, fields,
+                                    recipients, entry, leaf_hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                seq_to_i64(seq),
+                to_ms(r.at),
+                r.request_id,
+                r.actor.org.as_str(),
+                r.actor.role.as_str(),
+                r.actor_person,
+                r.action,
+                r.flow_id,
+                r.outcome.as_str(),
+                r.reason,
+                json_list(&r.policy_ids),
+                r.subject.as_ref().map(Pseudonym::as_str),
+                json_list(&r.fields),
+                json_list(&r.recipients.iter().map(OrgId::as_str).collect::<Vec<_>>()),
+                entry,
+                leaf.as_slice(),
+            ])?;
+        let mut node = self
+            .conn
+            .prepare_cached("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)")?;
+        for (level, index, hash) in completed {
+            node.execute(params![
+                i64::from(level),
+                seq_to_i64(index),
+                hash.as_slice()
+            ])?;
+        }
         Ok(seq)
     }
 
@@ -1032,16 +811,12 @@ impl WriteTx for SqliteTx {
         note: &str,
         now: OffsetDateTime,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (size) DO NOTHING",
-        )
-        .bind(seq_to_i64(size))
-        .bind(root.as_slice())
-        .bind(note)
-        .bind(to_ms(now))
-        .execute(&mut *self.tx)
-        .await?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (size) DO NOTHING",
+            )?
+            .execute(params![seq_to_i64(size), root.as_slice(), note, to_ms(now)])?;
         Ok(())
     }
 
@@ -1051,61 +826,60 @@ impl WriteTx for SqliteTx {
         note: &str,
         now: OffsetDateTime,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO key_handovers (size, note, created_at) VALUES (?, ?, ?)")
-            .bind(seq_to_i64(size))
-            .bind(note)
-            .bind(to_ms(now))
-            .execute(&mut *self.tx)
-            .await?;
+        self.conn
+            .prepare_cached("INSERT INTO key_handovers (size, note, created_at) VALUES (?, ?, ?)")?
+            .execute(params![seq_to_i64(size), note, to_ms(now)])?;
         Ok(())
     }
 
     async fn pseudonym_version(&mut self) -> Result<Option<u32>> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT pseudonym_version FROM key_state WHERE id = 1")
-                .fetch_optional(&mut *self.tx)
-                .await?;
+        let v: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT pseudonym_version FROM key_state WHERE id = 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
         crate::version_from_row(v)
     }
 
     async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
-        self.flush().await?;
-        self.prefetched = Prefetched::default();
         let mut changed = 0;
         for (table, id) in [("consents", "consent_id"), ("cases", "case_ref")] {
-            let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
-                "SELECT {id}, subject_key, audit_subject FROM {table}"
-            ))
-            .fetch_all(&mut *self.tx)
-            .await?;
+            let rows = self
+                .conn
+                .prepare(&format!(
+                    "SELECT {id}, subject_key, audit_subject FROM {table}"
+                ))?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut update = self.conn.prepare(&format!(
+                "UPDATE {table} SET subject_key = ?, audit_subject = ? WHERE {id} = ?"
+            ))?;
             for (row, key, audit) in rows {
                 let Some((key, audit)) = crate::rekey_row(rekey, &key, &audit)? else {
                     continue;
                 };
-                sqlx::query(&format!(
-                    "UPDATE {table} SET subject_key = ?, audit_subject = ? WHERE {id} = ?"
-                ))
-                .bind(key)
-                .bind(audit)
-                .bind(row)
-                .execute(&mut *self.tx)
-                .await?;
+                update.execute(params![key, audit, row])?;
                 changed += 1;
             }
         }
-        sqlx::query(
+        self.conn.execute(
             "INSERT INTO key_state (id, pseudonym_version) VALUES (1, ?)
              ON CONFLICT (id) DO UPDATE SET pseudonym_version = excluded.pseudonym_version",
-        )
-        .bind(i64::from(version))
-        .execute(&mut *self.tx)
-        .await?;
+            params![i64::from(version)],
+        )?;
         Ok(changed)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.flush().await?;
-        self.tx.commit().await?;
+        // The fsync: a commit returns once the transaction is on disk.
+        off_runtime(|| self.conn.execute_batch("COMMIT"))?;
+        self.open = false;
         Ok(())
     }
 }
