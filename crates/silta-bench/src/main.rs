@@ -115,10 +115,7 @@ fn main() -> anyhow::Result<()> {
             admin,
         }) => {
             // As `silta serve` logs by default: one line per RPC at info, to stderr.
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-                .with_writer(std::io::stderr)
-                .init();
+            let _logs = silta_server::telemetry::init(&Default::default())?;
             runtime.block_on(servers::run_gateway(&pki, &db, listen, admin))
         }
         None => {

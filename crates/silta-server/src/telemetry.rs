@@ -6,6 +6,7 @@
 //! an identity code, so neither does an exporter. The privacy e2e test captures both the log
 //! text and the spans a real OTLP receiver gets, and checks them.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use opentelemetry::KeyValue;
@@ -13,7 +14,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -36,6 +39,8 @@ pub enum TelemetryError {
 #[must_use = "dropping it stops nothing, but call shutdown() so the last spans are exported"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// The log writer's thread; dropping it writes the lines still queued.
+    _logs: Option<WorkerGuard>,
 }
 
 impl Telemetry {
@@ -116,11 +121,36 @@ where
         .with_filter(own_transport)
 }
 
-/// Installs the process-wide subscriber: logs to stderr in `log.format` at `log.level`
-/// (`RUST_LOG` overrides the level), plus OTLP export when `log.otlp_endpoint` is set.
+/// Installs the process-wide subscriber for a server: logs to stderr in `log.format` at
+/// `log.level` (`RUST_LOG` overrides the level), plus OTLP export when `log.otlp_endpoint` is
+/// set.
+///
+/// Lines are formatted by the thread that logs and written by a thread of their own, several
+/// per write: an RPC never waits for stderr (a pipe to journald, a slow terminal), and a busy
+/// gateway makes one syscall per batch of lines rather than one per line. None is dropped: when
+/// the queue is full, loggers wait. Keep the returned [`Telemetry`] until the end: dropping it
+/// writes what is queued.
 ///
 /// With an OTLP endpoint it must run inside a multi-threaded tokio runtime.
 pub fn init(log: &LogConfig) -> Result<Telemetry, TelemetryError> {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("silta-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    install(log, BoxMakeWriter::new(writer), Some(guard))
+}
+
+/// As [`init`], for a command-line tool: each line is written to stderr as it is logged, so
+/// nothing is queued when the tool exits.
+pub fn init_direct(log: &LogConfig) -> Result<Telemetry, TelemetryError> {
+    install(log, BoxMakeWriter::new(std::io::stderr), None)
+}
+
+fn install(
+    log: &LogConfig,
+    writer: BoxMakeWriter,
+    guard: Option<WorkerGuard>,
+) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let provider = match log.otlp_endpoint.as_deref() {
         Some(endpoint) => Some(otlp_provider(
@@ -130,7 +160,10 @@ pub fn init(log: &LogConfig) -> Result<Telemetry, TelemetryError> {
         )?),
         None => None,
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not in files and journals.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
     if log.format == "json" {
         // Each line carries the RPC's span (path, request id, organisation, role, flow, code).
@@ -154,5 +187,8 @@ pub fn init(log: &LogConfig) -> Result<Telemetry, TelemetryError> {
     if let Some(endpoint) = log.otlp_endpoint.as_deref() {
         tracing::info!(endpoint, "exporting spans over OTLP/gRPC");
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        _logs: guard,
+    })
 }

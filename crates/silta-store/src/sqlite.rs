@@ -379,7 +379,7 @@ fn open_writer(path: &Path) -> Result<rusqlite::Connection> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA cache_size = -65536;
+         PRAGMA cache_size = -8192;
          PRAGMA wal_autocheckpoint = 10000;",
     )?;
     // Every statement the write path runs, with room to spare.

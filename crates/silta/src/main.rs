@@ -544,5 +544,5 @@ fn init_logging(format: &str, level: &str) {
         ..Default::default()
     };
     // Only `serve` installs a subscriber otherwise, and nothing installs two.
-    let _ = silta_server::telemetry::init(&log);
+    let _ = silta_server::telemetry::init_direct(&log);
 }
