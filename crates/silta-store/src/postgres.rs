@@ -575,13 +575,20 @@ impl WriteTx for PgTx {
     }
 
     async fn case_ref(&mut self, c: &NewCase<'_>) -> Result<String> {
+        // Insert only a new case, in one round trip: an upsert's `DO UPDATE` would write a new
+        // version of the existing row for every report (a dead tuple each). Writers hold the
+        // ledger's advisory lock, so nothing comes between the read and the insert.
         let row = sqlx::query(
-            "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
-                                audit_subject, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (landlord_org, tenancy_ref, recipient_org, subject_key)
-             DO UPDATE SET case_ref = cases.case_ref
-             RETURNING case_ref",
+            "WITH found AS (
+                 SELECT case_ref FROM cases
+                 WHERE landlord_org = $2 AND tenancy_ref = $3 AND recipient_org = $4
+                   AND subject_key = $5),
+             opened AS (
+                 INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org,
+                                    subject_key, audit_subject, created_at)
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM found)
+                 RETURNING case_ref)
+             SELECT case_ref FROM found UNION ALL SELECT case_ref FROM opened",
         )
         .bind(c.new_ref)
         .bind(c.landlord.as_str())

@@ -550,28 +550,42 @@ impl WriteTx for SqliteTx {
     }
 
     async fn case_ref(&mut self, c: &NewCase<'_>) -> Result<String> {
-        Ok(self
+        // Read first, insert only a new case: an upsert would rewrite the existing row, and
+        // every rewritten page is another page for the commit to write to the WAL. The write
+        // lock is held, so nothing comes between the two.
+        let key = params![
+            c.landlord.as_str(),
+            c.tenancy_ref,
+            c.recipient.as_str(),
+            c.subject_key.as_str(),
+        ];
+        let known: Option<String> = self
             .conn
+            .prepare_cached(
+                "SELECT case_ref FROM cases
+                 WHERE landlord_org = ? AND tenancy_ref = ? AND recipient_org = ? AND subject_key = ?",
+            )?
+            .query_row(key, |r| r.get(0))
+            .optional()?;
+        if let Some(case_ref) = known {
+            return Ok(case_ref);
+        }
+        self.conn
             .prepare_cached(
                 "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
                                     audit_subject, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (landlord_org, tenancy_ref, recipient_org, subject_key)
-                 DO UPDATE SET case_ref = case_ref
-                 RETURNING case_ref",
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
             )?
-            .query_row(
-                params![
-                    c.new_ref,
-                    c.landlord.as_str(),
-                    c.tenancy_ref,
-                    c.recipient.as_str(),
-                    c.subject_key.as_str(),
-                    c.audit_subject.as_str(),
-                    to_ms(c.now),
-                ],
-                |r| r.get(0),
-            )?)
+            .execute(params![
+                c.new_ref,
+                c.landlord.as_str(),
+                c.tenancy_ref,
+                c.recipient.as_str(),
+                c.subject_key.as_str(),
+                c.audit_subject.as_str(),
+                to_ms(c.now),
+            ])?;
+        Ok(c.new_ref.to_owned())
     }
 
     async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64> {
