@@ -288,6 +288,9 @@ pub trait Store: Send + Sync + 'static {
     /// The ledger's current size and root (O(log n) reads).
     async fn ledger_head(&self) -> Result<LedgerHead>;
 
+    /// The ledger's current size: one indexed read, for a caller that needs no root.
+    async fn ledger_size(&self) -> Result<u64>;
+
     /// The checkpoint with the largest tree size, if any.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
 
