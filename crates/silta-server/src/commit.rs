@@ -211,14 +211,6 @@ async fn apply_batch(
                 Some((key, j.policies.flow(&j.flow_id)?.purpose.as_str()))
             })
             .collect(),
-        tenancies: messages()
-            .filter_map(|j| match &j.route {
-                Route::ToSocialServices { tenancy_ref, .. } => {
-                    Some((&j.ctx.caller.org, tenancy_ref.as_str()))
-                }
-                Route::ToLandlord { .. } => None,
-            })
-            .collect(),
     };
     tx.prefetch(&lookups).await?;
     let mut results = Vec::with_capacity(batch.len());

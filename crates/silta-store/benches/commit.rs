@@ -47,7 +47,6 @@ async fn reports(store: &dyn Store, caller: &Caller, round: u64, read_ahead: boo
                 .iter()
                 .map(|s| (s, "eviction-prevention"))
                 .collect(),
-            tenancies: Vec::new(),
         })
         .await
         .expect("prefetch");

@@ -327,17 +327,15 @@ pub struct Lookups<'a> {
     pub reports: Vec<(&'a OrgId, &'a str)>,
     /// (subject key, purpose) of each message.
     pub consents: Vec<(&'a Pseudonym, &'a str)>,
-    /// (landlord, tenancy reference) of each report that may open or reuse a case.
-    pub tenancies: Vec<(&'a OrgId, &'a str)>,
 }
 
 /// One write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
 #[async_trait]
 pub trait WriteTx: Send {
-    /// Says which reports ([`WriteTx::find_report`]), consents ([`WriteTx::consents_for`]) and
-    /// cases ([`WriteTx::case_ref`]) the calls that follow will look up, so the store can read
-    /// them in one query each rather than one per call. A hint only: every lookup answers the
-    /// same with or without it.
+    /// Says which reports ([`WriteTx::find_report`]) and consents ([`WriteTx::consents_for`])
+    /// the calls that follow will look up, so the store can read them in one query each rather
+    /// than one round trip per call. A hint only: every lookup answers the same with or without
+    /// it. PostgreSQL uses it; SQLite, in process with a statement cache, looks each one up.
     async fn prefetch(&mut self, _lookups: &Lookups<'_>) -> Result<()> {
         Ok(())
     }

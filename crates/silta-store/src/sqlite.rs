@@ -1,6 +1,6 @@
 //! The SQLite store: one file, WAL journal, `synchronous = FULL` so a commit survives power
-//! loss. One write connection serialises writers; a pool of read-only connections serves
-//! subscriptions concurrently.
+//! loss. One write connection (rusqlite, synchronous; see `Writer`) serialises writers; a
+//! pool of read-only sqlx connections serves subscriptions and queries concurrently.
 
 use std::path::Path;
 use std::str::FromStr;

@@ -448,7 +448,6 @@ async fn prefetched_lookups_answer_as_without_prefetch(store: &dyn Store) {
     tx.prefetch(&Lookups {
         reports: vec![(&landlord, "pk-1"), (&landlord, "pk-2")],
         consents: vec![(&subject, PURPOSE)],
-        tenancies: vec![(&landlord, "T-P")],
     })
     .await
     .expect("prefetch");
