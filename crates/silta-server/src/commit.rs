@@ -73,25 +73,43 @@ pub(crate) struct AfterCommit {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Starts the committer on a thread of its own, with a single-threaded runtime; the receiver
-/// resolves when it has returned (an error if it panicked).
+/// Starts the committer; the receiver resolves when it has returned (an error if it panicked
+/// or could not start).
 ///
-/// The committer is the gateway's serial section: every report waits for it. On the shared
-/// runtime its every wake-up queued behind the request tasks of a busy worker, and the SQLite
-/// store runs its statements synchronously on the calling thread (`silta_store::SqliteStore`),
-/// which must not be an async worker.
+/// For a store whose writes run on the calling thread ([`Store::synchronous_writes`], SQLite)
+/// it gets a thread of its own with a single-threaded runtime: its statements must not hold an
+/// async worker, and on the shared runtime its every wake-up queued behind the request tasks
+/// of a busy worker, while every report waits for it. Any other store's committer is an
+/// ordinary task: its connections belong to the shared runtime, and one opened from another
+/// runtime would stop working when that runtime ends.
 pub(crate) fn spawn(
+    store: &dyn Store,
     committer: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<oneshot::Receiver<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let (ended, done) = oneshot::channel();
+    if !store.synchronous_writes() {
+        tokio::spawn(async move {
+            committer.await;
+            let _ = ended.send(());
+        });
+        return Ok(done);
+    }
     // Log lines from the committer go where the caller's go (tests capture them per thread).
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     std::thread::Builder::new()
         .name("silta-committer".to_owned())
         .spawn(move || {
+            // Built here, not by the caller: a runtime may not be dropped inside another.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "the committer's runtime could not be built");
+                    return;
+                }
+            };
             tracing::dispatcher::with_default(&dispatch, || runtime.block_on(committer));
             let _ = ended.send(());
         })?;

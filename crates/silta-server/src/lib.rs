@@ -265,18 +265,21 @@ pub async fn start(
     ));
 
     let (commits, jobs) = mpsc::channel(config.tuning.max_batch.max(1) * 4);
-    let committer = commit::spawn(commit::run(
-        Arc::clone(&store),
-        pseudonymiser.clone(),
-        jobs,
-        config.tuning.max_batch,
-        stop.clone(),
-        commit::AfterCommit {
-            notifier: Arc::clone(&notifier),
-            appended,
-            metrics: Arc::clone(&metrics),
-        },
-    ))
+    let committer = commit::spawn(
+        &*store,
+        commit::run(
+            Arc::clone(&store),
+            pseudonymiser.clone(),
+            jobs,
+            config.tuning.max_batch,
+            stop.clone(),
+            commit::AfterCommit {
+                notifier: Arc::clone(&notifier),
+                appended,
+                metrics: Arc::clone(&metrics),
+            },
+        ),
+    )
     .map_err(|e| ServeError::Internal(format!("cannot start the committer's thread: {e}")))?;
     // Without its committer the gateway can store nothing: stop it so a supervisor restarts it,
     // rather than keep accepting connections that can only fail.

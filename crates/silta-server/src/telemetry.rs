@@ -129,7 +129,8 @@ where
 /// per write: an RPC never waits for stderr (a pipe to journald, a slow terminal), and a busy
 /// gateway makes one syscall per batch of lines rather than one per line. None is dropped: when
 /// the queue is full, loggers wait. Keep the returned [`Telemetry`] until the end: dropping it
-/// writes what is queued.
+/// writes what is queued (waiting a second at most). A process that exits at once
+/// (`std::process::exit`, as on a second shutdown signal) may lose the last lines.
 ///
 /// With an OTLP endpoint it must run inside a multi-threaded tokio runtime.
 pub fn init(log: &LogConfig) -> Result<Telemetry, TelemetryError> {

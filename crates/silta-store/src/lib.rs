@@ -48,6 +48,9 @@ pub enum StoreError {
     /// An audit record could not be encoded as a ledger entry.
     #[error("ledger entry: {0}")]
     Entry(#[from] silta_ledger::entry::EntryError),
+    /// The write connection stayed busy for longer than a writer waits for it.
+    #[error("the database's write connection stayed busy for {0:?}")]
+    WriterBusy(std::time::Duration),
     /// Stored data could not be read back (corruption or a newer schema).
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
@@ -290,6 +293,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ledger's current size: one indexed read, for a caller that needs no root.
     async fn ledger_size(&self) -> Result<u64>;
+
+    /// Whether a write transaction's statements run synchronously on the calling thread (the
+    /// embedded SQLite store), so a busy writer such as the group committer belongs on a thread
+    /// of its own rather than on an async worker.
+    fn synchronous_writes(&self) -> bool {
+        false
+    }
 
     /// The checkpoint with the largest tree size, if any.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;

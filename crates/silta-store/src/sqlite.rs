@@ -89,7 +89,11 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>> {
-        let conn = Arc::clone(&self.write).lock_owned().await;
+        // As long as sqlx's pool waited for a connection: a writer stuck longer (a hung disk)
+        // makes the others answer UNAVAILABLE rather than queue for ever.
+        let conn = tokio::time::timeout(WRITER_WAIT, Arc::clone(&self.write).lock_owned())
+            .await
+            .map_err(|_| StoreError::WriterBusy(WRITER_WAIT))?;
         off_runtime(|| {
             if !conn.is_autocommit() {
                 // A rollback that failed when its transaction was dropped: finish it first.
@@ -142,6 +146,10 @@ impl Store for SqliteStore {
             size: frontier.size(),
             root: frontier.root(),
         })
+    }
+
+    fn synchronous_writes(&self) -> bool {
+        true
     }
 
     async fn ledger_size(&self) -> Result<u64> {
@@ -372,6 +380,9 @@ async fn read_node(conn: &mut SqliteConnection, level: u32, index: u64) -> Resul
 /// workers (see [`off_runtime`]).
 type Writer = Arc<tokio::sync::Mutex<rusqlite::Connection>>;
 
+/// How long a writer waits for the write connection.
+const WRITER_WAIT: Duration = Duration::from_secs(30);
+
 /// Opens the write connection with the settings every commit relies on.
 fn open_writer(path: &Path) -> Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open_with_flags(
@@ -379,9 +390,11 @@ fn open_writer(path: &Path) -> Result<rusqlite::Connection> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    // The page cache is 64 MiB rather than SQLite's 2 MiB, so that the indexes a commit touches
-    // (random pseudonyms, time-ordered ids) stay in memory as the file grows. The automatic
-    // WAL checkpoint is explained at `checkpoint_wal`.
+    // The page cache is 8 MiB rather than SQLite's 2 MiB, so that more of the indexes a commit
+    // touches (random pseudonyms, time-ordered ids) stay in memory as the file grows. Not more:
+    // at the end of every transaction SQLite walks the cache's hash table, and at 64 MiB that
+    // walk was an eighth of the committer's time (docs/performance.md). The automatic WAL
+    // checkpoint is explained at `checkpoint_wal`.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -418,11 +431,13 @@ struct SqliteTx {
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
-        if self.open {
-            // Not committed (an error, or a caller that gave up): nothing of it stays.
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                tracing::warn!(error = %e, "rollback failed; the next transaction retries it");
-            }
+        // Not committed (an error, or a caller that gave up): nothing of it stays. A COMMIT that
+        // failed on an I/O error may have rolled back already; then there is nothing to do.
+        if self.open
+            && !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "rollback failed; the next transaction retries it");
         }
     }
 }
@@ -706,36 +721,39 @@ impl WriteTx for SqliteTx {
         purpose: &str,
         now: OffsetDateTime,
     ) -> Result<Withdrawal> {
-        let withdrawn = self
-            .conn
-            .prepare_cached(
-                "UPDATE consents SET state = 'withdrawn', changed_at = ?
-                 WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
-                 RETURNING consent_id",
-            )?
-            .query_map(
-                params![
-                    to_ms(now),
-                    subject_key.as_str(),
-                    recipient.as_str(),
-                    purpose
-                ],
-                |r| r.get(0),
-            )?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        // Every undelivered message under these consents: alerts to the organisation itself
-        // and support notices it sent to a landlord alike.
-        let purged = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM alerts WHERE acked_at IS NULL AND consent_id IN
-                   (SELECT consent_id FROM consents
-                    WHERE subject_key = ? AND recipient_org = ? AND purpose = ?)",
-            )?
-            .execute(params![subject_key.as_str(), recipient.as_str(), purpose])?;
-        Ok(Withdrawal {
-            withdrawn,
-            purged_alerts: changed(purged),
+        // Possibly many rows: off the async worker, as a commit is.
+        off_runtime(|| -> Result<Withdrawal> {
+            let withdrawn = self
+                .conn
+                .prepare_cached(
+                    "UPDATE consents SET state = 'withdrawn', changed_at = ?
+                     WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
+                     RETURNING consent_id",
+                )?
+                .query_map(
+                    params![
+                        to_ms(now),
+                        subject_key.as_str(),
+                        recipient.as_str(),
+                        purpose
+                    ],
+                    |r| r.get(0),
+                )?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            // Every undelivered message under these consents: alerts to the organisation itself
+            // and support notices it sent to a landlord alike.
+            let purged = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM alerts WHERE acked_at IS NULL AND consent_id IN
+                       (SELECT consent_id FROM consents
+                        WHERE subject_key = ? AND recipient_org = ? AND purpose = ?)",
+                )?
+                .execute(params![subject_key.as_str(), recipient.as_str(), purpose])?;
+            Ok(Withdrawal {
+                withdrawn,
+                purged_alerts: changed(purged),
+            })
         })
     }
 
@@ -746,30 +764,36 @@ impl WriteTx for SqliteTx {
         seqs: &[u64],
         now: OffsetDateTime,
     ) -> Result<u64> {
-        let listed: Vec<i64> = seqs.iter().map(|&s| seq_to_i64(s)).collect();
-        let listed = serde_json::to_string(&listed).expect("a list of integers serialises");
-        let done = self
-            .conn
-            .prepare_cached(
-                "UPDATE alerts SET acked_at = ?
-                 WHERE recipient_org = ? AND acked_at IS NULL
-                   AND (seq <= ? OR seq IN (SELECT value FROM json_each(?)))",
-            )?
-            .execute(params![
-                to_ms(now),
-                recipient.as_str(),
-                seq_to_i64(up_to),
-                listed
-            ])?;
-        Ok(changed(done))
+        // Possibly many rows: off the async worker, as a commit is.
+        off_runtime(|| -> Result<u64> {
+            let listed: Vec<i64> = seqs.iter().map(|&s| seq_to_i64(s)).collect();
+            let listed = serde_json::to_string(&listed).expect("a list of integers serialises");
+            let done = self
+                .conn
+                .prepare_cached(
+                    "UPDATE alerts SET acked_at = ?
+                     WHERE recipient_org = ? AND acked_at IS NULL
+                       AND (seq <= ? OR seq IN (SELECT value FROM json_each(?)))",
+                )?
+                .execute(params![
+                    to_ms(now),
+                    recipient.as_str(),
+                    seq_to_i64(up_to),
+                    listed
+                ])?;
+            Ok(changed(done))
+        })
     }
 
     async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64> {
-        let purged = self
-            .conn
-            .prepare_cached("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")?
-            .execute(params![flow_id, to_ms(cutoff)])?;
-        Ok(changed(purged))
+        // Possibly many rows: off the async worker, as a commit is.
+        off_runtime(|| -> Result<u64> {
+            let purged = self
+                .conn
+                .prepare_cached("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")?
+                .execute(params![flow_id, to_ms(cutoff)])?;
+            Ok(changed(purged))
+        })
     }
 
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {
@@ -863,38 +887,41 @@ impl WriteTx for SqliteTx {
     }
 
     async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
-        let mut changed = 0;
-        for (table, id) in [("consents", "consent_id"), ("cases", "case_ref")] {
-            let rows = self
-                .conn
-                .prepare(&format!(
-                    "SELECT {id}, subject_key, audit_subject FROM {table}"
-                ))?
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut update = self.conn.prepare(&format!(
-                "UPDATE {table} SET subject_key = ?, audit_subject = ? WHERE {id} = ?"
-            ))?;
-            for (row, key, audit) in rows {
-                let Some((key, audit)) = crate::rekey_row(rekey, &key, &audit)? else {
-                    continue;
-                };
-                update.execute(params![key, audit, row])?;
-                changed += 1;
+        // Possibly many rows: off the async worker, as a commit is.
+        off_runtime(|| -> Result<u64> {
+            let mut changed = 0;
+            for (table, id) in [("consents", "consent_id"), ("cases", "case_ref")] {
+                let rows = self
+                    .conn
+                    .prepare(&format!(
+                        "SELECT {id}, subject_key, audit_subject FROM {table}"
+                    ))?
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut update = self.conn.prepare(&format!(
+                    "UPDATE {table} SET subject_key = ?, audit_subject = ? WHERE {id} = ?"
+                ))?;
+                for (row, key, audit) in rows {
+                    let Some((key, audit)) = crate::rekey_row(rekey, &key, &audit)? else {
+                        continue;
+                    };
+                    update.execute(params![key, audit, row])?;
+                    changed += 1;
+                }
             }
-        }
-        self.conn.execute(
-            "INSERT INTO key_state (id, pseudonym_version) VALUES (1, ?)
-             ON CONFLICT (id) DO UPDATE SET pseudonym_version = excluded.pseudonym_version",
-            params![i64::from(version)],
-        )?;
-        Ok(changed)
+            self.conn.execute(
+                "INSERT INTO key_state (id, pseudonym_version) VALUES (1, ?)
+                 ON CONFLICT (id) DO UPDATE SET pseudonym_version = excluded.pseudonym_version",
+                params![i64::from(version)],
+            )?;
+            Ok(changed)
+        })
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
