@@ -31,6 +31,15 @@ pub(crate) enum Job {
         record: Box<AuditRecord>,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    /// A recipient's acknowledgement of its outbox messages: committed with the batch rather
+    /// than in a transaction of its own, so it neither holds the write lock while reports wait
+    /// nor costs an fsync of its own. Answers how many messages it acknowledged.
+    Ack {
+        recipient: OrgId,
+        up_to: u64,
+        seqs: Vec<u64>,
+        reply: oneshot::Sender<Result<u64, ApiError>>,
+    },
 }
 
 /// Where a message goes.
@@ -182,6 +191,7 @@ pub(crate) async fn run(
 enum Answer {
     Receipt(Result<Receipt, ApiError>),
     Recorded,
+    Acked(u64),
 }
 
 /// Answers a job's caller; `None` means the batch did not commit.
@@ -200,6 +210,12 @@ fn reply(job: Job, answer: Option<Answer>) {
         (Job::Audit { reply, .. }, _) => {
             let _ = reply.send(Err(ApiError::Unavailable));
         }
+        (Job::Ack { reply, .. }, Some(Answer::Acked(n))) => {
+            let _ = reply.send(Ok(n));
+        }
+        (Job::Ack { reply, .. }, _) => {
+            let _ = reply.send(Err(ApiError::Unavailable));
+        }
     }
 }
 
@@ -216,7 +232,7 @@ async fn apply_batch(
     let messages = || {
         batch.iter().filter_map(|job| match job {
             Job::Message(j, _) => Some(j),
-            Job::Audit { .. } => None,
+            Job::Audit { .. } | Job::Ack { .. } => None,
         })
     };
     let lookups = Lookups {
@@ -241,6 +257,15 @@ async fn apply_batch(
                 tx.append_audit(record).await?;
                 Answer::Recorded
             }
+            Job::Ack {
+                recipient,
+                up_to,
+                seqs,
+                ..
+            } => Answer::Acked(
+                tx.ack_alerts(recipient, *up_to, seqs, OffsetDateTime::now_utc())
+                    .await?,
+            ),
         });
     }
     tx.commit().await?;

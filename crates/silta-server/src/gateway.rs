@@ -686,12 +686,17 @@ impl Gateway {
             );
             return Err(self.deny(ctx, err, None).await);
         }
-        let mut tx = self.store.begin().await?;
-        let n = tx
-            .ack_alerts(&ctx.caller.org, up_to, seqs, OffsetDateTime::now_utc())
-            .await?;
-        tx.commit().await?;
-        Ok(n)
+        let (reply, done) = oneshot::channel();
+        self.commits
+            .send(Job::Ack {
+                recipient: ctx.caller.org.clone(),
+                up_to,
+                seqs: seqs.to_vec(),
+                reply,
+            })
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        done.await.map_err(|_| ApiError::ShuttingDown)?
     }
 
     /// `SocialServices.SubscribeAlerts` and `Landlord.SubscribeNotices`: starts the

@@ -376,8 +376,8 @@ async fn read_node(conn: &mut SqliteConnection, level: u32, index: u64) -> Resul
 /// group commit spent more time handing work between threads than in SQLite
 /// (docs/performance.md). Here statements run on the caller's thread from a cache of prepared
 /// statements. The group committer has a thread of its own; the other writers (enrolment,
-/// acknowledgements, checkpoints, retention) wait for the lock and the fsync off the async
-/// workers (see [`off_runtime`]).
+/// withdrawal, checkpoints, retention) wait for the lock and the fsync off the async workers
+/// (see [`off_runtime`]).
 type Writer = Arc<tokio::sync::Mutex<rusqlite::Connection>>;
 
 /// How long a writer waits for the write connection.
