@@ -1,5 +1,6 @@
 //! What a write transaction read ahead for its batch ([`crate::WriteTx::prefetch`]), kept
-//! true to the transaction's own writes. Both stores use it; only their queries differ.
+//! true to the transaction's own writes. The PostgreSQL store uses it, where a lookup is a
+//! round trip; SQLite, in process with a statement cache, looks each one up instead.
 
 use std::collections::{HashMap, HashSet};
 

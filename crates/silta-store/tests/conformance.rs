@@ -436,9 +436,8 @@ async fn audit_appends_build_a_ledger_that_survives_rollbacks(store: &dyn Store)
     assert_eq!((latest.size, latest.note.as_str()), (head.size, "note\n"));
 }
 
-/// `prefetch` is a hint: the lookups after it answer as without it, also once the store has
-/// had to write the transaction's pending rows (an acknowledgement does) and for cases opened
-/// in the same transaction.
+/// `prefetch` is a hint: the lookups after it answer as without it, also after other writes
+/// in the same transaction (an acknowledgement) and for cases opened in it.
 async fn prefetched_lookups_answer_as_without_prefetch(store: &dyn Store) {
     let landlord = org("landlord-p");
     let recipient = org("ss-p");
