@@ -14,7 +14,7 @@ use silta_ledger::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use silta_ledger::proof::verify_consistency;
 use silta_store::{Store, StoreError};
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LedgerConfig;
@@ -73,8 +73,8 @@ pub(crate) struct Checkpointer {
     pub store: Arc<dyn Store>,
     pub pseudonymiser: Pseudonymiser,
     pub config: LedgerConfig,
-    /// Poked by the committer after each batch.
-    pub appended: Arc<Notify>,
+    /// The ledger's size after this node's latest batch, sent by the committer.
+    pub appended: watch::Receiver<u64>,
     /// The last (size, root) this gateway signed or verified at start-up.
     pub last: Mutex<Option<(u64, Hash)>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -100,15 +100,23 @@ impl Checkpointer {
     }
 
     /// Publishes a checkpoint of the current head if the ledger grew by at least `min_growth`
-    /// entries since the last one.
-    pub async fn publish(&self, min_growth: u64) -> Result<(), CheckpointError> {
+    /// entries since the last one. `known_size` is the size a batch of this node's committer
+    /// left: with it, the ledger is not read at all until enough entries accrued.
+    pub async fn publish(
+        &self,
+        min_growth: u64,
+        known_size: Option<u64>,
+    ) -> Result<(), CheckpointError> {
         let mut last = self.last.lock().await;
         if min_growth > 1 {
-            // After a batch: only the size (one read, not the O(log n) of the root), so the
-            // wake-up that follows every commit costs next to nothing until enough accrued.
-            // The timer's call (`min_growth` 1) still compares the root at an unchanged size,
-            // which is how a ledger rewritten underneath the gateway shows.
-            let size = self.store.ledger_size().await?;
+            // After a batch: only the size (no O(log n) read of the root), so the wake-up that
+            // follows every commit costs next to nothing until enough accrued. The timer's call
+            // (`min_growth` 1) still compares the root at an unchanged size, which is how a
+            // ledger rewritten underneath the gateway shows.
+            let size = match known_size {
+                Some(size) => size,
+                None => self.store.ledger_size().await?,
+            };
             self.metrics
                 .ledger_entries
                 .set(i64::try_from(size).unwrap_or(i64::MAX));
@@ -171,6 +179,8 @@ impl Checkpointer {
     /// Runs until `stop`; the final checkpoint is the caller's, once the last commits are in.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let interval = Duration::from_millis(self.config.checkpoint_interval_ms);
+        let mut appended = self.appended.clone();
+        let mut committing = true;
         let mut deadline = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
@@ -178,15 +188,21 @@ impl Checkpointer {
                 () = tokio::time::sleep_until(deadline) => {
                     deadline = tokio::time::Instant::now() + interval;
                 }
-                () = self.appended.notified() => {
+                changed = appended.changed(), if committing => {
+                    if changed.is_err() {
+                        // The committer is gone; the timer still signs what it left.
+                        committing = false;
+                        continue;
+                    }
                     // After a batch, sign only once `checkpoint_every` entries have accrued.
-                    if let Err(e) = self.publish(self.config.checkpoint_every).await {
+                    let size = *appended.borrow_and_update();
+                    if let Err(e) = self.publish(self.config.checkpoint_every, Some(size)).await {
                         tracing::error!(error = %e, "checkpoint not published; will retry");
                     }
                     continue;
                 }
             }
-            if let Err(e) = self.publish(1).await {
+            if let Err(e) = self.publish(1, None).await {
                 tracing::error!(error = %e, "checkpoint not published; will retry");
             }
         }

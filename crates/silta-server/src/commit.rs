@@ -78,7 +78,8 @@ pub(crate) struct MessageJob {
 /// Who hears of a committed batch: subscribers (per organisation), the checkpointer, metrics.
 pub(crate) struct AfterCommit {
     pub notifier: Arc<Notifier>,
-    pub appended: Arc<tokio::sync::Notify>,
+    /// The ledger's size after the batch, for the checkpointer: it need not read it back.
+    pub appended: tokio::sync::watch::Sender<u64>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -155,10 +156,9 @@ pub(crate) async fn run(
         if received == 0 {
             return;
         }
-        let mut woken: Vec<(OrgId, u64)> = Vec::new();
-        let mut decided: Vec<DecisionLabels> = Vec::new();
+        let mut fx = Effects::default();
         let started = std::time::Instant::now();
-        let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut woken, &mut decided).await;
+        let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut fx).await;
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -168,14 +168,16 @@ pub(crate) async fn run(
                 for (job, answer) in batch.drain(..).zip(answers) {
                     reply(job, Some(answer));
                 }
-                for (org, seq) in woken {
+                for (org, seq) in fx.woken {
                     notifier.notify(&org, seq);
                 }
                 // Counted once committed: a batch that fails is retried and decided again.
-                for labels in decided {
+                for labels in fx.decided {
                     metrics.decisions.get_or_create(&labels).inc();
                 }
-                appended.notify_one();
+                if let Some(size) = fx.ledger_size {
+                    appended.send_replace(size);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = batch.len(), "group commit failed; callers may retry");
@@ -184,6 +186,29 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+/// What a batch did besides answering its callers, acted on once it is committed.
+#[derive(Default)]
+struct Effects {
+    /// Each recipient's newest alert sequence number.
+    woken: Vec<(OrgId, u64)>,
+    decided: Vec<DecisionLabels>,
+    /// The ledger's size after the batch's last audit entry, if it appended any.
+    ledger_size: Option<u64>,
+}
+
+impl Effects {
+    /// Appends `record` to the ledger in `tx` and remembers the size it leaves.
+    async fn audit(
+        &mut self,
+        tx: &mut dyn WriteTx,
+        record: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let seq = tx.append_audit(record).await?;
+        self.ledger_size = Some(seq + 1);
+        Ok(())
     }
 }
 
@@ -223,8 +248,7 @@ async fn apply_batch(
     store: &dyn Store,
     p: &Pseudonymiser,
     batch: &[Job],
-    woken: &mut Vec<(OrgId, u64)>,
-    decided: &mut Vec<DecisionLabels>,
+    fx: &mut Effects,
 ) -> Result<Vec<Answer>, StoreError> {
     let mut tx = store.begin().await?;
     let version = version_in_use(&mut *tx, p).await?;
@@ -251,10 +275,10 @@ async fn apply_batch(
     for job in batch {
         results.push(match job {
             Job::Message(j, _) => {
-                Answer::Receipt(apply_message(&mut *tx, p, version, j, woken, decided).await?)
+                Answer::Receipt(apply_message(&mut *tx, p, version, j, fx).await?)
             }
             Job::Audit { record, .. } => {
-                tx.append_audit(record).await?;
+                fx.audit(&mut *tx, record).await?;
                 Answer::Recorded
             }
             Job::Ack {
@@ -307,8 +331,7 @@ async fn apply_message(
     p: &Pseudonymiser,
     version: u32,
     job: &MessageJob,
-    woken: &mut Vec<(OrgId, u64)>,
-    decided: &mut Vec<DecisionLabels>,
+    fx: &mut Effects,
 ) -> Result<Result<Receipt, ApiError>, StoreError> {
     let ctx = &job.ctx;
     let sender = &ctx.caller.org;
@@ -335,7 +358,7 @@ async fn apply_message(
             "this idempotency key was already used with a different message; use a new key for a new message",
         );
         record.reason = err.reason().to_owned();
-        tx.append_audit(&record).await?;
+        fx.audit(tx, &record).await?;
         return Ok(Err(err));
     }
 
@@ -376,7 +399,7 @@ async fn apply_message(
         eviction_stage: job.eviction_stage,
     };
     let disclosure = job.policies.decide(&input, &candidates);
-    decided.push(DecisionLabels {
+    fx.decided.push(DecisionLabels {
         flow: flow.id.clone(),
         outcome: if disclosure.permits.is_empty() {
             "deny"
@@ -399,7 +422,7 @@ async fn apply_message(
             policy_ids: disclosure.policy_ids,
         };
         record.reason = err.reason().to_owned();
-        tx.append_audit(&record).await?;
+        fx.audit(tx, &record).await?;
         return Ok(Err(err));
     }
 
@@ -458,7 +481,7 @@ async fn apply_message(
                 },
             )
             .await?;
-        woken.push((recipient.clone(), seq));
+        fx.woken.push((recipient.clone(), seq));
     }
 
     record.outcome = if disclosure.permits.is_empty() {
@@ -474,7 +497,7 @@ async fn apply_message(
     if !record.recipients.is_empty() {
         record.fields = flow.field_names();
     }
-    tx.append_audit(&record).await?;
+    fx.audit(tx, &record).await?;
     Ok(Ok(Receipt {
         report_id,
         received_at: now,

@@ -238,13 +238,13 @@ pub async fn start(
         pseudonymiser.observed_version(),
     )?
     .verifier_key();
-    let appended = Arc::new(tokio::sync::Notify::new());
+    let (appended, appended_size) = tokio::sync::watch::channel(0);
     let metrics = Arc::new(metrics::Metrics::default());
     let checkpointer = Arc::new(checkpoints::Checkpointer {
         store: Arc::clone(&store),
         pseudonymiser: pseudonymiser.clone(),
         config: config.ledger.clone(),
-        appended: Arc::clone(&appended),
+        appended: appended_size,
         last: tokio::sync::Mutex::new(None),
         metrics: Arc::clone(&metrics),
     });
@@ -451,7 +451,7 @@ pub async fn start(
         // final entry.
         let _ = checkpoint_task.await;
         let _ = retention_task.await;
-        if let Err(e) = checkpointer.publish(1).await {
+        if let Err(e) = checkpointer.publish(1, None).await {
             tracing::error!(error = %e, "final checkpoint not published");
         }
         drop(checkpointer);
