@@ -1,5 +1,6 @@
 //! A database written by schema v1 opens under the current schema with nothing lost: pending
-//! alerts stay deliverable, consents keep opening what they opened.
+//! alerts stay deliverable, consents keep opening what they opened, a retried report still
+//! finds its first receipt.
 
 use silta_core::OrgId;
 use silta_core::pseudonym::Pseudonym;
@@ -32,7 +33,8 @@ async fn a_v1_database_is_upgraded_in_place() {
                              subject_pseudonym, case_ref, payload, created_at)
          VALUES ('a1', 'social-a', 1, 'rent-arrears', 'c1', 'r1', 'ps1.x', 'case-1',
                  '{\"report_month\":\"2026-11\",\"arrears_band\":\"from500_to1500\",\"months_overdue\":2,\"eviction_stage\":\"warning\",\"landlord_contact_office\":\"Kallio\"}', 0);
-         INSERT INTO cases VALUES ('case-1', 'city-housing', 'T-1', 'social-a', 0);",
+         INSERT INTO cases VALUES ('case-1', 'city-housing', 'T-1', 'social-a', 0);
+         INSERT INTO reports VALUES ('r1', 'city-housing', 'key-1', x'0102', 1764288000000);",
     )
     .execute(&pool)
     .await
@@ -67,6 +69,15 @@ async fn a_v1_database_is_upgraded_in_place() {
     assert!(consents[0].covers_flow("rent-arrears"));
     assert!(!consents[0].covers_flow("eviction-stage"));
     assert!(!consents[0].covers_landlord);
+    let report = tx
+        .find_report(&OrgId::new("city-housing").expect("valid"), "key-1")
+        .await
+        .expect("find report")
+        .expect("kept");
+    assert_eq!(
+        (report.report_id.as_str(), report.fingerprint.as_slice()),
+        ("r1", [1u8, 2].as_slice())
+    );
     drop(tx);
     // A v1 case has no resident: it is kept, but no consent can be found for it.
     let case = store
