@@ -63,9 +63,10 @@ impl PostgresStore {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        // Migrations are additive, so a node of the previous version may restart after a newer
-        // node migrated the shared database (a rolling upgrade or a rollback): it ignores the
-        // migrations it does not know instead of refusing to start.
+        // Migrations keep the previous version's queries working (they add tables, columns
+        // and indexes, or drop only indexes no query names), so a node of the previous version
+        // may restart after a newer node migrated the shared database (a rolling upgrade or a
+        // rollback): it ignores the migrations it does not know instead of refusing to start.
         let mut migrator = sqlx::migrate!("./migrations/postgres");
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;

@@ -741,8 +741,8 @@ impl WriteTx for SqliteTx {
                 )?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
             // Every undelivered message under these consents: alerts to the organisation itself
-            // and support notices it sent to a landlord alike. Found among the undelivered ones
-            // (schema v5 has no index by consent), never by a scan of the whole table.
+            // and support notices it sent to a landlord alike. Found in the index of undelivered
+            // alerts, which carries the consent id (schema v5), without reading the table.
             let purged = self
                 .conn
                 .prepare_cached(

@@ -13,6 +13,7 @@ CREATE TABLE reports_v2 (
 ) STRICT, WITHOUT ROWID;
 
 INSERT INTO reports_v2 (landlord_org, idempotency_key, report_id, fingerprint, received_at)
-    SELECT landlord_org, idempotency_key, report_id, fingerprint, received_at FROM reports;
+    SELECT landlord_org, idempotency_key, report_id, fingerprint, received_at FROM reports
+    ORDER BY landlord_org, idempotency_key; -- in key order (the old unique index): appends
 DROP TABLE reports;
 ALTER TABLE reports_v2 RENAME TO reports;
