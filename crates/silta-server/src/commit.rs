@@ -192,7 +192,7 @@ pub(crate) async fn run(
 /// What a batch did besides answering its callers, acted on once it is committed.
 #[derive(Default)]
 struct Effects {
-    /// Each recipient's newest alert sequence number.
+    /// (recipient, sequence number) of each alert written: whom to wake.
     woken: Vec<(OrgId, u64)>,
     decided: Vec<DecisionLabels>,
     /// The ledger's size after the batch's last audit entry, if it appended any.
