@@ -108,15 +108,11 @@ impl Checkpointer {
         known_size: Option<u64>,
     ) -> Result<(), CheckpointError> {
         let mut last = self.last.lock().await;
-        if min_growth > 1 {
-            // After a batch: only the size (no O(log n) read of the root), so the wake-up that
-            // follows every commit costs next to nothing until enough accrued. The timer's call
-            // (`min_growth` 1) still compares the root at an unchanged size, which is how a
-            // ledger rewritten underneath the gateway shows.
-            let size = match known_size {
-                Some(size) => size,
-                None => self.store.ledger_size().await?,
-            };
+        if let Some(size) = known_size {
+            // After a batch: the wake-up that follows every commit costs next to nothing until
+            // enough accrued. The timer's call (no size) still reads the head and compares the
+            // root at an unchanged size, which is how a ledger rewritten underneath the gateway
+            // shows.
             self.metrics
                 .ledger_entries
                 .set(i64::try_from(size).unwrap_or(i64::MAX));

@@ -291,9 +291,6 @@ pub trait Store: Send + Sync + 'static {
     /// The ledger's current size and root (O(log n) reads).
     async fn ledger_head(&self) -> Result<LedgerHead>;
 
-    /// The ledger's current size: one indexed read, for a caller that needs no root.
-    async fn ledger_size(&self) -> Result<u64>;
-
     /// Whether a write transaction's statements run synchronously on the calling thread (the
     /// embedded SQLite store), so a busy writer such as the group committer belongs on a thread
     /// of its own rather than on an async worker.

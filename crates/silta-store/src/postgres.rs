@@ -168,13 +168,6 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn ledger_size(&self) -> Result<u64> {
-        let size: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit")
-            .fetch_one(&self.pool)
-            .await?;
-        seq_from_i64(size)
-    }
-
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
         let row = sqlx::query("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
             .fetch_optional(&self.pool)

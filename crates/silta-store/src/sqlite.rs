@@ -152,13 +152,6 @@ impl Store for SqliteStore {
         true
     }
 
-    async fn ledger_size(&self) -> Result<u64> {
-        let size: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit")
-            .fetch_one(&self.read)
-            .await?;
-        seq_from_i64(size)
-    }
-
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
         let row = sqlx::query("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
             .fetch_optional(&self.read)
