@@ -12,11 +12,12 @@ use silta_core::Pseudonymiser;
 use silta_ledger::Hash;
 use silta_ledger::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use silta_ledger::proof::verify_consistency;
-use silta_store::{Store, StoreError};
+use silta_store::{LedgerHead, Store, StoreError};
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::commit::Job;
 use crate::config::LedgerConfig;
 use crate::ledger_proofs;
 
@@ -31,6 +32,9 @@ pub(crate) enum CheckpointError {
         "the stored ledger does not extend the last signed checkpoint (size {0}): refusing to sign; investigate the database"
     )]
     NotAnExtension(u64),
+    /// The committer's batch failed; retried later.
+    #[error("the batch storing the checkpoint was not committed")]
+    NotCommitted,
 }
 
 /// The checkpoint signer of key `version`.
@@ -66,15 +70,17 @@ pub(crate) fn signing_key_of(
         })
 }
 
-/// Signs and stores checkpoints, with the key of the version in use (read in the same
-/// transaction as the checkpoint is stored, so no checkpoint past a key handover is signed by
-/// the key it retired).
+/// Signs and stores checkpoints with the key of the version in use: the version is checked
+/// again in the transaction that stores the checkpoint, so no checkpoint past a key handover is
+/// stored under the key it retired.
 pub(crate) struct Checkpointer {
     pub store: Arc<dyn Store>,
     pub pseudonymiser: Pseudonymiser,
     pub config: LedgerConfig,
     /// The ledger's size after this node's latest batch, sent by the committer.
     pub appended: watch::Receiver<u64>,
+    /// The committer's queue, which stores checkpoints with its batches.
+    pub commits: mpsc::Sender<Job>,
     /// The last (size, root) this gateway signed or verified at start-up.
     pub last: Mutex<Option<(u64, Hash)>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -102,6 +108,9 @@ impl Checkpointer {
     /// Publishes a checkpoint of the current head if the ledger grew by at least `min_growth`
     /// entries since the last one. `known_size` is the size a batch of this node's committer
     /// left: with it, the ledger is not read at all until enough entries accrued.
+    ///
+    /// While the committer runs, the checkpoint is signed here and stored with its next batch;
+    /// once it has stopped (the final checkpoint at shutdown), in a transaction of its own.
     pub async fn publish(
         &self,
         min_growth: u64,
@@ -120,32 +129,67 @@ impl Checkpointer {
                 return Ok(());
             }
         }
-        // A cheap look first, so a wake-up with too little growth takes no write lock.
+        // The key version is read before the head: if it is the version a handover moved to,
+        // the head already includes the handover, so the new key never signs a tree before it.
+        // The committer stores the note only if the version is still in use, so the retired key
+        // never signs a tree past it either.
+        let version = self.pseudonymiser.observed_version();
         let head = self.store.ledger_head().await?;
         self.metrics
             .ledger_entries
             .set(i64::try_from(head.size).unwrap_or(i64::MAX));
-        let grown = last
-            .map_or(0, |(size, _)| size)
-            .saturating_add(min_growth.max(1));
-        if head.size < grown
-            && last.is_none_or(|(size, root)| head.size != size || head.root == root)
-        {
+        if !due(*last, &head, min_growth)? {
             return Ok(());
         }
+        if !self.commits.is_closed() {
+            let note = self.sign(*last, &head, version).await?;
+            let (reply, stored) = oneshot::channel();
+            let job = Job::Checkpoint {
+                version,
+                size: head.size,
+                root: head.root,
+                note,
+                reply,
+            };
+            // A closed queue means the committer has stopped: store the checkpoint directly.
+            if self.commits.send(job).await.is_ok() {
+                return match stored.await {
+                    Ok(Ok(true)) => {
+                        self.published(&mut last, &head);
+                        Ok(())
+                    }
+                    Ok(Ok(false)) => {
+                        tracing::debug!(version, "key version changed while signing; signing again later");
+                        Ok(())
+                    }
+                    Ok(Err(_)) | Err(_) => Err(CheckpointError::NotCommitted),
+                };
+            }
+        }
         // The key version and the head are read while holding the write lock, so a checkpoint
-        // is signed by the key in use for exactly the tree it names: never the retired key past
-        // a key handover, nor the new key before it.
+        // is signed by the key in use for exactly the tree it names.
         let mut tx = self.store.begin().await?;
         let version = crate::commit::version_in_use(&mut *tx, &self.pseudonymiser).await?;
         let head = self.store.ledger_head().await?;
-        if let Some((size, root)) = *last {
-            if head.size == size {
-                if head.root != root {
-                    return Err(CheckpointError::NotAnExtension(size));
-                }
-                return Ok(());
-            }
+        if !due(*last, &head, 1)? {
+            return Ok(());
+        }
+        let note = self.sign(*last, &head, version).await?;
+        tx.append_checkpoint(head.size, &head.root, &note, OffsetDateTime::now_utc())
+            .await?;
+        tx.commit().await?;
+        self.published(&mut last, &head);
+        Ok(())
+    }
+
+    /// Proves that `head` extends `last` and signs it with key `version`.
+    async fn sign(
+        &self,
+        last: Option<(u64, Hash)>,
+        head: &LedgerHead,
+        version: u32,
+    ) -> Result<String, CheckpointError> {
+        if let Some((size, root)) = last {
             let proof = ledger_proofs::consistency(&*self.store, size, head.size)
                 .await
                 .map_err(|_| CheckpointError::NotAnExtension(size))?;
@@ -161,15 +205,15 @@ impl Checkpointer {
         let note = signer_for(&self.pseudonymiser, &self.config.origin, version)?
             .sign(&checkpoint.body())
             .map_err(|e| StoreError::Corrupt(format!("checkpoint note: {e}")))?;
-        tx.append_checkpoint(head.size, &head.root, &note, OffsetDateTime::now_utc())
-            .await?;
-        tx.commit().await?;
+        Ok(note)
+    }
+
+    fn published(&self, last: &mut Option<(u64, Hash)>, head: &LedgerHead) {
         *last = Some((head.size, head.root));
         self.metrics
             .last_checkpoint
             .set(OffsetDateTime::now_utc().unix_timestamp());
         tracing::debug!(size = head.size, "checkpoint published");
-        Ok(())
     }
 
     /// Runs until `stop`; the final checkpoint is the caller's, once the last commits are in.
@@ -203,4 +247,21 @@ impl Checkpointer {
             }
         }
     }
+}
+
+/// Whether `head` is worth a checkpoint after `last`: grown by `min_growth`, or rewritten at
+/// the same size (an error).
+fn due(
+    last: Option<(u64, Hash)>,
+    head: &LedgerHead,
+    min_growth: u64,
+) -> Result<bool, CheckpointError> {
+    let Some((size, root)) = last else {
+        return Ok(head.size >= min_growth.max(1));
+    };
+    // A committed ledger never shrinks, and at the same size it has the same root.
+    if head.size < size || (head.size == size && head.root != root) {
+        return Err(CheckpointError::NotAnExtension(size));
+    }
+    Ok(head.size >= size.saturating_add(min_growth.max(1)))
 }

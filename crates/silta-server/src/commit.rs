@@ -40,6 +40,18 @@ pub(crate) enum Job {
         seqs: Vec<u64>,
         reply: oneshot::Sender<Result<u64, ApiError>>,
     },
+    /// A checkpoint the checkpointer signed with key `version`, stored with the batch rather
+    /// than in a transaction and fsync of its own (which held the write lock while reports
+    /// waited). Stored only if `version` is still the one in use inside the batch's
+    /// transaction: a key handover committed since the checkpointer read it means the note
+    /// names the wrong key, and the answer is `false` (sign again).
+    Checkpoint {
+        version: u32,
+        size: u64,
+        root: silta_ledger::Hash,
+        note: String,
+        reply: oneshot::Sender<Result<bool, ApiError>>,
+    },
 }
 
 /// Where a message goes.
@@ -217,6 +229,7 @@ enum Answer {
     Receipt(Result<Receipt, ApiError>),
     Recorded,
     Acked(u64),
+    Checkpointed(bool),
 }
 
 /// Answers a job's caller; `None` means the batch did not commit.
@@ -241,6 +254,12 @@ fn reply(job: Job, answer: Option<Answer>) {
         (Job::Ack { reply, .. }, _) => {
             let _ = reply.send(Err(ApiError::Unavailable));
         }
+        (Job::Checkpoint { reply, .. }, Some(Answer::Checkpointed(stored))) => {
+            let _ = reply.send(Ok(stored));
+        }
+        (Job::Checkpoint { reply, .. }, _) => {
+            let _ = reply.send(Err(ApiError::Unavailable));
+        }
     }
 }
 
@@ -256,7 +275,7 @@ async fn apply_batch(
     let messages = || {
         batch.iter().filter_map(|job| match job {
             Job::Message(j, _) => Some(j),
-            Job::Audit { .. } | Job::Ack { .. } => None,
+            Job::Audit { .. } | Job::Ack { .. } | Job::Checkpoint { .. } => None,
         })
     };
     let lookups = Lookups {
@@ -290,6 +309,20 @@ async fn apply_batch(
                 tx.ack_alerts(recipient, *up_to, seqs, OffsetDateTime::now_utc())
                     .await?,
             ),
+            Job::Checkpoint {
+                version: signed_with,
+                size,
+                root,
+                note,
+                ..
+            } => {
+                let current = *signed_with == version;
+                if current {
+                    tx.append_checkpoint(*size, root, note, OffsetDateTime::now_utc())
+                        .await?;
+                }
+                Answer::Checkpointed(current)
+            }
         });
     }
     tx.commit().await?;

@@ -239,12 +239,14 @@ pub async fn start(
     )?
     .verifier_key();
     let (appended, appended_size) = tokio::sync::watch::channel(0);
+    let (commits, jobs) = mpsc::channel(config.tuning.max_batch.max(1) * 4);
     let metrics = Arc::new(metrics::Metrics::default());
     let checkpointer = Arc::new(checkpoints::Checkpointer {
         store: Arc::clone(&store),
         pseudonymiser: pseudonymiser.clone(),
         config: config.ledger.clone(),
         appended: appended_size,
+        commits: commits.clone(),
         last: tokio::sync::Mutex::new(None),
         metrics: Arc::clone(&metrics),
     });
@@ -264,7 +266,6 @@ pub async fn start(
         stop.clone(),
     ));
 
-    let (commits, jobs) = mpsc::channel(config.tuning.max_batch.max(1) * 4);
     let committer = commit::spawn(
         &*store,
         commit::run(
