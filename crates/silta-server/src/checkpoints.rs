@@ -159,7 +159,10 @@ impl Checkpointer {
                         Ok(())
                     }
                     Ok(Ok(false)) => {
-                        tracing::debug!(version, "key version changed while signing; signing again later");
+                        tracing::debug!(
+                            version,
+                            "key version changed while signing; signing again later"
+                        );
                         Ok(())
                     }
                     Ok(Err(_)) | Err(_) => Err(CheckpointError::NotCommitted),
