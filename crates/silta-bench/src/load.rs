@@ -51,6 +51,7 @@ pub(crate) struct Population {
     /// Subject pseudonym (social services' domain) → resident index.
     pseudonyms: Mutex<HashMap<String, usize>>,
     next: AtomicU64,
+    /// This run's part of every idempotency key, so reruns against one database never collide.
     run: String,
 }
 
@@ -65,7 +66,13 @@ impl Population {
             epoch: Instant::now(),
             pseudonyms: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
-            run: format!("{:08x}", u32::from_be_bytes(nonce)),
+            // Letters only (a–p per nibble): digits here followed by the counter could spell an
+            // identity code ("…120385-1234"), which the gateway rightly refuses in a key.
+            run: nonce
+                .iter()
+                .flat_map(|b| [b >> 4, b & 0x0f])
+                .map(|n| char::from(b'a' + n))
+                .collect(),
         })
     }
 
