@@ -458,3 +458,43 @@ async fn alerts_past_their_retention_are_purged_and_the_purge_is_in_the_ledger()
         .await;
     assert_eq!(purges, ["gateway:purged-1-messages-older-than-1s"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_purge_runs_in_chunks_each_in_the_ledger() {
+    let mut gw = TestGateway::start_with(|c| {
+        c.retention.alert_retention_s = 1;
+        c.retention.purge_interval_ms = 200;
+    })
+    .await;
+    gw.stop().await;
+    // As after a long outage: 2,500 expired messages, more than one purge transaction takes.
+    gw.tamper(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+         INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, consent_id, report_id,
+                             subject_pseudonym, case_ref, payload, created_at, purpose,
+                             legal_basis)
+         SELECT 'old-' || i, 'helsinki-social-services', i, 'rent-arrears', 'c', 'r', 'p',
+                'case-x', '{}', 1000 * (unixepoch() - 3600), 'eviction-prevention',
+                'gdpr-6-1-a-consent'
+         FROM n",
+    )
+    .await;
+    gw.restart_after_stop().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        gw.query_strings("SELECT alert_id FROM alerts")
+            .await
+            .is_empty()
+    );
+    let purges = gw
+        .query_strings("SELECT reason FROM audit WHERE action = 'RetentionPurge' ORDER BY seq")
+        .await;
+    assert_eq!(
+        purges,
+        [
+            "purged-1000-messages-older-than-1s",
+            "purged-1000-messages-older-than-1s",
+            "purged-500-messages-older-than-1s"
+        ]
+    );
+}

@@ -13,23 +13,38 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RetentionConfig;
 use crate::policy_source::PolicyHandle;
 
+/// Messages deleted per transaction. A purge after a long outage, or after a flow's retention
+/// was shortened, can find millions: in one transaction it would hold the write lock (and every
+/// report waiting for it) for seconds. In chunks, reports are committed in between.
+const CHUNK: u32 = 1_000;
+
 /// Deletes expired outbox messages once, flow by flow (each after its flow's
-/// `retention_days`, capped by `alert_retention_s`); returns how many.
+/// `retention_days`, capped by `alert_retention_s`), until none are left or `stop`; returns
+/// how many.
 pub(crate) async fn purge_once(
     store: &dyn Store,
     policies: &PolicyHandle,
     config: &RetentionConfig,
+    stop: &CancellationToken,
 ) -> Result<u64, StoreError> {
     let now = OffsetDateTime::now_utc();
     let mut total = 0;
     for flow in policies.get().flows() {
         let keep_s = (u64::from(flow.retention_days) * 86_400).min(config.alert_retention_s);
-        total += purge_flow(store, &flow.id, keep_s, now).await?;
+        loop {
+            let purged = purge_chunk(store, &flow.id, keep_s, now).await?;
+            total += purged;
+            if purged < u64::from(CHUNK) || stop.is_cancelled() {
+                break;
+            }
+        }
     }
     Ok(total)
 }
 
-async fn purge_flow(
+/// Deletes up to [`CHUNK`] of a flow's expired messages and records it in the ledger, in one
+/// transaction.
+async fn purge_chunk(
     store: &dyn Store,
     flow_id: &str,
     keep_s: u64,
@@ -37,7 +52,7 @@ async fn purge_flow(
 ) -> Result<u64, StoreError> {
     let keep = time::Duration::seconds(i64::try_from(keep_s).unwrap_or(i64::MAX));
     let mut tx = store.begin().await?;
-    let purged = tx.purge_alerts_before(flow_id, now - keep).await?;
+    let purged = tx.purge_alerts_before(flow_id, now - keep, CHUNK).await?;
     if purged > 0 {
         let gateway = Caller {
             // A literal that follows the organisation id rules.
@@ -74,7 +89,7 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        match purge_once(&*store, &policies, &config).await {
+        match purge_once(&*store, &policies, &config, &stop).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(alerts = n, "retention purge"),
             Err(e) => tracing::error!(error = %e, "retention purge failed; will retry"),

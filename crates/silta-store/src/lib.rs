@@ -404,9 +404,15 @@ pub trait WriteTx: Send {
         now: OffsetDateTime,
     ) -> Result<u64>;
 
-    /// Deletes `flow_id`'s messages created before `cutoff`, delivered or not (storage
-    /// limitation). Returns how many.
-    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64>;
+    /// Deletes at most `limit` of `flow_id`'s messages created before `cutoff`, delivered or
+    /// not (storage limitation), oldest first. Returns how many; fewer than `limit` means none
+    /// are left. The limit keeps a large purge from holding the write lock while reports wait.
+    async fn purge_alerts_before(
+        &mut self,
+        flow_id: &str,
+        cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64>;
 
     /// Appends an audit record to the ledger: its canonical entry becomes the next leaf, and
     /// the perfect subtrees it completes are stored. Returns its leaf index.

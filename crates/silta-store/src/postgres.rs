@@ -759,15 +759,23 @@ impl WriteTx for PgTx {
         Ok(done)
     }
 
-    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM alerts WHERE flow_id = $1 AND created_at < $2")
-                .bind(flow_id)
-                .bind(to_ms(cutoff))
-                .execute(&mut *self.tx)
-                .await?
-                .rows_affected(),
+    async fn purge_alerts_before(
+        &mut self,
+        flow_id: &str,
+        cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM alerts WHERE id IN (
+                 SELECT id FROM alerts WHERE flow_id = $1 AND created_at < $2
+                 ORDER BY created_at LIMIT $3)",
         )
+        .bind(flow_id)
+        .bind(to_ms(cutoff))
+        .bind(i64::from(limit))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected())
     }
 
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {

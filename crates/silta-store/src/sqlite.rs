@@ -780,13 +780,22 @@ impl WriteTx for SqliteTx {
         })
     }
 
-    async fn purge_alerts_before(&mut self, flow_id: &str, cutoff: OffsetDateTime) -> Result<u64> {
+    async fn purge_alerts_before(
+        &mut self,
+        flow_id: &str,
+        cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64> {
         // Possibly many rows: off the async worker, as a commit is.
         off_runtime(|| -> Result<u64> {
             let purged = self
                 .conn
-                .prepare_cached("DELETE FROM alerts WHERE flow_id = ? AND created_at < ?")?
-                .execute(params![flow_id, to_ms(cutoff)])?;
+                .prepare_cached(
+                    "DELETE FROM alerts WHERE id IN (
+                         SELECT id FROM alerts WHERE flow_id = ? AND created_at < ?
+                         ORDER BY created_at LIMIT ?)",
+                )?
+                .execute(params![flow_id, to_ms(cutoff), limit])?;
             Ok(changed(purged))
         })
     }

@@ -312,27 +312,45 @@ async fn reports_are_found_by_key_and_cases_are_stable(store: &dyn Store) {
 async fn retention_purges_one_flow_at_a_time(store: &dyn Store) {
     enrol(store, "c-ret", "subject-ret", "ss-ret").await;
     let permit = permits(store, "subject-ret").await.remove(0);
-    let seq = deliver(store, &permit, 900).await;
+    let first = deliver(store, &permit, 900).await;
+    let second = deliver(store, &permit, 901).await;
     let mut tx = store.begin().await.expect("begin");
     let later = now() + Duration::days(1);
     assert_eq!(
-        tx.purge_alerts_before("another-flow", later)
+        tx.purge_alerts_before("another-flow", later, 100)
             .await
             .expect("purge"),
         0,
         "another flow's retention never deletes this flow's messages"
     );
     assert_eq!(
-        tx.purge_alerts_before(FLOW, now() - Duration::days(1))
+        tx.purge_alerts_before(FLOW, now() - Duration::days(1), 100)
             .await
             .expect("purge"),
         0,
         "not yet expired"
     );
-    // The suite's earlier alerts of the same flow go too.
-    assert!(tx.purge_alerts_before(FLOW, later).await.expect("purge") >= 1);
+    assert_eq!(
+        tx.purge_alerts_before(FLOW, later, 1).await.expect("purge"),
+        1,
+        "a purge deletes no more than its limit"
+    );
+    // The rest, with the suite's earlier alerts of the same flow.
+    assert!(
+        tx.purge_alerts_before(FLOW, later, 10_000)
+            .await
+            .expect("purge")
+            >= 1
+    );
+    assert_eq!(
+        tx.purge_alerts_before(FLOW, later, 10_000)
+            .await
+            .expect("purge"),
+        0
+    );
     tx.commit().await.expect("commit");
-    assert!(!pending(store, "ss-ret").await.contains(&seq));
+    let left = pending(store, "ss-ret").await;
+    assert!(!left.contains(&first) && !left.contains(&second));
 }
 
 async fn an_uncommitted_transaction_leaves_nothing(store: &dyn Store) {
