@@ -555,6 +555,68 @@ fn mint_case_ref() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use silta_core::Pseudonymiser;
+    use silta_core::secret::MasterSecret;
+    use silta_store::{SqliteStore, Store};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{AfterCommit, Job};
+
+    /// The checkpointer signs outside the committer's transaction; a key handover committed
+    /// in between must not get a note of the retired key stored.
+    #[tokio::test]
+    async fn a_checkpoint_signed_with_a_key_no_longer_in_use_is_not_stored() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("silta.db"))
+                .await
+                .expect("store"),
+        );
+        let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37)).collect();
+        let secret = MasterSecret::from_bytes(&bytes).expect("32 distinct bytes");
+        let (jobs_tx, jobs) = mpsc::channel(4);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let committer = tokio::spawn(super::run(
+            Arc::clone(&store),
+            Pseudonymiser::new(secret, 1),
+            jobs,
+            8,
+            stop.clone(),
+            AfterCommit {
+                notifier: Arc::default(),
+                appended: tokio::sync::watch::channel(0).0,
+                metrics: Arc::default(),
+            },
+        ));
+        let checkpoint = |version| {
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Checkpoint {
+                version,
+                size: 0,
+                root: [0; 32],
+                note: format!("signed with v{version}"),
+                reply,
+            };
+            (job, answer)
+        };
+
+        let (job, answer) = checkpoint(2);
+        jobs_tx.send(job).await.expect("queued");
+        assert!(!answer.await.expect("answered").expect("committed"));
+        assert!(store.latest_checkpoint().await.expect("read").is_none());
+
+        let (job, answer) = checkpoint(1);
+        jobs_tx.send(job).await.expect("queued");
+        assert!(answer.await.expect("answered").expect("committed"));
+        let stored = store.latest_checkpoint().await.expect("read");
+        assert_eq!(stored.map(|c| c.note), Some("signed with v1".to_owned()));
+
+        stop.cancel();
+        committer.await.expect("the committer returns");
+    }
+
     #[test]
     fn minted_case_refs_never_look_like_an_identity_code() {
         for _ in 0..10_000 {
