@@ -194,14 +194,16 @@ impl Pseudonymiser {
 
     /// Remembers that the store said `version` is in use (each write transaction reads it).
     pub fn observe(&self, version: u32) {
-        self.inner.observed.store(version, Ordering::Relaxed);
+        // Release/Acquire: a reader that sees a version the store moved to reads the store after
+        // it (the checkpointer reads this before the ledger's head).
+        self.inner.observed.store(version, Ordering::Release);
     }
 
     /// The version the store said was in use when last asked, if the keyring holds it; else
     /// the keyring's newest. For records written outside a transaction that reads it (refusals):
     /// the audit ledger holds any version, and queries search them all.
     pub fn observed_version(&self) -> u32 {
-        let v = self.inner.observed.load(Ordering::Relaxed);
+        let v = self.inner.observed.load(Ordering::Acquire);
         if self.has_version(v) {
             v
         } else {

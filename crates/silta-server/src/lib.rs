@@ -450,8 +450,18 @@ pub async fn start(
         };
         // The last checkpoint covers everything committed, so an auditor can verify up to the
         // final entry.
-        let _ = checkpoint_task.await;
-        let _ = retention_task.await;
+        // Each waits for the committer at most; bounded all the same, so a committer stuck in a
+        // batch cannot keep the process from exiting.
+        for (task, name) in [
+            (checkpoint_task, "checkpointer"),
+            (retention_task, "retention purge"),
+        ] {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::error!("the {name} did not finish in time");
+                abort.abort();
+            }
+        }
         if let Err(e) = checkpointer.publish(1, None).await {
             tracing::error!(error = %e, "final checkpoint not published");
         }

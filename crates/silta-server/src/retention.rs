@@ -32,9 +32,21 @@ pub(crate) async fn purge_once(
     for flow in policies.get().flows() {
         let keep_s = (u64::from(flow.retention_days) * 86_400).min(config.alert_retention_s);
         loop {
-            let purged = purge_chunk(store, &flow.id, keep_s, now).await?;
+            if stop.is_cancelled() {
+                return Ok(total);
+            }
+            let purged = match purge_chunk(store, &flow.id, keep_s, now).await {
+                Ok(purged) => purged,
+                Err(e) => {
+                    // What earlier chunks deleted is committed and in the ledger: say so.
+                    if total > 0 {
+                        tracing::info!(alerts = total, "retention purge, before an error");
+                    }
+                    return Err(e);
+                }
+            };
             total += purged;
-            if purged < u64::from(CHUNK) || stop.is_cancelled() {
+            if purged < u64::from(CHUNK) {
                 break;
             }
         }
