@@ -30,8 +30,6 @@ use crate::{
     StoredReport, Withdrawal, WriteTx,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
 /// The embedded SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -56,7 +54,12 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(base.clone().create_if_missing(true))
             .await?;
-        MIGRATOR.run(&migrate).await?;
+        // As on PostgreSQL: a previous release started on a database a newer one migrated (a
+        // rollback) ignores the migrations it does not know. Migrations are additive, so what
+        // it reads and writes is still there (docs/operations.md, "Upgrades and migrations").
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator.run(&migrate).await?;
         migrate.close().await;
         let write = Arc::new(tokio::sync::Mutex::new(open_writer(path)?));
         let read = SqlitePoolOptions::new()

@@ -827,6 +827,30 @@ async fn postgres_concurrent_writers_keep_one_ledger() {
     db.drop_now().await;
 }
 
+/// The previous release, started again on a SQLite database a newer release migrated (a
+/// rollback), ignores the migration it does not know.
+#[tokio::test]
+async fn sqlite_an_older_release_starts_on_a_newer_schema() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("silta.db");
+    SqliteStore::open(&path).await.expect("open").close().await;
+    let url = format!("sqlite://{}", path.display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from a newer release', TRUE, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("a newer migration");
+    pool.close().await;
+    let store = SqliteStore::open(&path)
+        .await
+        .expect("the older release starts");
+    store.ledger_head().await.expect("and serves");
+    store.close().await;
+}
+
 /// A node of the previous release restarts on a database a newer node already migrated (a
 /// rolling upgrade, or a rollback): it ignores the migration it does not know.
 #[tokio::test]
