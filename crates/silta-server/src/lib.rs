@@ -448,8 +448,6 @@ pub async fn start(
                 true
             }
         };
-        // The last checkpoint covers everything committed, so an auditor can verify up to the
-        // final entry.
         // Each waits for the committer at most; bounded all the same, so a committer stuck in a
         // batch cannot keep the process from exiting.
         for (task, name) in [
@@ -462,6 +460,8 @@ pub async fn start(
                 abort.abort();
             }
         }
+        // The last checkpoint covers everything committed, so an auditor can verify up to the
+        // final entry.
         if let Err(e) = checkpointer.publish(1, None).await {
             tracing::error!(error = %e, "final checkpoint not published");
         }
