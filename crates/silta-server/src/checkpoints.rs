@@ -252,8 +252,8 @@ impl Checkpointer {
     }
 }
 
-/// Whether `head` is worth a checkpoint after `last`: grown by `min_growth`, or rewritten at
-/// the same size (an error).
+/// Whether `head` is worth a checkpoint after `last`: grown by `min_growth`. A head that shrank,
+/// or changed its root at the same size, is an error.
 fn due(
     last: Option<(u64, Hash)>,
     head: &LedgerHead,
