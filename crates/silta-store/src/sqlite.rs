@@ -2,6 +2,7 @@
 //! loss. One write connection (rusqlite, synchronous; see `Writer`) serialises writers; a
 //! pool of read-only sqlx connections serves subscriptions and queries concurrently.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -110,6 +111,7 @@ impl Store for SqliteStore {
             conn,
             open: true,
             frontier: None,
+            alert_seqs: HashMap::new(),
         }))
     }
 
@@ -423,6 +425,12 @@ struct SqliteTx {
     /// The ledger's right edge, read on the first append of this transaction and advanced in
     /// memory; dropped with the transaction, so a rollback leaves nothing stale.
     frontier: Option<Frontier>,
+    /// Each recipient's last alert sequence number as this transaction left it, read on its
+    /// first alert and advanced in memory; written back at commit. One plain read per
+    /// recipient and batch instead of an upsert with `RETURNING` per alert (SQLite builds a
+    /// temporary table for every `RETURNING`). Only `insert_alert` touches the table, and the
+    /// write lock is held, so nothing else can see or change it meanwhile.
+    alert_seqs: HashMap<String, i64>,
 }
 
 impl Drop for SqliteTx {
@@ -608,14 +616,22 @@ impl WriteTx for SqliteTx {
 
     async fn insert_alert(&mut self, permit: &Permit, alert: &NewAlert<'_>) -> Result<u64> {
         let recipient = permit.recipient().as_str();
-        let seq: i64 = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO alert_sequences (recipient_org, last_seq) VALUES (?, 1)
-                 ON CONFLICT (recipient_org) DO UPDATE SET last_seq = last_seq + 1
-                 RETURNING last_seq",
-            )?
-            .query_row(params![recipient], |r| r.get(0))?;
+        let seq = match self.alert_seqs.get_mut(recipient) {
+            Some(last) => {
+                *last += 1;
+                *last
+            }
+            None => {
+                let last: i64 = self
+                    .conn
+                    .prepare_cached("SELECT last_seq FROM alert_sequences WHERE recipient_org = ?")?
+                    .query_row(params![recipient], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                self.alert_seqs.insert(recipient.to_owned(), last + 1);
+                last + 1
+            }
+        };
         self.conn
             .prepare_cached(
                 "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
@@ -932,6 +948,15 @@ impl WriteTx for SqliteTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
+        if !self.alert_seqs.is_empty() {
+            let mut st = self.conn.prepare_cached(
+                "INSERT INTO alert_sequences (recipient_org, last_seq) VALUES (?, ?)
+                 ON CONFLICT (recipient_org) DO UPDATE SET last_seq = excluded.last_seq",
+            )?;
+            for (recipient, last) in &self.alert_seqs {
+                st.execute(params![recipient, last])?;
+            }
+        }
         // The fsync: a commit returns once the transaction is on disk.
         off_runtime(|| self.conn.execute_batch("COMMIT"))?;
         self.open = false;
