@@ -144,12 +144,15 @@ pub fn validate_consent(
             ),
         );
     }
+    // A time the caller sent but that is no valid timestamp is already reported as such.
     match input.given_at {
+        None if v.names(&field("given_at")) => {}
         None => v.add(&field("given_at"), "is required"),
         Some(t) if t > now + CLOCK_SKEW => v.add(&field("given_at"), "must not be in the future"),
         Some(_) => {}
     }
     match (input.given_at, input.valid_until) {
+        (_, None) if v.names(&field("valid_until")) => {}
         (_, None) => v.add(&field("valid_until"), "is required"),
         (_, Some(u)) if u <= now => v.add(&field("valid_until"), "must be in the future"),
         (Some(g), Some(u)) if u <= g => v.add(&field("valid_until"), "must be after given_at"),

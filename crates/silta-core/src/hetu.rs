@@ -53,6 +53,9 @@ pub enum HetuError {
     /// The check character does not match.
     #[error("has a wrong check character")]
     CheckCharacter,
+    /// A letter in lower case where the upper-case letter would be right.
+    #[error("has a lower-case letter; identity codes are written in upper case")]
+    Lowercase,
 }
 
 /// A validated personal identity code. See the module docs for what it guarantees.
@@ -88,6 +91,9 @@ impl Hetu {
             b'+' => 1800,
             b'-' | b'Y' | b'X' | b'W' | b'V' | b'U' => 1900,
             b'A' | b'B' | b'C' | b'D' | b'E' | b'F' => 2000,
+            m if m.is_ascii_lowercase() && b"+-YXWVUABCDEF".contains(&m.to_ascii_uppercase()) => {
+                return Err(HetuError::Lowercase);
+            }
             _ => return Err(HetuError::CenturyMarker),
         };
         let num = |r: std::ops::Range<usize>| {
@@ -112,8 +118,13 @@ impl Hetu {
         }
         let check_index = (num(0..6) * 1000 + individual) % 31;
         // check_index < 31 by construction, so the index is in bounds.
-        if b[10] != CHECK_CHARS[check_index as usize] {
-            return Err(HetuError::CheckCharacter);
+        let check = CHECK_CHARS[check_index as usize];
+        if b[10] != check {
+            return Err(if b[10].to_ascii_uppercase() == check {
+                HetuError::Lowercase
+            } else {
+                HetuError::CheckCharacter
+            });
         }
         let mut code = [0u8; HETU_LEN];
         code.copy_from_slice(b);
@@ -141,22 +152,85 @@ impl fmt::Display for Hetu {
 
 /// Whether `text` holds anything shaped like an identity code: six digits forming a real date,
 /// a century marker, three digits and one more letter or digit, *whatever the check
-/// character*, after folding case, Unicode dashes and full-width digits. A mistyped code still
-/// names a person, so it is caught too. Used to keep codes out of every field that is stored or
-/// crosses to a recipient.
+/// character*, after folding case, Unicode dashes and full-width forms and dropping invisible
+/// characters. A mistyped code still names a person, so it is caught too. Also caught, when
+/// the check character is right: a code written with spaces, dots or slashes between its
+/// parts (`05.07.37-969N`, `050737 969N`) or without its century marker (`050737969N`).
+/// Used to keep codes out of every field that is stored or crosses to a recipient.
 pub fn contains_hetu(text: &str) -> bool {
-    let folded: Vec<char> = text.chars().map(fold).collect();
-    folded.windows(HETU_LEN).any(looks_like_hetu)
+    // A zero-width space or soft hyphen inside a code leaves it a code to anyone who reads it.
+    let folded: Vec<char> = text
+        .chars()
+        .filter(|c| !is_invisible(*c))
+        .map(fold)
+        .collect();
+    if folded.windows(HETU_LEN).any(looks_like_hetu) {
+        return true;
+    }
+    let compact: Vec<char> = folded
+        .into_iter()
+        .filter(|c| !(c.is_whitespace() || matches!(c, '.' | '/' | ':' | '_' | ',' | '\'')))
+        .collect();
+    // Without a marker, ten digits with a date in front are common (account and phone
+    // numbers), so only a right check character counts there.
+    compact.windows(HETU_LEN).any(looks_like_hetu)
+        || compact.windows(HETU_LEN - 1).any(unmarked_with_right_check)
+}
+
+/// Characters that show nothing (or only steer the layout): format characters, variation
+/// selectors and fillers. Text fields refuse them ([`crate::validate::check_text`]); the scan
+/// looks through them.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Folds the look-alikes a word processor or keyboard produces onto the code's alphabet.
 fn fold(c: char) -> char {
     match c {
-        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}' => '-',
-        '\u{FF0B}' => '+',
-        '\u{FF10}'..='\u{FF19}' => char::from_digit(u32::from(c) - 0xFF10, 10).unwrap_or(c),
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' => '-',
+        // Full-width ASCII (digits, letters, signs), as East Asian input methods type them.
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(u32::from(c) - 0xFEE0)
+            .unwrap_or(c)
+            .to_ascii_uppercase(),
         c => c.to_ascii_uppercase(),
     }
+}
+
+/// Whether `w` (six digits, `DDMMYY`) is a real date in one of `centuries`.
+fn is_birth_date(w: &[char], centuries: &[i32]) -> bool {
+    let two = |i: usize| w[i].to_digit(10).unwrap_or(0) * 10 + w[i + 1].to_digit(10).unwrap_or(0);
+    let (Ok(day), Ok(month), Ok(yy)) = (
+        u8::try_from(two(0)),
+        u8::try_from(two(2)),
+        i32::try_from(two(4)),
+    ) else {
+        return false;
+    };
+    time::Month::try_from(month).is_ok_and(|m| {
+        centuries
+            .iter()
+            .any(|century| time::Date::from_calendar_date(century + yy, m, day).is_ok())
+    })
 }
 
 fn looks_like_hetu(w: &[char]) -> bool {
@@ -170,16 +244,19 @@ fn looks_like_hetu(w: &[char]) -> bool {
         'A' | 'B' | 'C' | 'D' | 'E' | 'F' => 2000,
         _ => return false,
     };
-    let two = |i: usize| w[i].to_digit(10).unwrap_or(0) * 10 + w[i + 1].to_digit(10).unwrap_or(0);
-    let (Ok(day), Ok(month), Ok(yy)) = (
-        u8::try_from(two(0)),
-        u8::try_from(two(2)),
-        i32::try_from(two(4)),
-    ) else {
+    is_birth_date(&w[..6], &[century])
+}
+
+/// `DDMMYYNNNQ`: a code without its century marker, with the right check character.
+fn unmarked_with_right_check(w: &[char]) -> bool {
+    if !(w[..9].iter().all(char::is_ascii_digit) && is_birth_date(&w[..6], &[1800, 1900, 2000])) {
         return false;
-    };
-    time::Month::try_from(month)
-        .is_ok_and(|m| time::Date::from_calendar_date(century + yy, m, day).is_ok())
+    }
+    let value = w[..9]
+        .iter()
+        .fold(0u32, |acc, c| acc * 10 + c.to_digit(10).unwrap_or(0));
+    // value % 31 < 31 = CHECK_CHARS.len().
+    w[9] == char::from(CHECK_CHARS[(value % 31) as usize])
 }
 
 #[cfg(test)]
@@ -245,6 +322,7 @@ mod tests {
                 r if r.contains("does not exist") => HetuError::Date,
                 r if r.contains("never issued") => HetuError::IndividualNumber,
                 "no century marker" => HetuError::Length,
+                r if r.starts_with("lowercase") => HetuError::Lowercase,
                 r if r.contains("century marker") => HetuError::CenturyMarker,
                 "too short" | "too long" => HetuError::Length,
                 "letter in the individual number" => HetuError::Character,
@@ -254,6 +332,19 @@ mod tests {
             };
             assert_eq!(err, expected, "for fixture reason {reason:?}");
         }
+    }
+
+    #[test]
+    fn a_lower_case_letter_is_named_as_such() {
+        let mut seen = 0;
+        for (code, _) in fixture_rows("hetu-valid.txt") {
+            let lower = code.to_ascii_lowercase();
+            if lower != code {
+                seen += 1;
+                assert_eq!(Hetu::parse(&lower, TEST_RULES), Err(HetuError::Lowercase));
+            }
+        }
+        assert!(seen > 0, "the fixtures have codes with letters");
     }
 
     #[test]
@@ -277,6 +368,13 @@ mod tests {
             "010594\u{2013}9032",    // en dash from a word processor
             "０１０５９４-９０３２", // full-width digits
             "ref 150385-9345.",
+            "Call re 100658\u{200B}U9319", // a zero-width space inside
+            "Call re 100658\u{00AD}U9319", // a soft hyphen inside
+            "１００６５８Ｕ９３１９",      // full-width, the marker too
+            "k050737969N",                 // no century marker, right check character
+            "050737 969N",                 // a space for the marker
+            "05.07.37X969N",               // dots in the date
+            "05 07 37 - 969 N",
         ] {
             assert!(contains_hetu(hit), "{hit}");
         }
@@ -287,6 +385,11 @@ mod tests {
             "010594Z9032", // no century Z
             "T-100/2",
             "2026-11-23T10:00",
+            "2026-11-23 10:00:00",
+            "050737969M",                           // no marker, wrong check character
+            "0501234567",                           // a phone number
+            "550e8400-e29b-41d4-a716-446655440000", // a UUID
+            "INV:2026:000123456",
         ] {
             assert!(!contains_hetu(miss), "{miss}");
         }

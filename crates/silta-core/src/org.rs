@@ -4,13 +4,17 @@ use std::fmt;
 use std::str::FromStr;
 
 /// An organisation's identifier: 1–63 characters of `[a-z0-9-]`, starting with a letter or
-/// digit. It appears in certificates, pseudonym domains and audit records.
+/// digit, with nothing shaped like an identity code in it. It appears in certificates,
+/// pseudonym domains, audit records and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrgId(String);
 
 /// An organisation id that does not follow the rules of [`OrgId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("organisation id must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'")]
+#[error(
+    "organisation id must be 1-63 characters of a-z, 0-9 and '-', not starting with '-', and \
+     not contain anything shaped like a personal identity code"
+)]
 pub struct InvalidOrgId;
 
 impl OrgId {
@@ -19,7 +23,9 @@ impl OrgId {
         let ok = (1..=63).contains(&s.len())
             && !s.starts_with('-')
             && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            // It is logged and stored everywhere: a certificate naming a person must not work.
+            && !crate::hetu::contains_hetu(s);
         if ok {
             Ok(OrgId(s.to_owned()))
         } else {
@@ -105,7 +111,16 @@ mod tests {
     fn org_ids_are_strict() {
         assert!(OrgId::new("city-housing").is_ok());
         assert!(OrgId::new("ss2").is_ok());
-        for bad in ["", "-x", "City", "a b", "a/b", &"a".repeat(64)] {
+        // The last: a synthetic identity code in lower case, as a certificate could carry it.
+        for bad in [
+            "",
+            "-x",
+            "City",
+            "a b",
+            "a/b",
+            &"a".repeat(64),
+            "020464-911d",
+        ] {
             assert!(OrgId::new(bad).is_err(), "{bad}");
         }
     }

@@ -177,7 +177,7 @@ pub fn check_purpose_and_basis(v: &mut Violations, purpose: &str, legal_basis: &
 fn validate_header(h: &ReportHeader<'_>, rules: HetuRules, v: &mut Violations) -> Option<Header> {
     check_idempotency_key(v, "idempotency_key", h.idempotency_key);
     let hetu = Hetu::parse(h.hetu, rules)
-        .map_err(|e| v.add("hetu", format!("personal identity code {e}")))
+        .map_err(|e| v.add("hetu", e.to_string()))
         .ok();
     check_text(v, "tenancy_ref", h.tenancy_ref, 1, 64);
     check_purpose_and_basis(v, h.purpose, h.legal_basis);
@@ -290,7 +290,7 @@ pub fn validate_rent_arrears(
     if input.eviction_stage.is_none() {
         v.add(
             "eviction_stage",
-            "is required: use EVICTION_STAGE_NONE when no eviction step has been taken",
+            "must be set (it is unset or an unknown value): EVICTION_STAGE_NONE when no eviction step has been taken, otherwise the latest step",
         );
     }
     if input.free_text_note.chars().count() > 2000 {
@@ -359,7 +359,7 @@ pub fn validate_eviction_stage(
         None | Some(EvictionStage::None) => {
             v.add(
                 "eviction_stage",
-                "is required: WARNING, COURT_APPLICATION, COURT_DECISION or ENFORCEMENT_SCHEDULED",
+                "must be WARNING, COURT_APPLICATION, COURT_DECISION or ENFORCEMENT_SCHEDULED (it is unset, NONE or an unknown value)",
             );
             None
         }
@@ -467,7 +467,7 @@ pub fn validate_disturbance(
     if input.category.is_none() {
         v.add(
             "category",
-            "is required: NOISE, DAMAGE, THREAT_TO_SAFETY or OTHER",
+            "must be NOISE, DAMAGE, THREAT_TO_SAFETY or OTHER (it is unset or an unknown value)",
         );
     }
     if !(1..=MAX_DISTURBANCES).contains(&input.count_in_period) {
@@ -506,17 +506,21 @@ impl Message for DisturbanceReport {
 /// Parses a `YYYY-MM-DD` date between 2000 and 2100.
 pub fn parse_date(v: &mut Violations, field: &str, text: &str) -> Option<Date> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
-    match Date::parse(text, &format) {
-        Ok(d) if (2000..=2100).contains(&d.year()) => Some(d),
-        Ok(_) => {
+    // `[year]` would also take a sign (`+2026-11-20`); the contract says four digits.
+    let parsed = Date::parse(text, &format)
+        .ok()
+        .filter(|_| text.len() == 10 && text.as_bytes()[0].is_ascii_digit());
+    match parsed {
+        Some(d) if (2000..=2100).contains(&d.year()) => Some(d),
+        Some(_) => {
             v.add(field, "must be a date between 2000-01-01 and 2100-12-31");
             None
         }
-        Err(_) if text.is_empty() => {
+        None if text.is_empty() => {
             v.add(field, "is required, as YYYY-MM-DD");
             None
         }
-        Err(_) => {
+        None => {
             v.add(field, "must be a date as YYYY-MM-DD, e.g. 2026-12-01");
             None
         }
@@ -525,24 +529,27 @@ pub fn parse_date(v: &mut Violations, field: &str, text: &str) -> Option<Date> {
 
 /// Checks a `YYYY-MM` month between 2000 and 2100.
 pub fn check_month(v: &mut Violations, field: &str, text: &str) -> bool {
-    let ok = text.len() == 7
-        && text.as_bytes()[4] == b'-'
+    let shaped = text.len() == 7
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i == 4 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        && text[5..].parse::<u8>().is_ok_and(|m| (1..=12).contains(&m));
+    let in_range = shaped
         && text[..4]
             .parse::<i32>()
-            .is_ok_and(|y| (2000..=2100).contains(&y))
-        && text[5..].parse::<u8>().is_ok_and(|m| (1..=12).contains(&m))
-        && text
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| i == 4 || b.is_ascii_digit());
-    if !ok {
-        if text.is_empty() {
-            v.add(field, "is required, as YYYY-MM");
-        } else {
-            v.add(field, "must be a month as YYYY-MM, e.g. 2026-11");
-        }
+            .is_ok_and(|y| (2000..=2100).contains(&y));
+    if text.is_empty() {
+        v.add(field, "is required, as YYYY-MM");
+    } else if !shaped {
+        v.add(field, "must be a month as YYYY-MM, e.g. 2026-11");
+    } else if !in_range {
+        v.add(field, "must be a month between 2000-01 and 2100-12");
     }
-    ok
+    in_range
 }
 
 /// `YYYY-MM` of a time, in UTC.

@@ -93,7 +93,7 @@ pub fn validate_support_notice(
     match input.outcome {
         None => v.add(
             "outcome",
-            "is required: SUPPORT_ENGAGED, PAYMENT_COMMITMENT, CLIENT_NOT_REACHED or CASE_CLOSED",
+            "must be SUPPORT_ENGAGED, PAYMENT_COMMITMENT, CLIENT_NOT_REACHED or CASE_CLOSED (it is unset or an unknown value)",
         ),
         Some(SupportOutcome::PaymentCommitment) => {
             if !(1..=MAX_ARREARS_CENTS).contains(&input.commitment_cents) {

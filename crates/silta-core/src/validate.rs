@@ -1,6 +1,6 @@
 //! Field-level validation results, shaped like `google.rpc.BadRequest`.
 
-use crate::hetu::contains_hetu;
+use crate::hetu::{contains_hetu, is_invisible};
 
 /// One field that is wrong, and how to fix it. The description never quotes the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,16 @@ pub fn check_text(v: &mut Violations, field: &str, value: &str, min: usize, max:
         Some(format!("must be at most {max} characters"))
     } else if value.chars().any(char::is_control) {
         Some("must not contain control characters".to_owned())
+    } else if value.chars().any(is_invisible) {
+        // Zero-width, bidirectional and other layout characters make a value read differently
+        // from what it is (and can hide an identity code from a reader).
+        Some(
+            "must not contain invisible or layout characters (zero-width, soft hyphen, \
+             bidirectional controls, line separators)"
+                .to_owned(),
+        )
+    } else if min > 0 && value.trim().is_empty() {
+        Some("must not be only spaces".to_owned())
     } else if contains_hetu(value) {
         Some("must not contain a personal identity code".to_owned())
     } else {
@@ -79,8 +89,15 @@ mod tests {
         check_text(&mut v, "ref", "", 1, 10);
         check_text(&mut v, "long", "abcdef", 1, 3);
         check_text(&mut v, "ctl", "a\u{0}b", 1, 3);
-        assert_eq!(v.0.len(), 4);
-        assert!(v.names("office") && v.names("ref") && v.names("long") && v.names("ctl"));
+        check_text(&mut v, "bidi", "Kallio \u{202E}ecivres", 1, 30);
+        check_text(&mut v, "zwsp", "a\u{200B}b", 1, 30);
+        check_text(&mut v, "blank", "   ", 1, 30);
+        assert_eq!(v.0.len(), 7);
+        for field in ["office", "ref", "long", "ctl", "bidi", "zwsp", "blank"] {
+            assert!(v.names(field), "{field}");
+        }
+        let mut ok = Violations::default();
+        assert!(check_text(&mut ok, "office", "Kallio, 2. krs (itä)", 1, 30));
         assert!(v.0.iter().all(|x| !x.description.contains("010594")));
     }
 }
