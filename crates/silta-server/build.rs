@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Messages holding an identity code get a masking Debug (src/proto_debug.rs), so a
         // stray `{:?}` cannot log the code.
         .skip_debug(HOLDS_HETU)
+        // A request that does not decode is the caller's to fix: INVALID_ARGUMENT naming the
+        // field (src/codec.rs), not tonic-prost's INTERNAL.
+        .codec_path("crate::codec::SiltaCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -615,6 +615,34 @@ async fn the_support_notice_receipt_names_the_notice_the_landlord_receives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_lists_only_the_fields_a_support_notice_carried() {
+    let gw = TestGateway::start().await;
+    let alert = alert_for_a_client(&gw).await;
+    let mut social = gw.social(SOCIAL_A).await;
+    // No commitment: its two optional fields do not cross, so the ledger must not say they did.
+    let engaged = proto::SendSupportNoticeRequest {
+        outcome: SupportOutcome::SupportEngaged.into(),
+        commitment_cents: 0,
+        commitment_month: String::new(),
+        ..support_notice("n-engaged", &alert.case_ref)
+    };
+    social.send_support_notice(engaged).await.expect("accepted");
+    social
+        .send_support_notice(support_notice("n-commitment", &alert.case_ref))
+        .await
+        .expect("accepted");
+    let fields = gw
+        .query_strings(
+            "SELECT fields FROM audit WHERE action = 'SocialServices.SendSupportNotice' ORDER BY seq",
+        )
+        .await;
+    assert_eq!(fields.len(), 2);
+    assert!(!fields[0].contains("commitment"), "{}", fields[0]);
+    assert!(fields[0].contains("outcome"), "{}", fields[0]);
+    assert!(fields[1].contains("commitment"), "{}", fields[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_landlord_certificate_may_not_send_a_support_notice() {
     let gw = TestGateway::start().await;
     let alert = alert_for_a_client(&gw).await;

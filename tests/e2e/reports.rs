@@ -115,6 +115,49 @@ async fn every_invalid_fixture_code_is_invalid_argument_naming_hetu_without_echo
         .expect("still serving");
 }
 
+/// `ReportRentArrearsRequest` as a client with a broken encoder would send it: `hetu` (tag 2)
+/// as bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotUtf8 {
+    #[prost(string, tag = "1")]
+    idempotency_key: String,
+    #[prost(bytes = "vec", tag = "2")]
+    hetu: Vec<u8>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_valid_protobuf_is_invalid_argument_naming_the_field() {
+    let gw = TestGateway::start().await;
+    let mut grpc = tonic::client::Grpc::new(gw.channel(LANDLORD).await);
+    grpc.ready().await.expect("ready");
+    let request = NotUtf8 {
+        idempotency_key: "k-1".into(),
+        hetu: b"150385-9345\xff".to_vec(),
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/silta.v1.Landlord/ReportRentArrears",
+    );
+    let err = grpc
+        .unary::<_, proto::ReportReceipt, _>(
+            tonic::Request::new(request),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(bad_fields(&err), ["hetu"]);
+    assert!(
+        !format!("{err:?}").contains("150385"),
+        "the input came back"
+    );
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("still-serving", RESIDENT))
+        .await
+        .expect("still serving");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_field_is_named_at_once() {
     let gw = TestGateway::start().await;

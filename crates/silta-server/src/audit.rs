@@ -161,7 +161,7 @@ impl AuditService {
         let subject = match (r.subject_hetu.is_empty(), r.subject_pseudonym.is_empty()) {
             (true, true) => None,
             (false, true) => Hetu::parse(&r.subject_hetu, self.gw.hetu_rules)
-                .map_err(|e| v.add("subject_hetu", format!("personal identity code {e}")))
+                .map_err(|e| v.add("subject_hetu", e.to_string()))
                 .ok()
                 .map(|h| p.pseudonyms(&h, &Domain::Audit)),
             (true, false) => match Pseudonym::parse(&r.subject_pseudonym) {
@@ -201,6 +201,15 @@ impl AuditService {
             .until_time
             .as_ref()
             .and_then(|t| from_timestamp(&mut v, "until_time", Some(t)));
+        if let (Some(from), Some(until)) = (from, until)
+            && until <= from
+        {
+            // An empty window is a mistake, not a question with no answer.
+            v.add(
+                "until_time",
+                "must be after from_time (the window is [from_time, until_time))",
+            );
+        }
         if !v.0.is_empty() {
             return Err(self.gw.deny(ctx, ApiError::InvalidArgument(v), None).await);
         }

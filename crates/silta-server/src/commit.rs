@@ -25,7 +25,7 @@ use crate::status::ApiError;
 /// Work for the committer.
 pub(crate) enum Job {
     /// A validated message to decide and store.
-    Message(Box<MessageJob>, oneshot::Sender<Result<Receipt, ApiError>>),
+    Message(Box<MessageJob>, oneshot::Sender<Answered>),
     /// A decision that writes nothing else (a denial, a DPO's query) to record.
     Audit {
         record: Box<AuditRecord>,
@@ -52,6 +52,14 @@ pub(crate) enum Job {
         note: String,
         reply: oneshot::Sender<Result<bool, ApiError>>,
     },
+}
+
+/// A message's answer, with the job handed back so that its request task frees it. The job
+/// was allocated on a request thread; freeing it here took that thread's allocator arena lock,
+/// and the committer, the serial section, sometimes slept on it.
+pub(crate) struct Answered {
+    pub result: Result<Receipt, ApiError>,
+    pub job: Box<MessageJob>,
 }
 
 /// Where a message goes.
@@ -84,6 +92,9 @@ pub(crate) struct MessageJob {
     pub fingerprint: [u8; 32],
     /// The minimised fields, JSON.
     pub payload: String,
+    /// The names of the fields `payload` carries, for the audit record: an optional field the
+    /// message left empty does not cross, so it is not listed as disclosed.
+    pub fields: Vec<String>,
     pub received_at: OffsetDateTime,
 }
 
@@ -236,11 +247,14 @@ enum Answer {
 fn reply(job: Job, answer: Option<Answer>) {
     // A caller that gave up has dropped its receiver; its work is committed all the same.
     match (job, answer) {
-        (Job::Message(_, reply), Some(Answer::Receipt(r))) => {
-            let _ = reply.send(r);
+        (Job::Message(job, reply), Some(Answer::Receipt(result))) => {
+            let _ = reply.send(Answered { result, job });
         }
-        (Job::Message(_, reply), _) => {
-            let _ = reply.send(Err(ApiError::Unavailable));
+        (Job::Message(job, reply), _) => {
+            let _ = reply.send(Answered {
+                result: Err(ApiError::Unavailable),
+                job,
+            });
         }
         (Job::Audit { reply, .. }, Some(Answer::Recorded)) => {
             let _ = reply.send(Ok(()));
@@ -528,7 +542,7 @@ async fn apply_message(
         .map(|p| p.recipient().clone())
         .collect();
     if !record.recipients.is_empty() {
-        record.fields = flow.field_names();
+        record.fields.clone_from(&job.fields);
     }
     fx.audit(tx, &record).await?;
     Ok(Ok(Receipt {

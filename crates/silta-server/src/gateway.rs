@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Job, MessageJob, Route};
+use crate::commit::{Answered, Job, MessageJob, Route};
 use crate::config::TuningConfig;
 use crate::delivery::Notifier;
 use crate::policy_source::PolicyHandle;
@@ -262,7 +262,7 @@ impl Gateway {
         parts.extend_from_slice(body);
         let fingerprint = self.pseudonymiser.fingerprint(Some(&header.hetu), &parts);
         let received_at = now_millis();
-        let payload = outbox_payload(kind, minimise(flow, &*message, received_at));
+        let (payload, fields) = outbox_payload(kind, minimise(flow, &*message, received_at));
         let flow_id = flow.id.clone();
         let eviction_stage = message.eviction_stage();
         drop(message);
@@ -282,6 +282,7 @@ impl Gateway {
             audit,
             fingerprint,
             payload,
+            fields,
             received_at,
         };
         self.submit(job).await
@@ -349,7 +350,7 @@ impl Gateway {
             ],
         );
         let received_at = now_millis();
-        let payload = outbox_payload(
+        let (payload, fields) = outbox_payload(
             MessageKind::SupportNotice,
             minimise(flow, &notice, received_at),
         );
@@ -374,6 +375,7 @@ impl Gateway {
                 .forward(&case.audit_subject, &Domain::Audit),
             fingerprint,
             payload,
+            fields,
             received_at,
         };
         self.submit(job).await
@@ -386,7 +388,9 @@ impl Gateway {
             .send(Job::Message(Box::new(job), reply))
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
-        done.await.map_err(|_| ApiError::ShuttingDown)?
+        let Answered { result, job } = done.await.map_err(|_| ApiError::ShuttingDown)?;
+        drop(job); // here, on a request thread: see `Answered`
+        result
     }
 
     /// The declared flow for `kind` on `legal_basis`, or the audited refusal.
@@ -579,7 +583,7 @@ impl Gateway {
         let (subject_key, audit_subject, purpose) = match target {
             WithdrawTarget::Missing => {
                 drop(tx);
-                let err = ApiError::field("target", "set either consent_id or subject");
+                let err = ApiError::field("target", "is empty: set either consent_id or subject");
                 return Err(self.deny(ctx, err, None).await);
             }
             WithdrawTarget::ConsentId(id) => {
@@ -675,7 +679,7 @@ impl Gateway {
         if up_to == 0 && seqs.is_empty() {
             let err = ApiError::field(
                 "up_to_sequence",
-                "set up_to_sequence or sequences (both are empty)",
+                "is 0 and sequences is empty: set one of them",
             );
             return Err(self.deny(ctx, err, None).await);
         }
@@ -764,7 +768,7 @@ impl Gateway {
 
     fn parse_hetu(&self, v: &mut Violations, field: &str, text: &str) -> Option<Hetu> {
         Hetu::parse(text, self.hetu_rules)
-            .map_err(|e| v.add(field, format!("personal identity code {e}")))
+            .map_err(|e| v.add(field, e.to_string()))
             .ok()
     }
 
@@ -835,9 +839,25 @@ pub(crate) fn gateway_caller() -> Caller {
     }
 }
 
-/// The stored form of an outbox message: its kind and its minimised fields.
-fn outbox_payload(kind: MessageKind, fields: serde_json::Map<String, serde_json::Value>) -> String {
-    serde_json::json!({ "message": kind.as_str(), "fields": fields }).to_string()
+/// The stored form of an outbox message (its kind and its minimised fields, JSON), and the
+/// names of the fields it carries.
+fn outbox_payload(
+    kind: MessageKind,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> (String, Vec<String>) {
+    // Serialised as borrowed, not through `json!`, which copied the fields into a new value.
+    #[derive(serde::Serialize)]
+    struct Payload<'a> {
+        message: &'a str,
+        fields: &'a serde_json::Map<String, serde_json::Value>,
+    }
+    let payload = Payload {
+        message: kind.as_str(),
+        fields: &fields,
+    };
+    // Cannot fail: a JSON value's keys are strings, and these fields are borrowed as they are.
+    let json = serde_json::to_string(&payload).expect("a JSON map always serialises");
+    (json, fields.keys().cloned().collect())
 }
 
 /// Now, to the millisecond: the precision the store keeps, so a retry's receipt is identical.

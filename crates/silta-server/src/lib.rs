@@ -13,6 +13,7 @@ pub mod actor;
 pub mod audit;
 mod checkpoints;
 pub mod client;
+pub mod codec;
 mod commit;
 pub mod config;
 mod delivery;
@@ -329,9 +330,11 @@ pub async fn start(
     };
 
     // Reflection in both versions: grpcurl and other tools older than 2023 speak only v1alpha.
+    // It lists the health service too, which answers on the same port.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection()
         .build_v1()
