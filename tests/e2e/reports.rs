@@ -159,6 +159,46 @@ async fn a_request_that_is_not_valid_protobuf_is_invalid_argument_naming_the_fie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_the_gateway_does_not_serve_is_unimplemented_saying_what_it_serves() {
+    let gw = TestGateway::start().await;
+    let mut grpc = tonic::client::Grpc::new(gw.channel(LANDLORD).await);
+    grpc.ready().await.expect("ready");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/silta.v1.Landlord/ReportRent");
+    let err = grpc
+        .unary::<_, proto::ReportReceipt, _>(
+            tonic::Request::new(proto::ReportRentArrearsRequest::default()),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("no such RPC");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert!(
+        err.message().contains("silta.v1.Landlord"),
+        "{}",
+        err.message()
+    );
+    // A service it does not serve at all: the same answer.
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/acme.v1.Nope/Report");
+    let err = grpc
+        .unary::<_, proto::ReportReceipt, _>(
+            tonic::Request::new(proto::ReportRentArrearsRequest::default()),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("no such service");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert!(
+        err.message().contains("silta.v1.Audit"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_field_is_named_at_once() {
     let gw = TestGateway::start().await;
     let mut landlord = gw.landlord(LANDLORD).await;

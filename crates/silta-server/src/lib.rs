@@ -388,6 +388,27 @@ pub async fn start(
         None => None,
     };
     let incoming = tls::incoming(listener, tls, config.tls.trust_domain.clone(), stop.clone());
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(proto::landlord_server::LandlordServer::new(
+            services::LandlordService::new(Arc::clone(&gw)),
+        ))
+        .add_service(proto::social_services_server::SocialServicesServer::new(
+            services::SocialServicesService::new(Arc::clone(&gw)),
+        ))
+        .add_service(proto::audit_server::AuditServer::new(
+            audit::AuditService::new(Arc::clone(&gw)),
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let routes = tonic::service::Routes::from(
+        routes
+            .routes()
+            .into_axum_router()
+            .fallback(unknown_rpc)
+            .layer(axum::middleware::map_response(name_unimplemented)),
+    );
     // One span per RPC: its path, then who called, the flow and the outcome as they become
     // known. Never a request value: identity codes and free text stay out by construction.
     let router = tonic::transport::Server::builder()
@@ -414,18 +435,7 @@ pub async fn start(
         })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(proto::landlord_server::LandlordServer::new(
-            services::LandlordService::new(Arc::clone(&gw)),
-        ))
-        .add_service(proto::social_services_server::SocialServicesServer::new(
-            services::SocialServicesService::new(Arc::clone(&gw)),
-        ))
-        .add_service(proto::audit_server::AuditServer::new(
-            audit::AuditService::new(Arc::clone(&gw)),
-        ))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_routes(routes);
     drop(gw);
 
     let server_stop = stop.clone();
@@ -489,4 +499,40 @@ pub async fn start(
         stop,
         server,
     })
+}
+
+/// What an `UNIMPLEMENTED` answer says: which RPCs are served instead.
+const UNKNOWN_RPC: &str = "this gateway serves no such RPC; it serves silta.v1.Landlord, \
+    silta.v1.SocialServices, silta.v1.Audit and grpc.health.v1.Health (see docs/api.md, or list \
+    them by reflection)";
+
+/// The answer to a service silta does not serve.
+async fn unknown_rpc() -> axum::response::Response {
+    tracing::info!(
+        code = "UNIMPLEMENTED",
+        "refused a call to a service this gateway does not serve"
+    );
+    let (parts, ()) = tonic::Status::unimplemented(UNKNOWN_RPC)
+        .into_http::<()>()
+        .into_parts();
+    axum::response::Response::from_parts(parts, axum::body::Body::empty())
+}
+
+/// A method a served service lacks gets the generated code's bare `UNIMPLEMENTED`; this adds
+/// the message that says what is served.
+async fn name_unimplemented(mut response: axum::response::Response) -> axum::response::Response {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").is_some_and(|s| s == "12")
+        && headers.get("grpc-message").is_none_or(|m| m.is_empty())
+    {
+        tracing::info!(
+            code = "UNIMPLEMENTED",
+            "refused a call to a method this gateway does not serve"
+        );
+        headers.insert(
+            "grpc-message",
+            axum::http::HeaderValue::from_static(UNKNOWN_RPC),
+        );
+    }
+    response
 }
