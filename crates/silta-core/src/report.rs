@@ -461,6 +461,7 @@ pub struct DisturbanceReport {
 pub fn validate_disturbance(
     input: &DisturbanceInput<'_>,
     rules: HetuRules,
+    now: OffsetDateTime,
 ) -> Result<DisturbanceReport, Violations> {
     let mut v = Violations::default();
     let header = validate_header(&input.header, rules, &mut v);
@@ -476,7 +477,16 @@ pub fn validate_disturbance(
             format!("must be between 1 and {MAX_DISTURBANCES}"),
         );
     }
-    let month_ok = check_month(&mut v, "period_month", input.period_month);
+    let mut month_ok = check_month(&mut v, "period_month", input.period_month);
+    // Counted disturbances are in a month that has begun; a day's grace covers time zones
+    // (Helsinki's new month begins two or three hours before UTC's).
+    if month_ok && input.period_month > month_of(now + time::Duration::DAY).as_str() {
+        v.add(
+            "period_month",
+            "must not be a future month: count disturbances in a month that has begun",
+        );
+        month_ok = false;
+    }
     match (header, input.category) {
         (Some(header), Some(category)) if v.0.is_empty() && month_ok => Ok(DisturbanceReport {
             header,
@@ -691,7 +701,7 @@ mod tests {
             count_in_period: 3,
             period_month: "2026-10",
         };
-        assert!(validate_disturbance(&ok, RULES).is_ok());
+        assert!(validate_disturbance(&ok, RULES, OffsetDateTime::now_utc()).is_ok());
         for (count, month, field) in [
             (0, "2026-10", "count_in_period"),
             (1001, "2026-10", "count_in_period"),
@@ -699,13 +709,15 @@ mod tests {
             (1, "2026-00", "period_month"),
             (1, "20x6-01", "period_month"),
             (1, "", "period_month"),
+            (1, "2100-12", "period_month"), // not begun yet
         ] {
             let bad = DisturbanceInput {
                 count_in_period: count,
                 period_month: month,
                 ..ok.clone()
             };
-            let v = validate_disturbance(&bad, RULES).expect_err("invalid");
+            let v =
+                validate_disturbance(&bad, RULES, OffsetDateTime::now_utc()).expect_err("invalid");
             assert!(v.names(field), "{field} not named for {month}");
         }
     }

@@ -207,7 +207,8 @@ impl Gateway {
         ctx: &RequestContext,
         input: DisturbanceInput<'_>,
     ) -> Result<Receipt, ApiError> {
-        let report = match validate_disturbance(&input, self.hetu_rules) {
+        let report = match validate_disturbance(&input, self.hetu_rules, OffsetDateTime::now_utc())
+        {
             Ok(r) => r,
             Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
         };
