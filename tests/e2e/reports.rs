@@ -158,6 +158,45 @@ async fn a_request_that_is_not_valid_protobuf_is_invalid_argument_naming_the_fie
         .expect("still serving");
 }
 
+/// `EnrolClientRequest` with `consent.evidence_ref` (tag 2, then tag 4) as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NestedNotUtf8 {
+    #[prost(message, optional, tag = "2")]
+    consent: Option<NotUtf8Consent>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotUtf8Consent {
+    #[prost(bytes = "vec", tag = "4")]
+    evidence_ref: Vec<u8>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_field_that_does_not_decode_is_named_by_its_path_with_a_request_id() {
+    let gw = TestGateway::start().await;
+    let mut grpc = tonic::client::Grpc::new(gw.channel(SOCIAL_A).await);
+    grpc.ready().await.expect("ready");
+    let request = NestedNotUtf8 {
+        consent: Some(NotUtf8Consent {
+            evidence_ref: b"SOS-\xc3\x28".to_vec(),
+        }),
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/silta.v1.SocialServices/EnrolClient",
+    );
+    let err = grpc
+        .unary::<_, proto::EnrolClientResponse, _>(
+            tonic::Request::new(request),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(bad_fields(&err), ["consent.evidence_ref"]);
+    assert!(err.metadata().get("x-request-id").is_some(), "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rpc_the_gateway_does_not_serve_is_unimplemented_saying_what_it_serves() {
     let gw = TestGateway::start().await;

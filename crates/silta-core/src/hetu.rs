@@ -154,9 +154,13 @@ impl fmt::Display for Hetu {
 /// a century marker, three digits and one more letter or digit, *whatever the check
 /// character*, after folding case, Unicode dashes and full-width forms and dropping invisible
 /// characters. A mistyped code still names a person, so it is caught too. Also caught, when
-/// the check character is right: a code written with spaces, dots or slashes between its
-/// parts (`05.07.37-969N`, `050737 969N`) or without its century marker (`050737969N`).
-/// Used to keep codes out of every field that is stored or crosses to a recipient.
+/// the check character is right: a code written with a space, dot, slash or dash between its
+/// parts (`05.07.37-969N`, `05-07-37-969N`, `050737 969N`) or without its century marker
+/// (`050737969N`); such looser shapes are common in dates, times and phone numbers, where only
+/// the right check character (one chance in 31) tells a code apart. A value that is exactly a
+/// UUID is held to the right check character too: its random hex looks like a mistyped code
+/// about once in a thousand. Used to keep codes out of every field that is stored or crosses
+/// to a recipient.
 pub fn contains_hetu(text: &str) -> bool {
     // A zero-width space or soft hyphen inside a code leaves it a code to anyone who reads it.
     let folded: Vec<char> = text
@@ -164,17 +168,80 @@ pub fn contains_hetu(text: &str) -> bool {
         .filter(|c| !is_invisible(*c))
         .map(fold)
         .collect();
-    if folded.windows(HETU_LEN).any(looks_like_hetu) {
-        return true;
+    let any_check = !is_uuid(text);
+    folded
+        .windows(HETU_LEN)
+        .any(|w| looks_like_hetu(w) && (any_check || right_check(&w[..6], &w[7..10], w[10])))
+        || (0..folded.len()).any(|i| loose_code_at(&folded[i..]))
+}
+
+/// A UUID as text: `8-4-4-4-12` hex digits, or the 32 digits alone.
+fn is_uuid(text: &str) -> bool {
+    let hex = text.bytes().filter(u8::is_ascii_hexdigit).count();
+    let dashes: Vec<usize> = text.match_indices('-').map(|(i, _)| i).collect();
+    hex == 32 && (text.len() == 32 || (text.len() == 36 && dashes == [8, 13, 18, 23]))
+}
+
+/// Whether `check` is the check character of date digits `date` and individual number `num`.
+fn right_check(date: &[char], num: &[char], check: char) -> bool {
+    let value = date
+        .iter()
+        .chain(num)
+        .fold(0u32, |acc, c| acc * 10 + c.to_digit(10).unwrap_or(0));
+    // value % 31 < 31 = CHECK_CHARS.len().
+    check == char::from(CHECK_CHARS[(value % 31) as usize])
+}
+
+/// A code starting at `s[0]` in a looser shape, with the right check character: `DD MM YY`
+/// with at most one separator (space, `.`, `/`, `-`) between the parts, then a century
+/// marker, a separator or nothing, then `NNN`, an optional separator and the check character.
+fn loose_code_at(s: &[char]) -> bool {
+    let is_sep = |c: &char| c.is_whitespace() || matches!(c, '.' | '/' | '-');
+    let mut i = 0;
+    let mut next = |accept: &dyn Fn(&char) -> bool| -> Option<char> {
+        let c = s.get(i).filter(|c| accept(c)).copied();
+        if c.is_some() {
+            i += 1;
+        }
+        c
+    };
+    let digit = |c: &char| c.is_ascii_digit();
+    let mut date = ['0'; 6];
+    for (part, pair) in date.chunks_mut(2).enumerate() {
+        if part > 0 {
+            next(&is_sep);
+        }
+        for d in pair {
+            let Some(c) = next(&digit) else {
+                return false;
+            };
+            *d = c;
+        }
     }
-    let compact: Vec<char> = folded
-        .into_iter()
-        .filter(|c| !(c.is_whitespace() || matches!(c, '.' | '/' | ':' | '_' | ',' | '\'')))
-        .collect();
-    // Without a marker, ten digits with a date in front are common (account and phone
-    // numbers), so only a right check character counts there.
-    compact.windows(HETU_LEN).any(looks_like_hetu)
-        || compact.windows(HETU_LEN - 1).any(unmarked_with_right_check)
+    // A dash here is taken as a separator: with the marker unknown, any century will do.
+    next(&is_sep);
+    let marker = next(&|c: &char| "+-YXWVUABCDEF".contains(*c));
+    if marker.is_some() {
+        next(&is_sep);
+    }
+    let mut num = ['0'; 3];
+    for d in &mut num {
+        let Some(c) = next(&digit) else {
+            return false;
+        };
+        *d = c;
+    }
+    next(&is_sep);
+    let Some(check) = next(&char::is_ascii_alphanumeric) else {
+        return false;
+    };
+    let centuries: &[i32] = match marker {
+        Some('+') => &[1800],
+        Some('-' | 'Y' | 'X' | 'W' | 'V' | 'U') => &[1900],
+        Some('A'..='F') => &[2000],
+        _ => &[1800, 1900, 2000],
+    };
+    is_birth_date(&date, centuries) && right_check(&date, &num, check)
 }
 
 /// Characters that show nothing (or only steer the layout): format characters, variation
@@ -245,18 +312,6 @@ fn looks_like_hetu(w: &[char]) -> bool {
         _ => return false,
     };
     is_birth_date(&w[..6], &[century])
-}
-
-/// `DDMMYYNNNQ`: a code without its century marker, with the right check character.
-fn unmarked_with_right_check(w: &[char]) -> bool {
-    if !(w[..9].iter().all(char::is_ascii_digit) && is_birth_date(&w[..6], &[1800, 1900, 2000])) {
-        return false;
-    }
-    let value = w[..9]
-        .iter()
-        .fold(0u32, |acc, c| acc * 10 + c.to_digit(10).unwrap_or(0));
-    // value % 31 < 31 = CHECK_CHARS.len().
-    w[9] == char::from(CHECK_CHARS[(value % 31) as usize])
 }
 
 #[cfg(test)]
@@ -375,6 +430,9 @@ mod tests {
             "050737 969N",                 // a space for the marker
             "05.07.37X969N",               // dots in the date
             "05 07 37 - 969 N",
+            "05-07-37-969N",
+            "050737-969-N",
+            "ab010594-9032-4abc-8def-0123456789ab", // a UUID holding a code, check right
         ] {
             assert!(contains_hetu(hit), "{hit}");
         }
@@ -390,6 +448,14 @@ mod tests {
             "0501234567",                           // a phone number
             "550e8400-e29b-41d4-a716-446655440000", // a UUID
             "INV:2026:000123456",
+            "23.11.26 - 10:00",
+            "01.02.24-15.03.24",
+            "23.11.2026 10:00",
+            "2026-11-23 10:11:12.345",
+            "040 538 7066",
+            "rep:041020:3879",
+            "t1_220227_2616",
+            "ab010594-9033-4abc-8def-0123456789ab", // a UUID, check wrong: chance
         ] {
             assert!(!contains_hetu(miss), "{miss}");
         }

@@ -4,7 +4,9 @@
 //! tonic-prost answers such a request `INTERNAL`, following gRPC's status table, which reads as
 //! the gateway's fault; the fix is the caller's (a string that is not UTF-8, a field sent with
 //! the wrong wire type, a truncated message). silta answers `INVALID_ARGUMENT` with a
-//! `google.rpc.BadRequest` naming the field, like any other bad input, and logs the refusal.
+//! `google.rpc.BadRequest` naming the field, like any other bad input, and logs the refusal
+//! with a request id. It is not in the audit ledger: no handler ran, so no caller is known to
+//! it.
 //! The generated clients share this codec: a response that does not decode is the same error
 //! on their side.
 
@@ -74,7 +76,13 @@ impl<U: Message + Default> Decoder for SiltaDecoder<U> {
                     "could not be decoded ({problem}); check its type against the .proto (strings must be UTF-8)"
                 ),
             );
-            ApiError::InvalidArgument(v).into_status(&request_id)
+            let mut status = ApiError::InvalidArgument(v).into_status(&request_id);
+            if let Ok(id) = request_id.parse() {
+                status
+                    .metadata_mut()
+                    .insert(crate::services::REQUEST_ID_HEADER, id);
+            }
+            status
         })
     }
 
@@ -103,6 +111,8 @@ fn describe(text: &str) -> (String, String) {
         path.push(field);
         rest = tail;
     }
+    // prost names the innermost field first.
+    path.reverse();
     let field = if path.is_empty() {
         "(message)".to_owned()
     } else {
@@ -135,7 +145,7 @@ mod tests {
         );
         assert_eq!(
             describe(
-                "failed to decode Protobuf message: EnrolClientRequest.consent: Consent.valid_until: Timestamp.seconds: invalid wire type: LengthDelimited (expected Varint)"
+                "failed to decode Protobuf message: Timestamp.seconds: Consent.valid_until: EnrolClientRequest.consent: invalid wire type: LengthDelimited (expected Varint)"
             )
             .0,
             "consent.valid_until.seconds"
