@@ -179,11 +179,19 @@ pub(crate) struct Point {
     pub(crate) concurrency: usize,
     pub(crate) run: Run,
     pub(crate) cpu_seconds: f64,
+    /// The load generator's own CPU seconds (with the subscriber, for silta).
+    pub(crate) client_cpu_seconds: f64,
+    /// The share of the machine's CPU time that was busy, 0 to 1, whoever used it.
+    pub(crate) machine_busy: f64,
 }
 
 impl Point {
     pub(crate) fn cpu_per_1000(&self) -> f64 {
         self.cpu_seconds / self.run.requests.max(1) as f64 * 1000.0
+    }
+
+    pub(crate) fn client_cpu_per_1000(&self) -> f64 {
+        self.client_cpu_seconds / self.run.requests.max(1) as f64 * 1000.0
     }
 }
 
@@ -303,23 +311,33 @@ async fn sweep(
     let mut points = Vec::new();
     for &c in &settings.concurrency {
         let cpu = group.cpu_seconds(ticks);
+        let client_cpu = procs::own_cpu_seconds(ticks);
+        let machine = procs::machine_ticks();
         let run = load
             .closed(c, Duration::from_secs_f64(settings.seconds))
             .await;
         let cpu_seconds = group.cpu_seconds(ticks) - cpu;
+        let client_cpu_seconds = procs::own_cpu_seconds(ticks) - client_cpu;
+        let machine_busy = {
+            let (busy, total) = procs::machine_ticks();
+            busy.saturating_sub(machine.0) as f64 / total.saturating_sub(machine.1).max(1) as f64
+        };
         check(name, &format!("{c} callers"), &run)?;
         println!(
-            "  {name:>5} c={c:<4} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  {:.3} CPU s/1k",
+            "  {name:>5} c={c:<4} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  {:.3} CPU s/1k  machine {:.0} % busy",
             run.per_second(),
             run.ms(0.5),
             run.ms(0.99),
             run.ms(0.999),
             cpu_seconds / run.requests.max(1) as f64 * 1000.0,
+            machine_busy * 100.0,
         );
         points.push(Point {
             concurrency: c,
             run,
             cpu_seconds,
+            client_cpu_seconds,
+            machine_busy,
         });
     }
     Ok(System {

@@ -57,6 +57,29 @@ impl Group {
     }
 }
 
+/// This process's own CPU seconds so far (the load generator and the subscriber).
+pub(crate) fn own_cpu_seconds(ticks: f64) -> f64 {
+    stat_ticks(std::process::id()).unwrap_or(0) as f64 / ticks
+}
+
+/// The whole machine's CPU time so far, as (busy, total) clock ticks over all cores, from
+/// `/proc/stat`: how close to saturation a point ran, whoever used the time.
+pub(crate) fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    // Fields 4 and 5 of the counters: idle and iowait.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
 fn stat_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it are plain numbers.

@@ -165,14 +165,14 @@ fn markdown(settings: &Settings, r: &Results) -> String {
         s,
         "### Throughput and latency by concurrency\n\n![requests/s and p99 latency against \
          concurrent callers for echo, nginx and silta]({PLOT})\n\n\
-         | system | callers | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU s per 1,000 |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+         | system | callers | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU s per 1,000 | load generator CPU s per 1,000 | machine busy |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for sys in &r.systems {
         for p in &sys.points {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.0} % |",
                 sys.name,
                 p.concurrency,
                 p.run.per_second(),
@@ -180,14 +180,19 @@ fn markdown(settings: &Settings, r: &Results) -> String {
                 p.run.ms(0.9),
                 p.run.ms(0.99),
                 p.run.ms(0.999),
-                p.cpu_per_1000()
+                p.cpu_per_1000(),
+                p.client_cpu_per_1000(),
+                p.machine_busy * 100.0
             );
         }
     }
     let _ = writeln!(
         s,
         "\nPeak RSS: {}. CPU and memory are the server side's only: nginx's row counts its \
-         master, its workers and the echo server behind it.\n",
+         master, its workers and the echo server behind it. The load generator's CPU includes, \
+         for silta, the subscriber reading and acknowledging the alerts. Machine busy is the \
+         share of both cores' time in use during the point, whoever used it: below 100 %, \
+         something other than CPU (a serial section, a wait) held the throughput back.\n",
         r.systems
             .iter()
             .map(|sys| format!("{} {}", sys.name, mb(sys.peak_rss)))
