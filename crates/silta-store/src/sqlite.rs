@@ -449,8 +449,12 @@ impl Drop for SqliteTx {
 /// A consent row as read, before its columns are checked.
 type RawConsent = (String, String, String, i64, i64, String, i64, String);
 
-const CONSENT_COLUMNS: &str = "consent_id, recipient_org, purpose, valid_from, valid_until, state,
-                                covers_landlord, flows";
+/// A resident's consents for a purpose, in the columns `raw_consent` reads. A constant: the
+/// statement cache is keyed by the text, which was formatted anew for every report.
+const CONSENTS_FOR: &str =
+    "SELECT consent_id, recipient_org, purpose, valid_from, valid_until, state,
+                                   covers_landlord, flows
+                            FROM consents WHERE subject_key = ? AND purpose = ?";
 
 fn raw_consent(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawConsent> {
     Ok((
@@ -566,9 +570,7 @@ impl WriteTx for SqliteTx {
         subject_key: &Pseudonym,
         purpose: &str,
     ) -> Result<Vec<ConsentRecord>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject_key = ? AND purpose = ?"
-        ))?;
+        let mut st = self.conn.prepare_cached(CONSENTS_FOR)?;
         let raw = st
             .query_map(params![subject_key.as_str(), purpose], raw_consent)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
