@@ -84,8 +84,8 @@ pub(crate) fn finish<T>(
 ) -> Result<Response<T>, Status> {
     let body = result.map_err(|e| refusal(metrics, ctx, started, e))?;
     let elapsed_us = count(metrics, ctx, started, "OK");
-    tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
-        role = %ctx.caller.role, code = "OK", elapsed_us, "rpc");
+    // Request id, organisation, role, flow and code are the span's: not repeated here.
+    tracing::info!(rpc = ctx.action, elapsed_us, "rpc");
     let mut response = Response::new(body);
     if let Ok(v) = ctx.request_id.parse() {
         response.metadata_mut().insert(REQUEST_ID_HEADER, v);
@@ -102,8 +102,7 @@ fn refusal(
     e: ApiError,
 ) -> Status {
     let elapsed_us = count(metrics, ctx, started, e.reason());
-    tracing::info!(request_id = %ctx.request_id, rpc = ctx.action, org = %ctx.caller.org,
-        role = %ctx.caller.role, code = e.reason(), elapsed_us, "rpc");
+    tracing::info!(rpc = ctx.action, elapsed_us, "rpc");
     let mut status = e.into_status(&ctx.request_id);
     if let Ok(v) = ctx.request_id.parse() {
         status.metadata_mut().insert(REQUEST_ID_HEADER, v);
