@@ -223,3 +223,29 @@ async fn a_promoted_key_version_moves_stored_subjects_while_serving() {
         .expect("refused");
     assert!(err.to_string().contains("keyring lacks"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_another_master_secret_refuses_to_start_on_a_signed_ledger() {
+    let mut gw = TestGateway::start_with(|c| c.ledger.checkpoint_every = 1).await;
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("k-1", RESIDENT))
+        .await
+        .expect("accepted");
+    gw.stop().await; // the final checkpoint is signed and stored
+    let secret: String = (0u8..32)
+        .map(|i| format!("{:02x}", i.wrapping_mul(37)))
+        .collect();
+    let other =
+        silta_core::secret::Keyring::parse(&format!("v1 {secret}\n"), 1).expect("a keyring");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let Err(refused) = silta_server::start(&gw.config, other, listener).await else {
+        panic!("a gateway with another secret started on a ledger signed with the first");
+    };
+    let text = refused.to_string();
+    assert!(text.contains("does not verify with any key"), "{text}");
+    // With the right secret it starts again.
+    gw.restart_after_stop().await;
+}

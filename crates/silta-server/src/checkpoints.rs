@@ -87,8 +87,11 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Loads the latest stored checkpoint, trusting it only if its signature verifies.
-    pub async fn load(&self) -> Result<(), StoreError> {
+    /// Loads the latest stored checkpoint. One that no key of this keyring (under this
+    /// origin) signed means another master secret or origin than the ledger's: the gateway
+    /// would compute other pseudonyms and sign the ledger under a key no export's verifier
+    /// follows, so it refuses to start.
+    pub async fn load(&self) -> Result<(), crate::ServeError> {
         let Some(stored) = self.store.latest_checkpoint().await? else {
             return Ok(());
         };
@@ -96,10 +99,14 @@ impl Checkpointer {
         match opened {
             Some((_, c)) => *self.last.lock().await = Some((c.size, c.root)),
             None => {
-                tracing::error!(
-                    size = stored.size,
-                    "the latest stored checkpoint does not verify with any key of this gateway's keyring"
-                )
+                return Err(crate::ServeError::Config(format!(
+                    "the latest stored checkpoint (size {}) does not verify with any key of this \
+                     gateway's keyring under origin {:?}: this is not the master secret (or \
+                     ledger.origin) this ledger was signed with. Start with the secret file and \
+                     origin the ledger was created with; to change keys, use `silta keys rotate` \
+                     and `silta keys promote`, which keep the old key to verify with",
+                    stored.size, self.config.origin
+                )));
             }
         }
         Ok(())
