@@ -303,6 +303,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()> {
+    // An empty code would ask the gateway for every entry: a report about everyone.
+    if hetu.trim().is_empty() {
+        anyhow::bail!("no identity code given: a disclosure report is about one resident");
+    }
     let mut audit = conn.audit().await?;
     let mut rows = Vec::new();
     let mut start_index = 0;
