@@ -337,17 +337,19 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         }
         figment = figment.merge(Toml::file(path));
     }
+    // Variables of the same prefix that are not configuration: the secret, the config path,
+    // the tests' database, and the DPO tools' gateway address (set in the same shell).
     figment = figment.merge(Env::prefixed("SILTA_").split("__").ignore(&[
         "master_secret",
         "config",
         "test_postgres_url",
+        "url",
     ]));
     figment
         .extract()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))
 }
 
-/// The master secret, from `SILTA_MASTER_SECRET` or the configured file.
 /// The keyring: from `SILTA_MASTER_SECRET` if set, else from `secrets.master_secret_file`,
 /// which must be readable by its owner only.
 fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
