@@ -219,9 +219,10 @@ async fn export(out: &Path, conn: &Connection) -> anyhow::Result<()> {
         out.display()
     );
     println!(
-        "verify it offline with: silta audit verify {} --key '{}'",
+        "verify it offline with: silta audit verify {} --key '{}' --origin '{}'",
         out.display(),
-        latest.verifier_key
+        latest.verifier_key,
+        latest.origin
     );
     println!("(check that key against the one the operator publishes before trusting the result)");
     Ok(())
@@ -235,10 +236,20 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
     let verifier = NoteVerifier::parse(&key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let (mut entries, mut notes, mut handovers) = (Vec::new(), Vec::new(), Vec::new());
+    let mut header: Option<(Option<String>, Option<u64>)> = None;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         let at = || format!("{} line {}", path.display(), n + 1);
-        let parsed: Line = serde_json::from_str(&line).with_context(at)?;
+        let parsed: Line = match serde_json::from_str(&line) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                println!(
+                    "FAILED: {}: not an export line ({e}): the file was cut off or edited",
+                    at()
+                );
+                return Ok(1);
+            }
+        };
         if let Some(format) = parsed.format {
             if format != FORMAT {
                 bail!(
@@ -246,6 +257,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
                     at()
                 );
             }
+            header = Some((parsed.origin, parsed.entries));
         } else if let (Some(index), Some(entry)) = (parsed.index, parsed.entry) {
             if index != entries.len() as u64 {
                 println!(
@@ -255,7 +267,16 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
                 );
                 return Ok(1);
             }
-            entries.push(STANDARD.decode(entry).with_context(at)?);
+            match STANDARD.decode(entry) {
+                Ok(bytes) => entries.push(bytes),
+                Err(e) => {
+                    println!(
+                        "FAILED: {}: the entry is not base64 ({e}): it was edited",
+                        at()
+                    );
+                    return Ok(1);
+                }
+            }
         } else if let Some(note) = parsed.checkpoint {
             notes.push(note);
         } else if let Some(note) = parsed.key_handover {
@@ -263,6 +284,25 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
         } else {
             bail!("{}: not an export line", at());
         }
+    }
+    if let Some((Some(exported), _)) = &header
+        && exported != origin
+    {
+        println!(
+            "FAILED: the export is of log {exported:?}, not {origin:?}: pass --origin '{exported}' \
+             if that is the log you mean to verify (and its key with --key)"
+        );
+        return Ok(1);
+    }
+    if let Some((_, Some(count))) = header
+        && count != entries.len() as u64
+    {
+        println!(
+            "FAILED: the export's first line says it holds {count} entries but the file holds {}: \
+             it was cut short or edited",
+            entries.len()
+        );
+        return Ok(1);
     }
     let notes: Vec<&str> = notes.iter().chain(held).map(String::as_str).collect();
     let handovers: Vec<&str> = handovers.iter().map(String::as_str).collect();
@@ -273,20 +313,32 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
         &verifier,
         origin,
     ) {
+        // An export runs up to a checkpoint of exactly the size its first line names; that
+        // checkpoint missing means the file lost its end at a line boundary.
+        Ok(v) if header.is_some_and(|(_, count)| count.is_some_and(|c| v.anchored < c)) => {
+            println!(
+                "FAILED: no checkpoint in the file vouches for all {} entries, as the export's \
+                 last one did: its end was cut off or edited (the latest checkpoint found covers {})",
+                v.entries, v.anchored
+            );
+            Ok(1)
+        }
         Ok(v) => {
             println!(
                 "OK: {} entries and {} checkpoints of {origin} verify.",
                 v.entries, v.checkpoints
             );
+            println!("    Root of all {} entries: {}.", v.entries, hex(&v.root));
             println!(
-                "    The latest checkpoint vouches for {} entries; root {}.",
-                v.anchored,
-                hex(&v.root)
+                "    The latest checkpoint vouches for the first {} of them.",
+                v.anchored
             );
             if v.entries > v.anchored {
                 println!(
-                    "    Entries {}..{} come after the last checkpoint and are not yet vouched for.",
-                    v.anchored, v.entries
+                    "    Entries with index {} to {} came after it and are not vouched for yet: \
+                     a later export, or a checkpoint kept from the gateway (--checkpoint), covers them.",
+                    v.anchored,
+                    v.entries - 1
                 );
             }
             Ok(0)

@@ -199,6 +199,22 @@ async fn sigkill_mid_load_loses_no_acknowledged_report_and_the_ledger_verifies_o
         !refused.status.success() && said.starts_with("FAILED:"),
         "{said}"
     );
+
+    // A file that lost its end at a line boundary (its last checkpoint) is caught too, though
+    // what is left is consistent.
+    let mut lines: Vec<&str> = exported.lines().collect();
+    let last_checkpoint = lines
+        .iter()
+        .rposition(|l| l.starts_with("{\"checkpoint\""))
+        .expect("the export ends with a checkpoint");
+    lines.remove(last_checkpoint);
+    std::fs::write(dir.join("cut.jsonl"), lines.join("\n")).expect("write");
+    let refused = silta(&["audit", "verify", "cut.jsonl", "--key", &key], &dir);
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !refused.status.success() && said.starts_with("FAILED:"),
+        "{said}"
+    );
 }
 
 /// SIGHUP re-reads `policy.dir`: a valid change decides the next request, a broken file is
