@@ -146,6 +146,9 @@ struct Inner {
     fingerprint: hmac::Key,
     /// The version the store said was in use when last asked (see [`Pseudonymiser::observe`]).
     observed: AtomicU32,
+    /// A version the store uses that this keyring lacks, 0 for none (see
+    /// [`Pseudonymiser::observe_missing`]).
+    missing: AtomicU32,
 }
 
 impl fmt::Debug for Pseudonymiser {
@@ -171,6 +174,7 @@ impl Pseudonymiser {
             inner: Arc::new(Inner {
                 fingerprint: hmac::Key::new(hmac::HMAC_SHA256, fp.as_ref()),
                 observed: AtomicU32::new(keyring.first()),
+                missing: AtomicU32::new(0),
                 keyring,
                 keys: RwLock::new(HashMap::new()),
             }),
@@ -197,6 +201,22 @@ impl Pseudonymiser {
         // Release/Acquire: a reader that sees a version the store moved to reads the store after
         // it (the checkpointer reads this before the ledger's head).
         self.inner.observed.store(version, Ordering::Release);
+        self.inner.missing.store(0, Ordering::Relaxed);
+    }
+
+    /// Records that the store uses `version`, which this keyring lacks (a promotion made by
+    /// another node or `silta keys promote` before this node got the rotated keyring): this node
+    /// can write nothing until it is restarted with it.
+    pub fn observe_missing(&self, version: u32) {
+        self.inner.missing.store(version, Ordering::Relaxed);
+    }
+
+    /// The version the store was last seen to use that this keyring lacks, if any.
+    pub fn missing_version(&self) -> Option<u32> {
+        match self.inner.missing.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v),
+        }
     }
 
     /// The version the store said was in use when last asked, if the keyring holds it; else

@@ -353,6 +353,7 @@ pub(crate) async fn version_in_use(
         .await?
         .unwrap_or_else(|| p.first_version());
     if !p.has_version(version) {
+        p.observe_missing(version);
         return Err(lacks_version(p, version));
     }
     p.observe(version);

@@ -380,6 +380,7 @@ pub async fn start(
                 admin,
                 Arc::clone(&metrics),
                 Arc::clone(&store),
+                gw.pseudonymiser.clone(),
                 stop.clone(),
             ));
             tracing::info!(addr = ?bound, "admin port: /metrics, /healthz, /readyz");

@@ -167,12 +167,15 @@ impl Drop for SubscriptionGuard {
 ///
 /// The two probes exist for orchestrators whose health checks cannot present a client
 /// certificate (the kubelet's): `/healthz` answers 200 while the process serves HTTP at all;
-/// `/readyz` answers 200 only while the store answers a read within two seconds and shutdown
-/// has not begun, 503 otherwise. Neither says anything about any organisation or person.
+/// `/readyz` answers 200 only while the store answers a read within two seconds, the store's
+/// pseudonym key version is in this node's keyring (a node that missed a rotation can write
+/// nothing) and shutdown has not begun, 503 otherwise. Neither says anything about any
+/// organisation or person.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<dyn silta_store::Store>,
+    pseudonymiser: silta_core::Pseudonymiser,
     stop: CancellationToken,
 ) {
     let ready_store = Arc::clone(&store);
@@ -184,10 +187,18 @@ pub(crate) async fn serve(
             axum::routing::get(move || {
                 let store = Arc::clone(&ready_store);
                 let stop = ready_stop.clone();
+                let pseudonymiser = pseudonymiser.clone();
                 async move {
                     use axum::http::StatusCode;
                     if stop.is_cancelled() {
                         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+                    }
+                    if pseudonymiser.missing_version().is_some() {
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the store uses a pseudonym key version this node's keyring lacks: \
+                             install the rotated keyring and restart\n",
+                        );
                     }
                     let probe = tokio::time::timeout(
                         std::time::Duration::from_secs(2),

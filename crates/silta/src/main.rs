@@ -245,6 +245,11 @@ fn main() -> anyhow::Result<()> {
                         "v{} is in use (was v{}); {} consent and case rows moved; recorded in the audit ledger",
                         done.to, done.from, done.rows
                     );
+                    println!(
+                        "a node not yet restarted with the keyring holding v{} now refuses every \
+                         write and its /readyz answers 503 until it is",
+                        done.to
+                    );
                 }
                 Ok(())
             }
