@@ -297,3 +297,34 @@ async fn a_node_that_missed_a_rotation_is_not_ready_until_restarted_with_it() {
     let ready = get(admin, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_sqlite_file_is_refused() {
+    let mut gw = TestGateway::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let Err(refused) = silta_server::start(&gw.config, gw.keyring(), listener).await else {
+        panic!("two gateways started on one SQLite file");
+    };
+    assert!(
+        refused.to_string().contains("another silta serve"),
+        "{refused}"
+    );
+    // Once the first has stopped, the file is free again.
+    gw.stop().await;
+    gw.restart_after_stop().await;
+
+    let mut config = gw.config.clone();
+    config.store.url = format!(
+        "sqlite://{}",
+        gw.dir.path().join("no-such-dir/silta.db").display()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let Err(refused) = silta_server::start(&config, gw.keyring(), listener).await else {
+        panic!("started without the database's directory");
+    };
+    assert!(refused.to_string().contains("does not exist"), "{refused}");
+}

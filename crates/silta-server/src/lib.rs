@@ -178,6 +178,56 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
     }
 }
 
+/// One SQLite database serves one gateway: a second `silta serve` on the same file is refused
+/// (several nodes share PostgreSQL instead; `silta keys promote` and other tools that open the
+/// database do not take this lock). The lock is an advisory `flock` on `<database>.lock`, not
+/// on the database itself: closing another descriptor of the database would drop SQLite's own
+/// locks. Also checks the database's directory exists, which SQLite's error does not name.
+fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, ServeError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(None);
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(ServeError::Config(format!(
+            "store.url: the directory {} does not exist; silta creates the database file, not \
+             its directory",
+            dir.display()
+        )));
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let name = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| ServeError::Config(format!("store.url: lock file {}: {e}", name.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Config(format!(
+            "store.url: another silta serve is using {}; one SQLite database serves one gateway \
+             (for several nodes, use PostgreSQL)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ServeError::Config(format!(
+            "store.url: lock file {}: {e}",
+            name.display()
+        ))),
+    }
+}
+
 /// Starts the gateway on `listener` with `config` and the master secret's keyring (a single
 /// [`MasterSecret`] converts into one).
 pub async fn start(
@@ -209,6 +259,7 @@ pub async fn start(
         ),
         None => None,
     };
+    let lock = lock_sqlite(&config.store.url)?;
     let store = open_store(&config.store.url).await?;
     let pseudonymiser = Pseudonymiser::with_keyring(keyring.into());
     // A node without the key version the store has in use could write nothing correct.
@@ -441,6 +492,8 @@ pub async fn start(
 
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {
+        // Held while the server runs; released at its end, or by the kernel at the process's.
+        let _lock = lock;
         let serve =
             router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
         tokio::pin!(serve);

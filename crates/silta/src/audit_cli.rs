@@ -398,8 +398,9 @@ async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()
         return Ok(());
     }
     println!(
-        "Disclosure report: {} ledger entries about this resident (identity code not shown).",
-        rows.len()
+        "Disclosure report: {} ledger {} about this resident (identity code not shown).",
+        rows.len(),
+        if rows.len() == 1 { "entry" } else { "entries" }
     );
     println!(
         "{:<6} {:<24} {:<16} {:<30} {:<6} {:<20} {:<18} fields",
