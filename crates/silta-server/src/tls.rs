@@ -236,7 +236,29 @@ impl TlsHandle {
     }
 
     fn read(f: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-        server_config(&f.cert, &f.key, &f.client_ca, f.client_crl.as_deref())
+        server_config(&f.cert, &f.key, &f.client_ca, f.client_crl.as_deref()).map_err(|e| {
+            // Name the setting too: the operator edits the key, not the path.
+            let TlsError::File { path, reason } = e else {
+                return e;
+            };
+            let settings = [
+                (Some(&f.cert), "tls.cert"),
+                (Some(&f.key), "tls.key"),
+                (Some(&f.client_ca), "tls.client_ca"),
+                (f.client_crl.as_ref(), "tls.client_crl"),
+            ];
+            let setting = settings
+                .iter()
+                .find(|(p, _)| p.is_some_and(|p| p.display().to_string() == path))
+                .map(|(_, name)| *name);
+            TlsError::File {
+                path: match setting {
+                    Some(name) => format!("{name} {path}"),
+                    None => path,
+                },
+                reason,
+            }
+        })
     }
 
     /// The configuration for the next handshake.

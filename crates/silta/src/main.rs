@@ -350,9 +350,13 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         "test_postgres_url",
         "url",
     ]));
-    figment
-        .extract()
-        .map_err(|e| anyhow::anyhow!("configuration: {e}"))
+    figment.extract().map_err(|e| {
+        // figment names keys under its profile ("default.tls.cert"); silta has none.
+        anyhow::anyhow!(
+            "configuration: {}",
+            e.to_string().replace("\"default.", "\"")
+        )
+    })
 }
 
 /// The keyring: from `SILTA_MASTER_SECRET` if set, else from `secrets.master_secret_file`,
