@@ -43,8 +43,9 @@ pub enum VerifyError {
     },
     /// The entries do not hash to the root a checkpoint signed.
     #[error(
-        "entries {from}..{to} do not match the checkpoint at size {to}: an entry in that range was \
-         changed, removed, inserted or reordered"
+        "the entries with index {from} to {last} (counting from 0) do not match the checkpoint \
+         at size {to}: an entry in that range was changed, removed, inserted or reordered",
+        last = to.saturating_sub(1)
     )]
     RootMismatch {
         /// The last size that did match (0 if none).
