@@ -250,23 +250,6 @@ async fn a_gateway_with_another_master_secret_refuses_to_start_on_a_signed_ledge
     gw.restart_after_stop().await;
 }
 
-/// `GET path` on the admin port, over plain HTTP/1.1: the whole response.
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("admin port");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: silta\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_a_rotation_is_not_ready_until_restarted_with_it() {
     let mut gw =
@@ -283,7 +266,7 @@ async fn a_node_that_missed_a_rotation_is_not_ready_until_restarted_with_it() {
         .await
         .expect_err("this node cannot write under v2");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    let ready = get(admin, "/readyz").await;
+    let ready = silta_tests::admin_get(admin, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(ready.contains("keyring lacks"), "{ready}");
     // Restarted with the rotated keyring: ready, and writing again.
@@ -294,7 +277,7 @@ async fn a_node_that_missed_a_rotation_is_not_ready_until_restarted_with_it() {
         .report_rent_arrears(report("k-1", RESIDENT))
         .await
         .expect("accepted");
-    let ready = get(admin, "/readyz").await;
+    let ready = silta_tests::admin_get(admin, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 }
 

@@ -156,24 +156,7 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
 
 /// `GET /metrics` on the admin port, over plain HTTP/1.1.
 async fn scrape(addr: std::net::SocketAddr) -> String {
-    get(addr, "/metrics").await
-}
-
-/// `GET path` on the admin port, over plain HTTP/1.1: the whole response.
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("admin port");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: silta\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
-    body
+    silta_tests::admin_get(addr, "/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,11 +210,11 @@ async fn admin_port_answers_liveness_and_readiness_probes_without_a_certificate(
         TestGateway::start_with(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("addr")))
             .await;
     let admin = gw.admin_addr().expect("admin port");
-    let live = get(admin, "/healthz").await;
+    let live = silta_tests::admin_get(admin, "/healthz").await;
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
-    let ready = get(admin, "/readyz").await;
+    let ready = silta_tests::admin_get(admin, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(ready.ends_with("ready\n"), "{ready}");
-    let unknown = get(admin, "/anything-else").await;
+    let unknown = silta_tests::admin_get(admin, "/anything-else").await;
     assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
 }

@@ -115,6 +115,25 @@ async fn every_invalid_fixture_code_is_invalid_argument_naming_hetu_without_echo
         .expect("still serving");
 }
 
+/// Sends `request` to `path` as `org`, encoded as it is (bodies a generated client cannot
+/// send), and returns the refusal.
+async fn refusal_of(
+    gw: &TestGateway,
+    org: &str,
+    path: &'static str,
+    request: impl prost::Message + 'static,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(gw.channel(org).await);
+    grpc.ready().await.expect("ready");
+    grpc.unary::<_, proto::ReportReceipt, _>(
+        tonic::Request::new(request),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err("refused")
+}
+
 /// `ReportRentArrearsRequest` as a client with a broken encoder would send it: `hetu` (tag 2)
 /// as bytes that are not UTF-8.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -128,23 +147,17 @@ struct NotUtf8 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_is_not_valid_protobuf_is_invalid_argument_naming_the_field() {
     let gw = TestGateway::start().await;
-    let mut grpc = tonic::client::Grpc::new(gw.channel(LANDLORD).await);
-    grpc.ready().await.expect("ready");
     let request = NotUtf8 {
         idempotency_key: "k-1".into(),
         hetu: b"150385-9345\xff".to_vec(),
     };
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+    let err = refusal_of(
+        &gw,
+        LANDLORD,
         "/silta.v1.Landlord/ReportRentArrears",
-    );
-    let err = grpc
-        .unary::<_, proto::ReportReceipt, _>(
-            tonic::Request::new(request),
-            path,
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .expect_err("not UTF-8");
+        request,
+    )
+    .await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(bad_fields(&err), ["hetu"]);
     assert!(
@@ -174,24 +187,18 @@ struct NotUtf8Consent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nested_field_that_does_not_decode_is_named_by_its_path_with_a_request_id() {
     let gw = TestGateway::start().await;
-    let mut grpc = tonic::client::Grpc::new(gw.channel(SOCIAL_A).await);
-    grpc.ready().await.expect("ready");
     let request = NestedNotUtf8 {
         consent: Some(NotUtf8Consent {
             evidence_ref: b"SOS-\xc3\x28".to_vec(),
         }),
     };
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+    let err = refusal_of(
+        &gw,
+        SOCIAL_A,
         "/silta.v1.SocialServices/EnrolClient",
-    );
-    let err = grpc
-        .unary::<_, proto::EnrolClientResponse, _>(
-            tonic::Request::new(request),
-            path,
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .expect_err("not UTF-8");
+        request,
+    )
+    .await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(bad_fields(&err), ["consent.evidence_ref"]);
     assert!(err.metadata().get("x-request-id").is_some(), "{err:?}");
@@ -200,41 +207,17 @@ async fn a_nested_field_that_does_not_decode_is_named_by_its_path_with_a_request
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rpc_the_gateway_does_not_serve_is_unimplemented_saying_what_it_serves() {
     let gw = TestGateway::start().await;
-    let mut grpc = tonic::client::Grpc::new(gw.channel(LANDLORD).await);
-    grpc.ready().await.expect("ready");
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/silta.v1.Landlord/ReportRent");
-    let err = grpc
-        .unary::<_, proto::ReportReceipt, _>(
-            tonic::Request::new(proto::ReportRentArrearsRequest::default()),
-            path,
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .expect_err("no such RPC");
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    assert!(
-        err.message().contains("silta.v1.Landlord"),
-        "{}",
-        err.message()
-    );
-    // A service it does not serve at all: the same answer.
-    grpc.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/acme.v1.Nope/Report");
-    let err = grpc
-        .unary::<_, proto::ReportReceipt, _>(
-            tonic::Request::new(proto::ReportRentArrearsRequest::default()),
-            path,
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .expect_err("no such service");
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    assert!(
-        err.message().contains("silta.v1.Audit"),
-        "{}",
-        err.message()
-    );
+    // A method a served service lacks, and a service not served at all.
+    for path in ["/silta.v1.Landlord/ReportRent", "/acme.v1.Nope/Report"] {
+        let request = proto::ReportRentArrearsRequest::default();
+        let err = refusal_of(&gw, LANDLORD, path, request).await;
+        assert_eq!(err.code(), Code::Unimplemented, "{path}: {err:?}");
+        assert!(
+            err.message().contains("silta.v1.Landlord") && err.message().contains("silta.v1.Audit"),
+            "{path}: {}",
+            err.message()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
