@@ -51,6 +51,17 @@ pub enum TlsError {
     Config(String),
 }
 
+/// Names the setting a file came from in its error: the operator edits the key, not the path.
+fn setting(name: &'static str) -> impl Fn(TlsError) -> TlsError {
+    move |e| match e {
+        TlsError::File { path, reason } => TlsError::File {
+            path: format!("{name} {path}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
 fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         path: path.display().to_string(),
@@ -126,12 +137,14 @@ pub fn server_config(
     client_crl: Option<&Path>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let mut roots = RootCertStore::empty();
-    for ca in load_certs(client_ca)? {
-        roots.add(ca).map_err(|e| file_error(client_ca, e))?;
+    for ca in load_certs(client_ca).map_err(setting("tls.client_ca"))? {
+        roots
+            .add(ca)
+            .map_err(|e| setting("tls.client_ca")(file_error(client_ca, e)))?;
     }
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if let Some(crl) = client_crl {
-        builder = builder.with_crls(load_crls(crl)?);
+        builder = builder.with_crls(load_crls(crl).map_err(setting("tls.client_crl"))?);
     }
     let verifier = builder
         .build()
@@ -140,7 +153,10 @@ pub fn server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .with_single_cert(
+            load_certs(cert).map_err(setting("tls.cert"))?,
+            load_key(key).map_err(setting("tls.key"))?,
+        )
         .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
@@ -236,29 +252,7 @@ impl TlsHandle {
     }
 
     fn read(f: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-        server_config(&f.cert, &f.key, &f.client_ca, f.client_crl.as_deref()).map_err(|e| {
-            // Name the setting too: the operator edits the key, not the path.
-            let TlsError::File { path, reason } = e else {
-                return e;
-            };
-            let settings = [
-                (Some(&f.cert), "tls.cert"),
-                (Some(&f.key), "tls.key"),
-                (Some(&f.client_ca), "tls.client_ca"),
-                (f.client_crl.as_ref(), "tls.client_crl"),
-            ];
-            let setting = settings
-                .iter()
-                .find(|(p, _)| p.is_some_and(|p| p.display().to_string() == path))
-                .map(|(_, name)| *name);
-            TlsError::File {
-                path: match setting {
-                    Some(name) => format!("{name} {path}"),
-                    None => path,
-                },
-                reason,
-            }
-        })
+        server_config(&f.cert, &f.key, &f.client_ca, f.client_crl.as_deref())
     }
 
     /// The configuration for the next handshake.
