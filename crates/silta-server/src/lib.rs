@@ -166,7 +166,7 @@ impl RunningGateway {
 /// Opens the store named by `url`: `sqlite://PATH` (one node) or `postgres://…` (several
 /// nodes sharing one database).
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
-    if url.starts_with("sqlite:") || !url.contains("://") {
+    if sqlite_file(url).is_some() {
         Ok(Arc::new(SqliteStore::open_url(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::open(url).await?))
@@ -178,23 +178,27 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
     }
 }
 
+/// The file of a SQLite store URL (`sqlite://PATH` or a bare path), `None` for another store.
+fn sqlite_file(url: &str) -> Option<&str> {
+    if !url.starts_with("sqlite:") && url.contains("://") {
+        return None;
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    Some(path.split('?').next().unwrap_or(path))
+}
+
 /// One SQLite database serves one gateway: a second `silta serve` on the same file is refused
 /// (several nodes share PostgreSQL instead; `silta keys promote` and other tools that open the
 /// database do not take this lock). The lock is an advisory `flock` on `<database>.lock`, not
 /// on the database itself: closing another descriptor of the database would drop SQLite's own
 /// locks. Also checks the database's directory exists, which SQLite's error does not name.
 fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, ServeError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let Some(path) = sqlite_file(url).filter(|p| !p.is_empty() && *p != ":memory:") else {
         return Ok(None);
-    }
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path == ":memory:" {
-        return Ok(None);
-    }
+    };
     let path = std::path::Path::new(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.is_dir()
