@@ -467,6 +467,8 @@ pub async fn start(
     );
     // One span per RPC: its path, then who called, the flow and the outcome as they become
     // known. Never a request value: identity codes and free text stay out by construction.
+    // At DEBUG: INFO logs carry what they need on their own lines (`services::refusal`), and
+    // the OTLP exporter takes the span at any level (`telemetry::RPC_SPAN_TARGET`).
     let router = tonic::transport::Server::builder()
         .trace_fn(|req| {
             // A path the client made up is a request value: only silta's and the standard
@@ -479,7 +481,8 @@ pub async fn start(
                 && path
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"/._".contains(&b));
-            tracing::info_span!(
+            tracing::debug_span!(
+                target: crate::telemetry::RPC_SPAN_TARGET,
                 "rpc",
                 path = %if known { path } else { "unknown" },
                 request_id = tracing::field::Empty,

@@ -67,7 +67,7 @@ pub(crate) async fn context<T>(
         None => ApiError::Unauthenticated("a client certificate is required".into()),
     };
     // No caller to audit: the certificate names none. Log it, and answer like every error.
-    tracing::info!(%request_id, rpc = action, code = refused.reason(), "rpc");
+    tracing::info!(%request_id, rpc = action, code = refused.reason(), "rpc refused");
     let mut status = refused.into_status(&request_id);
     if let Ok(v) = request_id.parse() {
         status.metadata_mut().insert(REQUEST_ID_HEADER, v);
@@ -84,8 +84,9 @@ pub(crate) fn finish<T>(
 ) -> Result<Response<T>, Status> {
     let body = result.map_err(|e| refusal(metrics, ctx, started, e))?;
     let elapsed_us = count(metrics, ctx, started, "OK");
-    // Request id, organisation, role, flow and code are the span's: not repeated here.
-    tracing::info!(rpc = ctx.action, elapsed_us, "rpc");
+    // A call that succeeded is in the ledger (by request id) and the metrics: its line is
+    // DEBUG, like its span, which carries the request id, organisation, role, flow and code.
+    tracing::debug!(rpc = ctx.action, elapsed_us, "rpc");
     let mut response = Response::new(body);
     if let Ok(v) = ctx.request_id.parse() {
         response.metadata_mut().insert(REQUEST_ID_HEADER, v);
@@ -101,8 +102,18 @@ fn refusal(
     started: Instant,
     e: ApiError,
 ) -> Status {
-    let elapsed_us = count(metrics, ctx, started, e.reason());
-    tracing::info!(rpc = ctx.action, elapsed_us, "rpc");
+    let code = e.reason();
+    let elapsed_us = count(metrics, ctx, started, code);
+    // Whole on its own: at INFO there is no span around it.
+    tracing::info!(
+        request_id = %ctx.request_id,
+        org = %ctx.caller.org,
+        role = ctx.caller.role.as_str(),
+        rpc = ctx.action,
+        code,
+        elapsed_us,
+        "rpc refused"
+    );
     let mut status = e.into_status(&ctx.request_id);
     if let Ok(v) = ctx.request_id.parse() {
         status.metadata_mut().insert(REQUEST_ID_HEADER, v);
