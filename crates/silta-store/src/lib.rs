@@ -15,6 +15,7 @@ mod ledger;
 mod postgres;
 mod read_ahead;
 mod sqlite;
+mod tail;
 pub mod testing;
 mod time_conv;
 

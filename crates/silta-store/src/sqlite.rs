@@ -24,6 +24,7 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use crate::ledger::ledger_entry;
+use crate::tail::{Tail, TailChanges};
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
@@ -40,6 +41,8 @@ pub struct SqliteStore {
     wal: SqlitePool,
     /// Dropped with the last clone of the store, which stops the checkpoint task.
     _alive: Arc<()>,
+    /// The newest outbox messages, for subscribers that keep up (see `tail`).
+    tail: Arc<Tail>,
 }
 
 impl SqliteStore {
@@ -62,7 +65,9 @@ impl SqliteStore {
         migrator.set_ignore_missing(true);
         migrator.run(&migrate).await?;
         migrate.close().await;
-        let write = Arc::new(tokio::sync::Mutex::new(open_writer(path)?));
+        let writer = open_writer(path)?;
+        let tail = Arc::new(Tail::new(last_alert_seqs(&writer)?));
+        let write = Arc::new(tokio::sync::Mutex::new(writer));
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(base.clone().read_only(true))
@@ -78,6 +83,7 @@ impl SqliteStore {
             read,
             wal,
             _alive: alive,
+            tail,
         })
     }
 
@@ -112,6 +118,8 @@ impl Store for SqliteStore {
             open: true,
             frontier: None,
             alert_seqs: HashMap::new(),
+            tail: Arc::clone(&self.tail),
+            tail_changes: TailChanges::default(),
         }))
     }
 
@@ -176,6 +184,13 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredAlert>> {
+        if let Some(page) = self.tail.pending(
+            org.as_str(),
+            after,
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        ) {
+            return Ok(page);
+        }
         let rows = sqlx::query(
             "SELECT seq, alert_id, flow_id, purpose, legal_basis, consent_id, subject_pseudonym,
                     case_ref, payload
@@ -431,6 +446,10 @@ struct SqliteTx {
     /// temporary table for every `RETURNING`). Only `insert_alert` touches the table, and the
     /// write lock is held, so nothing else can see or change it meanwhile.
     alert_seqs: HashMap<String, i64>,
+    /// The store's tail of newest messages, and what this transaction does to it once
+    /// committed.
+    tail: Arc<Tail>,
+    tail_changes: TailChanges,
 }
 
 impl Drop for SqliteTx {
@@ -484,6 +503,17 @@ fn consent_record(raw: RawConsent) -> Result<ConsentRecord> {
         flows: serde_json::from_str(&flows)
             .map_err(|e| StoreError::Corrupt(format!("consent flows: {e}")))?,
     })
+}
+
+/// Each recipient's last committed sequence number, for the tail to start from.
+fn last_alert_seqs(conn: &rusqlite::Connection) -> Result<Vec<(String, u64)>> {
+    let rows = conn
+        .prepare("SELECT recipient_org, last_seq FROM alert_sequences")?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(org, last)| Ok((org, seq_from_i64(last)?)))
+        .collect()
 }
 
 /// Reads the ledger's size and right edge on the write connection: O(log n) indexed reads.
@@ -655,7 +685,22 @@ impl WriteTx for SqliteTx {
                 alert.payload,
                 to_ms(alert.now),
             ])?;
-        seq_from_i64(seq)
+        let seq = seq_from_i64(seq)?;
+        self.tail_changes.added.push((
+            recipient.to_owned(),
+            StoredAlert {
+                seq,
+                alert_id: alert.alert_id.to_owned(),
+                flow_id: alert.flow_id.to_owned(),
+                purpose: alert.purpose.to_owned(),
+                legal_basis: alert.legal_basis.to_owned(),
+                consent_id: permit.consent_id().unwrap_or("").to_owned(),
+                subject_pseudonym: alert.subject_pseudonym.to_owned(),
+                case_ref: alert.case_ref.to_owned(),
+                payload: alert.payload.to_owned(),
+            },
+        ));
+        Ok(seq)
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
@@ -757,6 +802,8 @@ impl WriteTx for SqliteTx {
             // Every undelivered message under these consents: alerts to the organisation itself
             // and support notices it sent to a landlord alike. Found in the index of undelivered
             // alerts, which carries the consent id (schema v5), without reading the table.
+            // Forgotten in memory first, for any recipient: none may be sent from there.
+            self.tail.clear_all();
             let purged = self
                 .conn
                 .prepare_cached(
@@ -797,6 +844,9 @@ impl WriteTx for SqliteTx {
                     seq_to_i64(up_to),
                     listed
                 ])?;
+            self.tail_changes
+                .acked
+                .push((recipient.as_str().to_owned(), up_to, seqs.to_vec()));
             Ok(changed(done))
         })
     }
@@ -809,6 +859,8 @@ impl WriteTx for SqliteTx {
     ) -> Result<u64> {
         // Possibly many rows: off the async worker, as a commit is.
         off_runtime(|| -> Result<u64> {
+            // Forgotten in memory first: none may be sent from there.
+            self.tail.clear_all();
             let purged = self
                 .conn
                 .prepare_cached(
@@ -962,6 +1014,8 @@ impl WriteTx for SqliteTx {
         // The fsync: a commit returns once the transaction is on disk.
         off_runtime(|| self.conn.execute_batch("COMMIT"))?;
         self.open = false;
+        // Still holding the write lock: no purge can come between the commit and this.
+        self.tail.apply(std::mem::take(&mut self.tail_changes));
         Ok(())
     }
 }

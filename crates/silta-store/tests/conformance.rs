@@ -353,6 +353,41 @@ async fn retention_purges_one_flow_at_a_time(store: &dyn Store) {
     assert!(!left.contains(&first) && !left.contains(&second));
 }
 
+/// An alert from a transaction that rolled back is never pending, and the next one takes its
+/// number (the SQLite store keeps the newest alerts in memory: this is its rollback too).
+async fn a_rolled_back_alert_is_never_pending(store: &dyn Store) {
+    enrol(store, "c-rb", "subject-rb", "ss-rb").await;
+    let permit = permits(store, "subject-rb").await.remove(0);
+    let first = deliver(store, &permit, 300).await;
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_alert(
+        &permit,
+        &NewAlert {
+            alert_id: "rolled-back",
+            flow_id: FLOW,
+            purpose: PURPOSE,
+            legal_basis: "gdpr-6-1-a-consent",
+            report_id: "r",
+            subject_pseudonym: "recipient-ps",
+            case_ref: "case-1",
+            payload: "{}",
+            now: now(),
+        },
+    )
+    .await
+    .expect("insert alert");
+    drop(tx);
+    assert_eq!(pending(store, "ss-rb").await, [first]);
+    let second = deliver(store, &permit, 301).await;
+    assert_eq!(second, first + 1);
+    let page = store
+        .pending_alerts(&org("ss-rb"), first, 100)
+        .await
+        .expect("pending");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].alert_id, "alert-301-ss-rb");
+}
+
 async fn an_uncommitted_transaction_leaves_nothing(store: &dyn Store) {
     let mut tx = store.begin().await.expect("begin");
     let caller = Caller {
@@ -644,6 +679,7 @@ async fn suite(store: &dyn Store) {
     alerts_are_pending_in_order_until_acknowledged(store).await;
     reports_are_found_by_key_and_cases_are_stable(store).await;
     an_uncommitted_transaction_leaves_nothing(store).await;
+    a_rolled_back_alert_is_never_pending(store).await;
     retention_purges_one_flow_at_a_time(store).await;
     prefetched_lookups_answer_as_without_prefetch(store).await;
     // Last: it rewrites every stored subject.
@@ -657,6 +693,34 @@ async fn sqlite_store_conforms() {
         .await
         .expect("open");
     suite(&store).await;
+    store.close().await;
+}
+
+/// The SQLite store answers subscribers from memory what it committed itself; what an
+/// earlier run committed is read from the file.
+#[tokio::test]
+async fn sqlite_alerts_of_an_earlier_run_stay_pending() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("reopen.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    enrol(&store, "c-re", "subject-re", "ss-re").await;
+    let permit = permits(&store, "subject-re").await.remove(0);
+    let earlier = [
+        deliver(&store, &permit, 400).await,
+        deliver(&store, &permit, 401).await,
+    ];
+    store.close().await;
+    drop(store);
+
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    assert_eq!(pending(&store, "ss-re").await, earlier);
+    let later = deliver(&store, &permit, 402).await;
+    assert_eq!(pending(&store, "ss-re").await, [earlier[0], earlier[1], later]);
+    let after = store
+        .pending_alerts(&org("ss-re"), earlier[1], 100)
+        .await
+        .expect("pending");
+    assert_eq!(after.iter().map(|a| a.seq).collect::<Vec<_>>(), [later]);
     store.close().await;
 }
 
