@@ -686,8 +686,8 @@ impl WriteTx for SqliteTx {
                 to_ms(alert.now),
             ])?;
         let seq = seq_from_i64(seq)?;
-        self.tail_changes.added.push((
-            recipient.to_owned(),
+        self.tail_changes.added(
+            recipient,
             StoredAlert {
                 seq,
                 alert_id: alert.alert_id.to_owned(),
@@ -699,7 +699,7 @@ impl WriteTx for SqliteTx {
                 case_ref: alert.case_ref.to_owned(),
                 payload: alert.payload.to_owned(),
             },
-        ));
+        );
         Ok(seq)
     }
 
@@ -802,8 +802,6 @@ impl WriteTx for SqliteTx {
             // Every undelivered message under these consents: alerts to the organisation itself
             // and support notices it sent to a landlord alike. Found in the index of undelivered
             // alerts, which carries the consent id (schema v5), without reading the table.
-            // Forgotten in memory first, for any recipient: none may be sent from there.
-            self.tail.clear_all();
             let purged = self
                 .conn
                 .prepare_cached(
@@ -813,6 +811,12 @@ impl WriteTx for SqliteTx {
                         WHERE subject_key = ? AND recipient_org = ? AND purpose = ?)",
                 )?
                 .execute(params![subject_key.as_str(), recipient.as_str(), purpose])?;
+            if purged > 0 {
+                // Forgotten in memory before the commit, for every recipient: none may be
+                // sent from there once the rows are gone.
+                self.tail.clear_all();
+                self.tail_changes.purged();
+            }
             Ok(Withdrawal {
                 withdrawn,
                 purged_alerts: changed(purged),
@@ -844,9 +848,7 @@ impl WriteTx for SqliteTx {
                     seq_to_i64(up_to),
                     listed
                 ])?;
-            self.tail_changes
-                .acked
-                .push((recipient.as_str().to_owned(), up_to, seqs.to_vec()));
+            self.tail_changes.acked(recipient.as_str(), up_to, seqs);
             Ok(changed(done))
         })
     }
@@ -859,8 +861,6 @@ impl WriteTx for SqliteTx {
     ) -> Result<u64> {
         // Possibly many rows: off the async worker, as a commit is.
         off_runtime(|| -> Result<u64> {
-            // Forgotten in memory first: none may be sent from there.
-            self.tail.clear_all();
             let purged = self
                 .conn
                 .prepare_cached(
@@ -869,6 +869,11 @@ impl WriteTx for SqliteTx {
                          ORDER BY created_at LIMIT ?)",
                 )?
                 .execute(params![flow_id, to_ms(cutoff), limit])?;
+            if purged > 0 {
+                // Forgotten in memory before the commit: none may be sent from there.
+                self.tail.clear_all();
+                self.tail_changes.purged();
+            }
             Ok(changed(purged))
         })
     }

@@ -11,17 +11,19 @@
 //! still hold a message acknowledged a moment ago (delivery is at least once), never one
 //! that was purged. Hence the order of updates, all made while the write lock is held:
 //!
-//! - committed alerts are added after their commit (a rolled-back batch adds nothing);
-//! - acknowledgements are applied after their commit;
-//! - a purge (a withdrawal, retention) clears the whole tail *before* it deletes anything
-//!   (a withdrawal also purges support notices sent to landlords): a subscriber reading
-//!   meanwhile reads the database, and a purge that then rolls back only cost a query.
+//! - committed alerts are added, and acknowledgements applied, after their commit (a
+//!   rolled-back transaction changes nothing), in the order the transaction made them: an
+//!   acknowledgement covers only the messages that existed when it ran, as in SQL;
+//! - a purge (a withdrawal, retention) that deleted anything clears the whole tail before its
+//!   commit (a withdrawal also purges support notices sent to landlords), and drops what its
+//!   own transaction was about to add: until the commit, readers of the database still see
+//!   the purged rows too, and a purge that then rolls back only costs queries.
 //!
 //! It relies on this process being the database's only writer, which the serve lock on
 //! `<db>.lock` ensures for SQLite. PostgreSQL, with several nodes writing, has no tail.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::StoredAlert;
 
@@ -42,8 +44,9 @@ struct OrgTail {
     /// The number the next committed message will have, if this tail knows it; `None` after
     /// a purge cleared it, until the next message starts it again.
     next: Option<u64>,
-    /// In sequence order; acknowledged ones are taken out.
-    alerts: VecDeque<StoredAlert>,
+    /// In sequence order; acknowledged ones are taken out. Shared, so that a reader copies
+    /// them out after letting go of the lock the committer also takes.
+    alerts: VecDeque<Arc<StoredAlert>>,
 }
 
 impl OrgTail {
@@ -56,13 +59,36 @@ impl OrgTail {
     }
 }
 
-/// What a committed transaction did to the outbox, applied to the tail after its commit.
+/// What a transaction did to the outbox, in order, applied to the tail after its commit.
 #[derive(Debug, Default)]
-pub(crate) struct TailChanges {
-    /// New messages, by recipient, in the order they were numbered.
-    pub added: Vec<(String, StoredAlert)>,
-    /// Acknowledgements: recipient, everything up to this number, and these numbers.
-    pub acked: Vec<(String, u64, Vec<u64>)>,
+pub(crate) struct TailChanges(Vec<Change>);
+
+#[derive(Debug)]
+enum Change {
+    /// A new message for a recipient.
+    Added(String, StoredAlert),
+    /// A recipient acknowledged everything up to this number, and these numbers (sorted).
+    Acked(String, u64, Vec<u64>),
+}
+
+impl TailChanges {
+    /// A message the transaction stored.
+    pub(crate) fn added(&mut self, org: &str, alert: StoredAlert) {
+        self.0.push(Change::Added(org.to_owned(), alert));
+    }
+
+    /// An acknowledgement the transaction stored.
+    pub(crate) fn acked(&mut self, org: &str, up_to: u64, seqs: &[u64]) {
+        let mut seqs = seqs.to_vec();
+        seqs.sort_unstable();
+        self.0.push(Change::Acked(org.to_owned(), up_to, seqs));
+    }
+
+    /// The transaction purged messages: what it stored before is not to be added (it may be
+    /// among them); acknowledgements still may be.
+    pub(crate) fn purged(&mut self) {
+        self.0.retain(|c| matches!(c, Change::Acked(..)));
+    }
 }
 
 impl Tail {
@@ -82,44 +108,51 @@ impl Tail {
     /// The recipient's pending messages after `after`, at most `limit`, if the tail covers
     /// them all; `None` means: read the database.
     pub(crate) fn pending(&self, org: &str, after: u64, limit: usize) -> Option<Vec<StoredAlert>> {
-        let orgs = self.lock();
-        let Some(tail) = orgs.get(org) else {
-            // No message before this store opened, nor since.
-            return Some(Vec::new());
+        let page: Vec<Arc<StoredAlert>> = {
+            let orgs = self.lock();
+            let Some(tail) = orgs.get(org) else {
+                // No message before this store opened, nor since.
+                return Some(Vec::new());
+            };
+            if tail.next.is_none() || after.saturating_add(1) < tail.covered_from {
+                return None;
+            }
+            let start = tail.alerts.partition_point(|a| a.seq <= after);
+            tail.alerts.range(start..).take(limit).cloned().collect()
         };
-        if tail.next.is_none() || after.saturating_add(1) < tail.covered_from {
-            return None;
-        }
-        let start = tail.alerts.partition_point(|a| a.seq <= after);
-        Some(tail.alerts.range(start..).take(limit).cloned().collect())
+        Some(page.iter().map(|a| StoredAlert::clone(a)).collect())
     }
 
     /// Applies a committed transaction's changes.
     pub(crate) fn apply(&self, changes: TailChanges) {
-        if changes.added.is_empty() && changes.acked.is_empty() {
+        if changes.0.is_empty() {
             return;
         }
         let mut orgs = self.lock();
-        for (org, alert) in changes.added {
-            let tail = orgs.entry(org).or_insert_with(|| OrgTail::from(1));
-            if tail.next != Some(alert.seq) {
-                // After a purge cleared it (or, were this process not the only writer, after
-                // numbers it never saw): it covers from this message on.
-                tail.alerts.clear();
-                tail.covered_from = alert.seq;
-            }
-            tail.next = Some(alert.seq.saturating_add(1));
-            tail.alerts.push_back(alert);
-            if tail.alerts.len() > KEEP
-                && let Some(old) = tail.alerts.pop_front()
-            {
-                tail.covered_from = old.seq.saturating_add(1);
-            }
-        }
-        for (org, up_to, seqs) in changes.acked {
-            if let Some(tail) = orgs.get_mut(&org) {
-                tail.alerts
-                    .retain(|a| a.seq > up_to && !seqs.contains(&a.seq));
+        for change in changes.0 {
+            match change {
+                Change::Added(org, alert) => {
+                    let tail = orgs.entry(org).or_insert_with(|| OrgTail::from(1));
+                    if tail.next != Some(alert.seq) {
+                        // After a purge cleared it (or, were this process not the only
+                        // writer, after numbers it never saw): it covers from here on.
+                        tail.alerts.clear();
+                        tail.covered_from = alert.seq;
+                    }
+                    tail.next = Some(alert.seq.saturating_add(1));
+                    tail.alerts.push_back(Arc::new(alert));
+                    if tail.alerts.len() > KEEP
+                        && let Some(old) = tail.alerts.pop_front()
+                    {
+                        tail.covered_from = old.seq.saturating_add(1);
+                    }
+                }
+                Change::Acked(org, up_to, seqs) => {
+                    if let Some(tail) = orgs.get_mut(&org) {
+                        tail.alerts
+                            .retain(|a| a.seq > up_to && seqs.binary_search(&a.seq).is_err());
+                    }
+                }
             }
         }
     }
@@ -157,13 +190,11 @@ mod tests {
     }
 
     fn add(tail: &Tail, org: &str, seqs: impl IntoIterator<Item = u64>) {
-        tail.apply(TailChanges {
-            added: seqs
-                .into_iter()
-                .map(|s| (org.to_owned(), alert(s)))
-                .collect(),
-            acked: Vec::new(),
-        });
+        let mut changes = TailChanges::default();
+        for s in seqs {
+            changes.added(org, alert(s));
+        }
+        tail.apply(changes);
     }
 
     fn seqs(page: Option<Vec<StoredAlert>>) -> Option<Vec<u64>> {
@@ -193,14 +224,41 @@ mod tests {
     fn acknowledged_messages_leave() {
         let tail = Tail::new([]);
         add(&tail, "social", 1..=5);
-        tail.apply(TailChanges {
-            added: Vec::new(),
-            acked: vec![("social".into(), 2, vec![4])],
-        });
+        let mut changes = TailChanges::default();
+        changes.acked("social", 2, &[4]);
+        tail.apply(changes);
         assert_eq!(seqs(tail.pending("social", 0, 100)), Some(vec![3, 5]));
         // The next number still follows on.
         add(&tail, "social", [6]);
         assert_eq!(seqs(tail.pending("social", 0, 100)), Some(vec![3, 5, 6]));
+    }
+
+    #[test]
+    fn an_acknowledgement_covers_only_what_existed_when_it_ran() {
+        let tail = Tail::new([]);
+        add(&tail, "social", 1..=2);
+        // A client acknowledging ahead of what it was sent, then a new message, in one
+        // transaction: as in SQL, the new one stays pending.
+        let mut changes = TailChanges::default();
+        changes.acked("social", 100, &[3]);
+        changes.added("social", alert(3));
+        tail.apply(changes);
+        assert_eq!(seqs(tail.pending("social", 0, 100)), Some(vec![3]));
+    }
+
+    #[test]
+    fn a_purge_drops_what_its_transaction_was_about_to_add() {
+        let tail = Tail::new([]);
+        let mut changes = TailChanges::default();
+        changes.added("social", alert(1));
+        changes.acked("social", 0, &[]);
+        tail.clear_all();
+        changes.purged();
+        changes.added("social", alert(2));
+        tail.apply(changes);
+        // Number 1 may have been purged: the tail does not claim it.
+        assert_eq!(seqs(tail.pending("social", 1, 100)), Some(vec![2]));
+        assert_eq!(seqs(tail.pending("social", 0, 100)), None);
     }
 
     #[test]

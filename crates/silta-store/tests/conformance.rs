@@ -715,7 +715,10 @@ async fn sqlite_alerts_of_an_earlier_run_stay_pending() {
     let store = SqliteStore::open(&path).await.expect("reopen");
     assert_eq!(pending(&store, "ss-re").await, earlier);
     let later = deliver(&store, &permit, 402).await;
-    assert_eq!(pending(&store, "ss-re").await, [earlier[0], earlier[1], later]);
+    assert_eq!(
+        pending(&store, "ss-re").await,
+        [earlier[0], earlier[1], later]
+    );
     let after = store
         .pending_alerts(&org("ss-re"), earlier[1], 100)
         .await
