@@ -122,8 +122,9 @@ where
 }
 
 /// The target of the span each RPC runs in. The span is at DEBUG: logs at INFO leave it out
-/// (it cost about a tenth of the gateway's CPU per report, docs/performance.md), and the
-/// OTLP exporter always takes it (`rpc_span_directive`).
+/// (with the line of every call, up to a tenth of the gateway's CPU per report at the
+/// benchmark's rates; docs/performance.md), and the OTLP exporter always takes it
+/// (`rpc_span_directive`).
 pub(crate) const RPC_SPAN_TARGET: &str = "silta::rpc";
 
 /// Enables the RPC span for a layer whatever its level.
@@ -183,7 +184,8 @@ fn install(
     // Each layer has its own filter, so that the RPC span (DEBUG, see `RPC_SPAN_TARGET`) costs
     // nothing when only the logs are on at INFO, and is still exported when traces are.
     if log.format == "json" {
-        // Each line carries the RPC's span (path, request id, organisation, role, flow, code).
+        // At DEBUG, each line carries the RPC's span (path, request id, organisation, role,
+        // flow, code).
         layers.push(
             fmt.json()
                 .with_current_span(true)
