@@ -76,24 +76,26 @@ async fn permits(store: &dyn Store, subject: &str) -> Vec<Permit> {
         .permits
 }
 
+/// An alert with this id, its other fields fixed.
+fn test_alert(alert_id: &str) -> NewAlert<'_> {
+    NewAlert {
+        alert_id,
+        flow_id: FLOW,
+        purpose: PURPOSE,
+        legal_basis: "gdpr-6-1-a-consent",
+        report_id: "r",
+        subject_pseudonym: "recipient-ps",
+        case_ref: "case-1",
+        payload: "{}",
+        now: now(),
+    }
+}
+
 async fn deliver(store: &dyn Store, permit: &Permit, n: usize) -> u64 {
     let mut tx = store.begin().await.expect("begin");
     let id = format!("alert-{n}-{}", permit.recipient());
     let seq = tx
-        .insert_alert(
-            permit,
-            &NewAlert {
-                alert_id: &id,
-                flow_id: FLOW,
-                purpose: PURPOSE,
-                legal_basis: "gdpr-6-1-a-consent",
-                report_id: "r",
-                subject_pseudonym: "recipient-ps",
-                case_ref: "case-1",
-                payload: "{}",
-                now: now(),
-            },
-        )
+        .insert_alert(permit, &test_alert(&id))
         .await
         .expect("insert alert");
     tx.commit().await.expect("commit");
@@ -360,22 +362,9 @@ async fn a_rolled_back_alert_is_never_pending(store: &dyn Store) {
     let permit = permits(store, "subject-rb").await.remove(0);
     let first = deliver(store, &permit, 300).await;
     let mut tx = store.begin().await.expect("begin");
-    tx.insert_alert(
-        &permit,
-        &NewAlert {
-            alert_id: "rolled-back",
-            flow_id: FLOW,
-            purpose: PURPOSE,
-            legal_basis: "gdpr-6-1-a-consent",
-            report_id: "r",
-            subject_pseudonym: "recipient-ps",
-            case_ref: "case-1",
-            payload: "{}",
-            now: now(),
-        },
-    )
-    .await
-    .expect("insert alert");
+    tx.insert_alert(&permit, &test_alert("rolled-back"))
+        .await
+        .expect("insert alert");
     drop(tx);
     assert_eq!(pending(store, "ss-rb").await, [first]);
     let second = deliver(store, &permit, 301).await;
