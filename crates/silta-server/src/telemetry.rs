@@ -166,8 +166,12 @@ fn install(
     writer: BoxMakeWriter,
     guard: Option<WorkerGuard>,
 ) -> Result<Telemetry, TelemetryError> {
-    let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    // RUST_LOG, when set and valid, replaces `log.level` (as its documentation says).
+    let spec = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| log.level.clone());
+    let filter = || log_filter(&spec);
     let provider = match log.otlp_endpoint.as_deref() {
         Some(endpoint) => Some(otlp_provider(
             endpoint,
@@ -213,10 +217,92 @@ fn install(
     })
 }
 
+/// The transport crates whose debug and trace output prints request headers (the method path
+/// among them), frames or handshake details: requests values a caller chose.
+const THIRD_PARTY: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "tokio_rustls",
+    "tonic",
+    "tower",
+    "tower_http",
+    "axum",
+];
+
+/// The filter for `spec` (`log.level` or `RUST_LOG`), with each transport crate held at INFO
+/// unless `spec` names it: `debug` turns on silta's own detail, never the transport's.
+/// An operator who needs the transport's frames names the crate (`debug,h2=trace`), knowing
+/// that such output holds request values.
+fn log_filter(spec: &str) -> EnvFilter {
+    let mut filter = EnvFilter::new(spec);
+    for directive in third_party_caps(spec) {
+        // Built from a constant target and level (unit-tested below).
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// `target=info` for each transport crate that `spec` does not name.
+fn third_party_caps(spec: &str) -> Vec<String> {
+    let named: Vec<&str> = spec
+        .split(',')
+        .map(|d| d.split(['=', '[']).next().unwrap_or_default().trim())
+        .collect();
+    THIRD_PARTY
+        .iter()
+        .filter(|target| {
+            !named.iter().any(|n| {
+                n == *target || n.strip_prefix(*target).is_some_and(|r| r.starts_with("::"))
+            })
+        })
+        .map(|target| format!("{target}=info"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_rpc_span_directive_parses() {
         assert_eq!(super::rpc_span_directive().to_string(), "silta::rpc=debug");
+    }
+
+    #[test]
+    fn transport_crates_stay_at_info_unless_named() {
+        let caps = third_party_caps("debug");
+        assert_eq!(caps.len(), THIRD_PARTY.len());
+        for cap in &caps {
+            cap.parse::<tracing_subscriber::filter::Directive>()
+                .expect("a valid directive");
+        }
+        let caps = third_party_caps("trace,h2=trace, tonic::transport=debug,hyperx=debug");
+        assert!(!caps.contains(&"h2=info".to_owned()));
+        assert!(!caps.contains(&"tonic=info".to_owned()));
+        assert!(caps.contains(&"hyper=info".to_owned()));
+        assert!(caps.contains(&"rustls=info".to_owned()));
+    }
+
+    #[test]
+    fn a_debug_filter_does_not_enable_transport_debug() {
+        use tracing::Level;
+        use tracing_subscriber::layer::SubscriberExt;
+        // The filter decides per callsite; a subscriber with it answers `enabled`.
+        let subscriber = tracing_subscriber::registry().with(log_filter("debug"));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::event_enabled!(target: "h2::codec", Level::DEBUG));
+            assert!(!tracing::event_enabled!(target: "rustls::server", Level::DEBUG));
+            assert!(tracing::event_enabled!(target: "h2::codec", Level::INFO));
+            assert!(tracing::event_enabled!(target: "silta_server::gateway", Level::DEBUG));
+        });
+        let subscriber = tracing_subscriber::registry().with(log_filter("info,h2=debug"));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::event_enabled!(target: "h2::codec", Level::DEBUG));
+            assert!(!tracing::event_enabled!(target: "hyper::proto", Level::DEBUG));
+        });
     }
 }
