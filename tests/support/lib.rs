@@ -173,7 +173,7 @@ impl TestGateway {
     }
 
     /// Reloads the TLS files, as SIGHUP does.
-    pub async fn reload_tls(&self) -> Result<(), silta_server::tls::TlsError> {
+    pub async fn reload_tls(&self) -> Result<usize, silta_server::tls::TlsError> {
         let running = self.running.as_ref().expect("running");
         running.reloader.reload_tls().await
     }

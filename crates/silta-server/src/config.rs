@@ -35,6 +35,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Bearer tokens naming the person acting.
     pub jwt: JwtConfig,
+    /// What one caller, connection or source address may hold of the gateway.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             jwt: JwtConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -94,6 +97,7 @@ impl Config {
         if !(100..=86_400_000).contains(&self.retention.purge_interval_ms) {
             return Err("retention.purge_interval_ms must be between 100 and 86400000".into());
         }
+        self.limits.validate()?;
         if self.log.format != "pretty" && self.log.format != "json" {
             return Err("log.format must be \"pretty\" or \"json\"".into());
         }
@@ -321,6 +325,146 @@ impl Default for TuningConfig {
     }
 }
 
+/// `[limits]`: what one source address, connection or stream may hold, so that one
+/// misbehaving or hostile caller cannot take what the others need. A source is an IPv4
+/// address or an IPv6 /64. docs/security.md says which threat each limit answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// How long a client has to finish the TLS handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Most TLS handshakes in progress at once, all sources together. Past it, a new
+    /// connection is closed at once (the client retries) rather than queued.
+    pub max_pending_handshakes: usize,
+    /// Most TLS handshakes in progress from one source: sockets that never send a ClientHello
+    /// from one address cannot take the shared budget above.
+    pub max_pending_handshakes_per_source: usize,
+    /// Most connections (handshaking or established) from one source.
+    pub max_connections_per_source: usize,
+    /// How long a new connection may go without its first request (the HTTP/2 preface and
+    /// a call), in milliseconds, before it is closed.
+    pub first_request_timeout_ms: u64,
+    /// How long a connection with no call in progress is kept, in seconds, before it is closed
+    /// with GOAWAY (clients reconnect transparently).
+    pub idle_timeout_s: u64,
+    /// How long a request's body (its one message) may take to arrive, in milliseconds;
+    /// past it the call ends with `DEADLINE_EXCEEDED` and its buffer is freed.
+    pub request_body_timeout_ms: u64,
+    /// Connections are closed with GOAWAY after this many seconds, so that none outlives its
+    /// certificate's expiry or an operator's change by long; clients reconnect transparently.
+    pub max_connection_age_s: u64,
+    /// After GOAWAY (age, idle, revocation, shutdown) calls in progress get this many seconds to
+    /// finish before the connection is closed.
+    pub max_connection_age_grace_s: u64,
+    /// Most concurrent calls (HTTP/2 streams) on one connection.
+    pub max_concurrent_streams: u32,
+    /// Bytes an HTTP/2 stream may buffer for a client that reads slowly.
+    pub stream_send_buffer_bytes: usize,
+    /// A `SubscribeAlerts`/`SubscribeNotices` stream whose client reads nothing for this many
+    /// milliseconds while messages wait ends with `RESOURCE_EXHAUSTED`; nothing is lost
+    /// (unacknowledged messages stay in the outbox), the client resumes from its cursor.
+    pub stream_stall_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            handshake_timeout_ms: 5_000,
+            max_pending_handshakes: 512,
+            max_pending_handshakes_per_source: 64,
+            max_connections_per_source: 512,
+            first_request_timeout_ms: 10_000,
+            idle_timeout_s: 300,
+            request_body_timeout_ms: 30_000,
+            max_connection_age_s: 3_600,
+            max_connection_age_grace_s: 60,
+            max_concurrent_streams: 1_024,
+            stream_send_buffer_bytes: 64 * 1024,
+            stream_stall_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), String> {
+        let ranges: [(&str, u64, u64, u64); 12] = [
+            (
+                "handshake_timeout_ms",
+                self.handshake_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "max_pending_handshakes",
+                self.max_pending_handshakes as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "max_pending_handshakes_per_source",
+                self.max_pending_handshakes_per_source as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "max_connections_per_source",
+                self.max_connections_per_source as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "first_request_timeout_ms",
+                self.first_request_timeout_ms,
+                100,
+                3_600_000,
+            ),
+            ("idle_timeout_s", self.idle_timeout_s, 1, 86_400 * 7),
+            (
+                "request_body_timeout_ms",
+                self.request_body_timeout_ms,
+                100,
+                3_600_000,
+            ),
+            (
+                "max_connection_age_s",
+                self.max_connection_age_s,
+                1,
+                86_400 * 365,
+            ),
+            (
+                "max_connection_age_grace_s",
+                self.max_connection_age_grace_s,
+                0,
+                86_400,
+            ),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+                1,
+                1_000_000,
+            ),
+            (
+                "stream_send_buffer_bytes",
+                self.stream_send_buffer_bytes as u64,
+                16 * 1024,
+                64 * 1024 * 1024,
+            ),
+            (
+                "stream_stall_timeout_ms",
+                self.stream_stall_timeout_ms,
+                100,
+                3_600_000,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(format!("limits.{key} must be between {min} and {max}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -358,7 +502,11 @@ mod tests {
     fn defaults_are_valid_and_unworkable_values_name_their_key() {
         assert_eq!(Config::default().validate(), Ok(()));
         type Breaker = fn(&mut Config);
-        let cases: [(&str, Breaker); 6] = [
+        let cases: [(&str, Breaker); 8] = [
+            ("limits.max_pending_handshakes_per_source", |c| {
+                c.limits.max_pending_handshakes_per_source = 0
+            }),
+            ("limits.idle_timeout_s", |c| c.limits.idle_timeout_s = 0),
             ("tuning.delivery_page", |c| c.tuning.delivery_page = 0),
             ("tuning.delivery_poll_ms", |c| c.tuning.delivery_poll_ms = 0),
             ("tuning.max_batch", |c| c.tuning.max_batch = 0),

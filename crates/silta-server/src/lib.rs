@@ -16,6 +16,7 @@ pub mod client;
 pub mod codec;
 mod commit;
 pub mod config;
+pub mod connections;
 mod delivery;
 pub mod devpki;
 pub mod gateway;
@@ -130,6 +131,7 @@ pub struct RunningGateway {
 pub struct PolicyReloader {
     gw: Arc<gateway::Gateway>,
     tls: Arc<tls::TlsHandle>,
+    connections: Arc<connections::Registry>,
 }
 
 impl PolicyReloader {
@@ -140,12 +142,17 @@ impl PolicyReloader {
     }
 
     /// Re-reads the server certificate and key, the client CA and the CRLs; the next
-    /// handshake uses them, connections already open keep theirs. If any file is wrong the
-    /// old configuration keeps serving. Both outcomes are logged and recorded in the ledger.
-    pub async fn reload_tls(&self) -> Result<(), tls::TlsError> {
-        let result = self.tls.reload();
+    /// handshake uses them, and every open connection whose client certificate they no longer
+    /// accept (revoked, or from a CA no longer trusted) is closed. If any file is wrong the old
+    /// configuration keeps serving. Both outcomes are logged and recorded in the ledger.
+    /// Returns how many connections were closed.
+    pub async fn reload_tls(&self) -> Result<usize, tls::TlsError> {
+        let result = self
+            .tls
+            .reload()
+            .map(|()| self.connections.recheck(&*self.tls.verifier()));
         let (outcome, reason) = match &result {
-            Ok(()) => (silta_core::audit::Outcome::Allow, "tls-files-reloaded"),
+            Ok(_) => (silta_core::audit::Outcome::Allow, "tls-files-reloaded"),
             Err(_) => (
                 silta_core::audit::Outcome::Deny,
                 "tls-files-invalid-old-kept",
@@ -155,7 +162,15 @@ impl PolicyReloader {
             .record_gateway_event("ReloadTls", outcome, reason)
             .await;
         match &result {
-            Ok(()) => tracing::info!("TLS certificate, client CA and CRLs reloaded"),
+            // Each closed connection is counted by its own task, as
+            // `silta_connections_closed_total{reason="revoked"}`.
+            Ok(closed) => {
+                tracing::info!(
+                    closed_connections = closed,
+                    "TLS certificate, client CA and CRLs reloaded; open connections whose client \
+                     certificate is no longer accepted were closed"
+                )
+            }
             Err(e) => {
                 tracing::error!(error = %e, "TLS reload refused; the previous files keep serving")
             }
@@ -401,9 +416,11 @@ pub async fn start(
     .await;
     tracing::info!(source = %policies.describe(), digest = loaded.digest(), flows = loaded.flows().len(), "policy set loaded");
     drop(loaded);
+    let connections = Arc::new(connections::Registry::default());
     let reloader = PolicyReloader {
         gw: Arc::clone(&gw),
         tls: Arc::clone(&tls),
+        connections: Arc::clone(&connections),
     };
 
     // Reflection in both versions: grpcurl and other tools older than 2023 speak only v1alpha.
@@ -465,7 +482,6 @@ pub async fn start(
         }
         None => None,
     };
-    let incoming = tls::incoming(listener, tls, config.tls.trust_domain.clone(), stop.clone());
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(proto::landlord_server::LandlordServer::new(
@@ -486,46 +502,38 @@ pub async fn start(
             .into_axum_router()
             .fallback(unknown_rpc)
             .layer(axum::middleware::map_response(name_unimplemented)),
+    )
+    .prepare();
+    let serve = connections::serve(
+        listener,
+        connections::Endpoint {
+            tls: Arc::clone(&tls),
+            trust_domain: config.tls.trust_domain.clone(),
+            routes,
+            limits: connections::Limits::new(&config.limits, SHUTDOWN_GRACE),
+            metrics: Arc::clone(&metrics),
+            registry: Arc::clone(&connections),
+        },
+        stop.clone(),
     );
-    // One span per RPC: its path, then who called, the flow and the outcome as they become
-    // known. Never a request value: identity codes and free text stay out by construction.
-    // At DEBUG: INFO logs carry what they need on their own lines (`services::refusal`), and
-    // the OTLP exporter takes the span at any level (`telemetry::RPC_SPAN_TARGET`).
-    let router = tonic::transport::Server::builder()
-        .trace_fn(|req| {
-            tracing::debug_span!(
-                target: crate::telemetry::RPC_SPAN_TARGET,
-                "rpc",
-                path = %served_method(req.uri().path()).unwrap_or("unknown"),
-                request_id = tracing::field::Empty,
-                org = tracing::field::Empty,
-                role = tracing::field::Empty,
-                flow = tracing::field::Empty,
-                code = tracing::field::Empty,
-            )
-        })
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_routes(routes);
     drop(gw);
 
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {
         // Held while the server runs; released at its end, or by the kernel at the process's.
         let _lock = lock;
-        let serve =
-            router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
+        // Each connection gets SHUTDOWN_GRACE after `stop` for its calls in progress (then it
+        // is closed); this bound only covers a connection task that failed to stop.
         tokio::pin!(serve);
-        let served = tokio::select! {
-            served = &mut serve => served,
+        tokio::select! {
+            () = &mut serve => {}
             () = async {
                 server_stop.cancelled().await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                tokio::time::sleep(SHUTDOWN_GRACE + Duration::from_secs(1)).await;
             } => {
-                tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown began; closing them");
-                Ok(())
+                tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown began; leaving them");
             }
-        };
+        }
         // The committer closed its queue at `stop` and finishes the jobs it holds.
         let committer_failed = match tokio::time::timeout(SHUTDOWN_GRACE, committer).await {
             Ok(Ok(unexpected)) => unexpected,
@@ -554,7 +562,6 @@ pub async fn start(
         drop(checkpointer);
         store.close().await;
         tracing::info!("gateway stopped");
-        served.map_err(ServeError::from)?;
         if committer_failed {
             return Err(ServeError::Internal(
                 "the committer stopped unexpectedly".into(),

@@ -39,6 +39,13 @@ pub struct RoleLabels {
     pub role: &'static str,
 }
 
+/// Why a connection was refused or closed: a reason silta chose, from a fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// e.g. `source-handshakes`, `idle`, `revoked`.
+    pub reason: &'static str,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -58,6 +65,18 @@ pub struct Metrics {
     pub last_checkpoint: Gauge,
     /// Outbox messages not yet acknowledged, read at each scrape.
     pub undelivered: Gauge,
+    /// TLS handshakes in progress.
+    pub pending_handshakes: Gauge,
+    /// Established connections.
+    pub open_connections: Gauge,
+    /// Connections refused before or at the handshake, by reason.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Connections the gateway closed, by reason.
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Calls ended because their request body did not arrive in time.
+    pub request_body_timeouts: Counter,
+    /// Subscriptions ended because their client stopped reading.
+    pub stalled_streams: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,9 +136,51 @@ impl Default for Metrics {
             "Alerts and support notices not yet acknowledged (all recipients)",
             undelivered.clone(),
         );
+        let pending_handshakes = Gauge::default();
+        registry.register(
+            "pending_handshakes",
+            "TLS handshakes in progress",
+            pending_handshakes.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Established mTLS connections",
+            open_connections.clone(),
+        );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused before or at the TLS handshake, by reason",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the gateway closed (idle, age, revoked, shutdown, ...), by reason",
+            connections_closed.clone(),
+        );
+        let request_body_timeouts = Counter::default();
+        registry.register(
+            "request_body_timeouts",
+            "Calls ended because the request body did not arrive in time",
+            request_body_timeouts.clone(),
+        );
+        let stalled_streams = Counter::default();
+        registry.register(
+            "stalled_streams",
+            "Alert and notice streams ended because the client stopped reading",
+            stalled_streams.clone(),
+        );
         Metrics {
             registry,
             undelivered,
+            pending_handshakes,
+            open_connections,
+            connections_refused,
+            connections_closed,
+            request_body_timeouts,
+            stalled_streams,
             requests,
             decisions,
             batch_size,
@@ -138,6 +199,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Counts one in a gauge for as long as it lives: a task cancelled at any await still
+/// gives its count back.
+pub(crate) struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub(crate) fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

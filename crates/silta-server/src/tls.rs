@@ -1,38 +1,21 @@
-//! mTLS: the rustls server configuration and the stream of authenticated connections.
+//! mTLS: the rustls server configuration, its files and their reload.
 //!
 //! Client certificates are required and verified against the configured client CA. The
-//! caller's identity is read once per connection, at handshake, and travels with every request
-//! on that connection as [`PeerInfo`].
+//! caller's identity is read once per connection, at handshake (`connections`), and travels
+//! with every request on that connection as [`PeerInfo`].
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use silta_core::Caller;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Connected;
 
-use crate::identity::{IdentityError, caller_from_certificate};
-
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most handshakes in progress at once. Past it, new connections are closed at once (the
-/// client retries) rather than queued behind a flood of idle ones.
-const MAX_PENDING_HANDSHAKES: usize = 512;
+use crate::identity::IdentityError;
 
 /// A TLS set-up problem, named with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -126,16 +109,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server's TLS configuration: its certificate chain and key, client certificates required
-/// and verified against `client_ca`, HTTP/2 only.
-/// `client_crl`, when given, is a PEM file of certificate revocation lists: a client whose
-/// certificate it lists is refused at the handshake.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
+/// The verifier of client certificates: they must chain to `client_ca` and, when
+/// `client_crl` is given (a PEM file of certificate revocation lists), not be listed in it.
+pub fn client_verifier(
     client_ca: &Path,
     client_crl: Option<&Path>,
-) -> Result<rustls::ServerConfig, TlsError> {
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in load_certs(client_ca).map_err(setting("tls.client_ca"))? {
         roots
@@ -146,9 +125,16 @@ pub fn server_config(
     if let Some(crl) = client_crl {
         builder = builder.with_crls(load_crls(crl).map_err(setting("tls.client_crl"))?);
     }
-    let verifier = builder
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    builder.build().map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// The server's TLS configuration: its certificate chain and key, client certificates required
+/// and verified by `verifier`, HTTP/2 only.
+pub fn server_config_with(
+    verifier: Arc<dyn ClientCertVerifier>,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -162,6 +148,19 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The server's TLS configuration: its certificate chain and key, client certificates required
+/// and verified against `client_ca`, HTTP/2 only.
+/// `client_crl`, when given, is a PEM file of certificate revocation lists: a client whose
+/// certificate it lists is refused at the handshake.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    client_crl: Option<&Path>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_with(client_verifier(client_ca, client_crl)?, cert, key)
+}
+
 /// What silta knows about the peer of a connection; in every request's extensions.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -171,61 +170,20 @@ pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
 }
 
-/// A TLS connection whose client certificate was verified and read.
-pub struct AuthenticatedStream {
-    inner: TlsStream<TcpStream>,
-    peer: PeerInfo,
-}
-
-impl Connected for AuthenticatedStream {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for AuthenticatedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AuthenticatedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// The TLS configuration in force, re-read from its files on reload: a new server certificate
-/// or CRL takes effect for the next handshake; connections already open keep theirs.
+/// or CRL takes effect for the next handshake, and the connections already open are checked
+/// again against the new client verifier (`connections::Registry::recheck`).
 #[derive(Debug)]
 pub struct TlsHandle {
     files: TlsFiles,
-    current: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+    current: std::sync::RwLock<Current>,
+}
+
+/// A server configuration and the client verifier inside it (rustls does not hand it back).
+#[derive(Debug, Clone)]
+struct Current {
+    config: Arc<rustls::ServerConfig>,
+    verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// The files a [`TlsHandle`] reads.
@@ -244,96 +202,44 @@ pub struct TlsFiles {
 impl TlsHandle {
     /// Reads the files once.
     pub fn open(files: TlsFiles) -> Result<Self, TlsError> {
-        let config = Self::read(&files)?;
+        let current = Self::read(&files)?;
         Ok(TlsHandle {
             files,
-            current: std::sync::RwLock::new(Arc::new(config)),
+            current: std::sync::RwLock::new(current),
         })
     }
 
-    fn read(f: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-        server_config(&f.cert, &f.key, &f.client_ca, f.client_crl.as_deref())
+    fn read(f: &TlsFiles) -> Result<Current, TlsError> {
+        let verifier = client_verifier(&f.client_ca, f.client_crl.as_deref())?;
+        let config = server_config_with(Arc::clone(&verifier), &f.cert, &f.key)?;
+        Ok(Current {
+            config: Arc::new(config),
+            verifier,
+        })
+    }
+
+    fn current(&self) -> Current {
+        // A poisoned lock still holds a whole configuration.
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The configuration for the next handshake.
     pub fn get(&self) -> Arc<rustls::ServerConfig> {
-        // A poisoned lock still holds a whole configuration.
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+        self.current().config
+    }
+
+    /// The client verifier in force.
+    pub fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current().verifier
     }
 
     /// Re-reads the files; keeps the current configuration if any of them is wrong.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Arc::new(Self::read(&self.files)?);
+        let fresh = Self::read(&self.files)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
-}
-
-/// Accepts TCP connections on `listener` and completes TLS handshakes concurrently, yielding
-/// only connections whose handshake succeeded. Failed handshakes (no client certificate, an
-/// unknown CA, a timeout) are logged and dropped. Stops when `stop` is cancelled.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<TlsHandle>,
-    trust_domain: String,
-    stop: CancellationToken,
-) -> ReceiverStream<Result<AuthenticatedStream, io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    let trust_domain: Arc<str> = trust_domain.into();
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                () = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-                tracing::warn!(%remote, "too many TLS handshakes in progress; connection closed");
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(config.get());
-            let (tx, trust_domain) = (tx.clone(), trust_domain.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::info!(%remote, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let caller = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map_or(Err(IdentityError::Unparsable), |leaf| {
-                        caller_from_certificate(leaf, &trust_domain)
-                    });
-                if let Err(e) = &caller {
-                    tracing::warn!(%remote, error = %e, "client certificate names no silta caller");
-                }
-                let peer = PeerInfo {
-                    caller,
-                    remote: Some(remote),
-                };
-                let _ = tx.send(Ok(AuthenticatedStream { inner: tls, peer })).await;
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
