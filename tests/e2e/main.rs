@@ -7,5 +7,6 @@ mod flows;
 mod identity;
 mod keys;
 mod ledger;
+mod limits;
 mod privacy;
 mod reports;

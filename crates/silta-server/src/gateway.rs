@@ -99,6 +99,16 @@ pub enum WithdrawTarget<'a> {
     Missing,
 }
 
+/// An open subscription: the caller's messages in sequence order, and the signal that it
+/// ended because the caller stopped reading.
+pub struct Subscription {
+    /// The messages, or the error that ended the subscription.
+    pub messages: mpsc::Receiver<Result<StoredAlert, ApiError>>,
+    /// Cancelled when the subscription ended because its client read nothing for
+    /// `limits.stream_stall_timeout_ms`.
+    pub stalled: CancellationToken,
+}
+
 /// The gateway's state, shared by all services.
 pub struct Gateway {
     pub(crate) store: Arc<dyn Store>,
@@ -109,6 +119,8 @@ pub struct Gateway {
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) stop: CancellationToken,
     pub(crate) tuning: TuningConfig,
+    /// How long a subscription waits for its client to read before ending the stream.
+    pub(crate) stall_timeout: std::time::Duration,
     pub(crate) policies: Arc<PolicyHandle>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) actors: crate::actor::ActorVerifier,
@@ -707,14 +719,24 @@ impl Gateway {
     /// `SocialServices.SubscribeAlerts` and `Landlord.SubscribeNotices`: starts the
     /// subscription task; the caller's outbox messages arrive on the returned channel in
     /// sequence order. `role` is the role the RPC is for.
+    ///
+    /// A client that stops reading holds at most the channel's few messages and its HTTP/2
+    /// stream's send buffer (`limits.stream_send_buffer_bytes`); after
+    /// `limits.stream_stall_timeout_ms` the subscription ends and `stalled` is cancelled, so
+    /// the stream answers `RESOURCE_EXHAUSTED` (the messages stay in the outbox).
     pub async fn subscribe_alerts(
         self: &Arc<Self>,
         ctx: &RequestContext,
         role: Role,
         after: u64,
-    ) -> Result<mpsc::Receiver<Result<StoredAlert, ApiError>>, ApiError> {
+    ) -> Result<Subscription, ApiError> {
         self.authorize(ctx, role).await?;
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(16);
+        let stalled = CancellationToken::new();
+        let subscription = Subscription {
+            messages: rx,
+            stalled: stalled.clone(),
+        };
         let gw = Arc::clone(self);
         let org = ctx.caller.org.clone();
         let request_id = ctx.request_id.clone();
@@ -746,7 +768,16 @@ impl Gateway {
                     last = alert.seq;
                     // A subscriber that stopped reading must not hold up shutdown.
                     tokio::select! {
-                        sent = tx.send(Ok(alert)) => if sent.is_err() { return },
+                        sent = tokio::time::timeout(gw.stall_timeout, tx.send(Ok(alert))) => match sent {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                gw.metrics.stalled_streams.inc();
+                                tracing::info!(%request_id, code = "RESOURCE_EXHAUSTED", "subscription ended: its client read nothing while messages waited");
+                                stalled.cancel();
+                                return;
+                            }
+                        },
                         () = stop.cancelled() => break 'stream,
                     }
                 }
@@ -764,7 +795,7 @@ impl Gateway {
             let _ = tx.try_send(Err(ApiError::ShuttingDown));
             tracing::debug!(%request_id, "subscription closed for shutdown");
         });
-        Ok(rx)
+        Ok(subscription)
     }
 
     fn parse_hetu(&self, v: &mut Violations, field: &str, text: &str) -> Option<Hetu> {

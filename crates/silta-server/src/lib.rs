@@ -401,6 +401,7 @@ pub async fn start(
         notifier,
         stop: stop.clone(),
         tuning: config.tuning.clone(),
+        stall_timeout: Duration::from_millis(config.limits.stream_stall_timeout_ms),
         policies: Arc::clone(&policies),
         metrics: Arc::clone(&metrics),
         actors,

@@ -13,8 +13,6 @@ use silta_core::support::{SupportNoticeInput, SupportOutcome};
 use silta_core::validate::Violations;
 use silta_store::StoredAlert;
 use time::OffsetDateTime;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::gateway::{Gateway, Receipt, RequestContext, WithdrawTarget};
@@ -372,13 +370,64 @@ async fn subscribe<T: Send + 'static>(
     after: u64,
     to_proto: fn(StoredAlert) -> Result<T, ApiError>,
 ) -> Result<Outbox<T>, ApiError> {
-    let rx = gw.subscribe_alerts(ctx, role, after).await?;
-    let request_id = ctx.request_id.clone();
-    let stream = ReceiverStream::new(rx).map(move |item| {
-        item.and_then(to_proto)
-            .map_err(|e| e.into_status(&request_id))
-    });
-    Ok(Box::pin(stream))
+    let subscription = gw.subscribe_alerts(ctx, role, after).await?;
+    let stall_ms = u64::try_from(gw.stall_timeout.as_millis()).unwrap_or(u64::MAX);
+    Ok(Box::pin(OutboxStream {
+        messages: subscription.messages,
+        stalled: subscription.stalled,
+        stall_ms,
+        ended: false,
+        request_id: ctx.request_id.clone(),
+        to_proto,
+    }))
+}
+
+/// A subscription as a response stream. Once the subscription has stalled, the stream ends
+/// with `RESOURCE_EXHAUSTED` at its next read, dropping what it still buffered: a client that
+/// stopped reading must reconnect from its cursor, not be fed a backlog.
+struct OutboxStream<T> {
+    messages: tokio::sync::mpsc::Receiver<Result<StoredAlert, ApiError>>,
+    stalled: tokio_util::sync::CancellationToken,
+    stall_ms: u64,
+    ended: bool,
+    request_id: String,
+    to_proto: fn(StoredAlert) -> Result<T, ApiError>,
+}
+
+impl<T> tokio_stream::Stream for OutboxStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.stalled.is_cancelled() {
+            self.ended = true;
+            self.messages.close();
+            let status = ApiError::Stalled(self.stall_ms).into_status(&self.request_id);
+            return Poll::Ready(Some(Err(status)));
+        }
+        match self.messages.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                let to_proto = self.to_proto;
+                let request_id = &self.request_id;
+                Poll::Ready(Some(
+                    item.and_then(to_proto)
+                        .map_err(|e| e.into_status(request_id)),
+                ))
+            }
+            Poll::Ready(None) if self.stalled.is_cancelled() => {
+                self.ended = true;
+                let status = ApiError::Stalled(self.stall_ms).into_status(&self.request_id);
+                Poll::Ready(Some(Err(status)))
+            }
+            other => other.map(|_| None),
+        }
+    }
 }
 
 /// The common header of a landlord report: every report request names these fields alike.

@@ -70,6 +70,13 @@ pub enum ApiError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down; retry on another node or reconnect shortly")]
     ShuttingDown,
+    /// A subscription's client read nothing while messages waited.
+    #[error(
+        "this stream was not read for {0} ms while messages waited (limits.stream_stall_timeout_ms), \
+         so it was ended; nothing is lost: subscribe again with after_sequence set to the last \
+         message you processed"
+    )]
+    Stalled(u64),
 }
 
 fn describe(v: &Violations) -> String {
@@ -102,6 +109,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "idempotency-conflict",
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
+            ApiError::Stalled(_) => "stream-stalled",
         }
     }
 
@@ -124,6 +132,7 @@ impl ApiError {
             ApiError::Integrity(_) => Code::DataLoss,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::Stalled(_) => Code::ResourceExhausted,
         }
     }
 
