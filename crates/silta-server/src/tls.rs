@@ -152,7 +152,7 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(crate::identity::ClientAuthOnly::wrap(verifier))
         .with_single_cert(
             load_certs(cert).map_err(setting("tls.cert"))?,
             load_key(key).map_err(setting("tls.key"))?,
