@@ -70,6 +70,13 @@ pub enum ApiError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down; retry on another node or reconnect shortly")]
     ShuttingDown,
+    /// A call carried a second message where its method takes one (gRPC's cardinality
+    /// violation), e.g. a unary call whose body holds two requests.
+    #[error(
+        "this method takes exactly one request message and the call carried more; send one \
+         message per call (a unary or server-streaming call, not a client stream)"
+    )]
+    ExtraMessage,
 }
 
 fn describe(v: &Violations) -> String {
@@ -102,6 +109,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "idempotency-conflict",
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
+            ApiError::ExtraMessage => "cardinality-violation",
         }
     }
 
@@ -124,6 +132,11 @@ impl ApiError {
             ApiError::Integrity(_) => Code::DataLoss,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
+            // gRPC's status table (doc/statuscodes.md) names a request cardinality violation
+            // UNIMPLEMENTED: the call has the shape of another kind of method. grpc-go and
+            // grpc-java answer INTERNAL, which reads as the gateway's fault; the fix is the
+            // caller's.
+            ApiError::ExtraMessage => Code::Unimplemented,
         }
     }
 
