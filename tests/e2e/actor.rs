@@ -49,8 +49,14 @@ impl Idp {
     }
 
     fn token(&self, claims: serde_json::Value) -> String {
+        self.token_with(claims, |_| {})
+    }
+
+    /// A token whose header `adjust` changed before signing.
+    fn token_with(&self, claims: serde_json::Value, adjust: impl FnOnce(&mut Header)) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.into());
+        adjust(&mut header);
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&self.pkcs8))
             .expect("signed")
     }
@@ -218,6 +224,109 @@ async fn every_bad_token_is_refused_with_its_reason_and_audited() {
             .await
             .is_empty(),
         "a report with a bad token was stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_extensions_and_claims_that_are_not_printable_or_too_long_are_refused() {
+    let idp = Idp::new();
+    let gw = start(&idp).await;
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let with = |claim: &str, value: &str| {
+        let mut v = claims(LANDLORD);
+        v[claim] = value.into();
+        idp.token(v)
+    };
+    let long = "w".repeat(257);
+    // (token, what the message must say, a value it must not echo)
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            idp.token_with(claims(LANDLORD), |h| {
+                h.crit = Some(vec!["silta-ext".into()]);
+                h.extras.insert("silta-ext", true);
+            }),
+            "critical extensions (crit)",
+            "silta-ext",
+        ),
+        // The RFC forbids an empty list; it is no reason to accept the token.
+        (
+            idp.token_with(claims(LANDLORD), |h| h.crit = Some(vec![])),
+            "critical extensions (crit)",
+            "",
+        ),
+        (
+            with("sub", "worker-\u{202E}71"),
+            "\"sub\" claim must not contain invisible or layout characters",
+            "worker-",
+        ),
+        (
+            with("sub", "worker-17\nforged log line"),
+            "\"sub\" claim must not contain control characters",
+            "forged",
+        ),
+        (
+            with("sub", &long),
+            "\"sub\" claim must be at most 256 characters",
+            "wwwwwwww",
+        ),
+        (
+            with("sub", RESIDENT),
+            "\"sub\" claim must not contain a personal identity code",
+            RESIDENT,
+        ),
+        (with("sub", ""), "\"sub\" claim must not be empty", ""),
+        (
+            with("name", "Aino\u{7}Virtanen"),
+            "\"name\" claim must not contain control characters",
+            "Aino",
+        ),
+        (
+            with("name", &long),
+            "\"name\" claim must be at most 256 characters",
+            "wwwwwwww",
+        ),
+        (
+            with("org", "city-housing\u{200B}"),
+            "\"org\" claim must not contain invisible or layout characters",
+            "city-housing\u{200B}",
+        ),
+    ];
+    let count = cases.len();
+    for (i, (token, says, secret)) in cases.into_iter().enumerate() {
+        let err = landlord
+            .report_rent_arrears(with_token(report(&format!("c-{i}"), RESIDENT), &token))
+            .await
+            .expect_err(says);
+        assert_eq!(
+            (err.code(), reason(&err).as_str()),
+            (Code::Unauthenticated, "JWT_INVALID"),
+            "{says}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(says), "{says}: {}", err.message());
+        if !secret.is_empty() {
+            assert!(!format!("{err:?}").contains(secret), "{says}: echoed");
+        }
+    }
+    let denials = gw
+        .query_strings("SELECT reason FROM audit WHERE outcome = 'deny' AND reason = 'jwt-invalid'")
+        .await;
+    assert_eq!(denials.len(), count, "{denials:?}");
+
+    // The bound counts characters, not bytes: 256 of them is accepted, in any script.
+    let mut v = claims(LANDLORD);
+    v["sub"] = "ä".repeat(256).into();
+    v["name"] = "Åsa Öhman-Virtanen".into();
+    landlord
+        .report_rent_arrears(with_token(report("c-ok", RESIDENT), &idp.token(v)))
+        .await
+        .expect("printable claims of 256 characters are accepted");
+    let actors = gw
+        .query_strings("SELECT actor_person FROM audit WHERE actor_person IS NOT NULL")
+        .await;
+    assert_eq!(
+        actors,
+        [format!("{} (Åsa Öhman-Virtanen)", "ä".repeat(256))]
     );
 }
 

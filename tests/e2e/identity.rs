@@ -285,3 +285,66 @@ async fn a_reloaded_crl_refuses_the_next_handshake_and_a_broken_one_keeps_the_ol
         .await;
     assert_eq!(reloads, ["allow", "deny"]);
 }
+
+/// A certificate for the landlord from the gateway's own CA, with `purposes` as its extended
+/// key usage (none: no extension at all). PEM certificate and key.
+fn landlord_certificate(
+    gw: &TestGateway,
+    purposes: Vec<rcgen::ExtendedKeyUsagePurpose>,
+) -> (String, String) {
+    let ca_key = rcgen::KeyPair::from_pem(&gw.pki.ca_key).expect("CA key");
+    let ca = rcgen::Issuer::from_ca_cert_pem(&gw.pki.ca_cert, ca_key).expect("CA");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    let landlord = Caller {
+        org: OrgId::new(LANDLORD).expect("valid"),
+        role: Role::Landlord,
+    };
+    let uri = silta_server::identity::spiffe_uri("silta.local", &landlord);
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("IA5 URI"))];
+    params.extended_key_usages = purposes;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca).expect("certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Connects with `cert` and sends a report: `Ok` if it was served, else the error's text.
+async fn report_with(gw: &TestGateway, (cert, key): &(String, String)) -> Result<(), String> {
+    let channel = silta_server::client::connect(gw.addr(), &gw.pki.ca_cert, cert, key)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    LandlordClient::new(channel)
+        .report_rent_arrears(report("k", RESIDENT))
+        .await
+        .map(drop)
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_not_for_client_authentication_is_refused_at_the_handshake() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let gw = TestGateway::start().await;
+    // No extension at all: webpki alone would take it as good for any purpose.
+    report_with(&gw, &landlord_certificate(&gw, vec![]))
+        .await
+        .expect_err("a certificate without extendedKeyUsage was served");
+    // A server certificate (such as the gateway's own) is not a client's.
+    report_with(&gw, &landlord_certificate(&gw, vec![ServerAuth]))
+        .await
+        .expect_err("a serverAuth certificate was served");
+    // The client sees only a closed connection; the gateway's log says why.
+    let logs = silta_tests::captured_logs();
+    assert!(logs.contains("reason=\"it has no extendedKeyUsage extension\""));
+    assert!(logs.contains(
+        "does not allow extended key usage for client authentication, allows server authentication"
+    ));
+    assert!(
+        gw.query_strings("SELECT action FROM audit WHERE actor_org = 'city-housing'")
+            .await
+            .is_empty(),
+        "a refused certificate reached the gateway's handlers"
+    );
+    // The same CA and names, for client authentication: served.
+    report_with(&gw, &landlord_certificate(&gw, vec![ClientAuth]))
+        .await
+        .expect("a clientAuth certificate is served");
+}

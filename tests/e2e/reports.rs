@@ -115,23 +115,36 @@ async fn every_invalid_fixture_code_is_invalid_argument_naming_hetu_without_echo
         .expect("still serving");
 }
 
-/// Sends `request` to `path` as `org`, encoded as it is (bodies a generated client cannot
-/// send), and returns the refusal.
+/// Sends `messages` to `path` as `org` in one call, each encoded as it is and length-prefixed
+/// in the one request body: bodies a generated client cannot send (another message type, more
+/// than one message).
+async fn raw_call<M: prost::Message + 'static>(
+    gw: &TestGateway,
+    org: &str,
+    path: &'static str,
+    messages: Vec<M>,
+) -> Result<proto::ReportReceipt, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(gw.channel(org).await);
+    grpc.ready().await.expect("ready");
+    grpc.client_streaming::<_, _, proto::ReportReceipt, _>(
+        tonic::Request::new(tokio_stream::iter(messages)),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Sends `request` to `path` as `org` with [`raw_call`] and returns the refusal.
 async fn refusal_of(
     gw: &TestGateway,
     org: &str,
     path: &'static str,
     request: impl prost::Message + 'static,
 ) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(gw.channel(org).await);
-    grpc.ready().await.expect("ready");
-    grpc.unary::<_, proto::ReportReceipt, _>(
-        tonic::Request::new(request),
-        tonic::codegen::http::uri::PathAndQuery::from_static(path),
-        tonic_prost::ProstCodec::default(),
-    )
-    .await
-    .expect_err("refused")
+    raw_call(gw, org, path, vec![request])
+        .await
+        .expect_err("refused")
 }
 
 /// `ReportRentArrearsRequest` as a client with a broken encoder would send it: `hetu` (tag 2)
@@ -324,4 +337,78 @@ async fn every_bad_field_is_named_at_once() {
         .report_rent_arrears(good)
         .await
         .expect("gateway still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_carrying_two_request_messages_is_refused_and_neither_is_processed() {
+    let gw = TestGateway::start().await;
+    let path = "/silta.v1.Landlord/ReportRentArrears";
+    let two = vec![report("first", RESIDENT), report("second", RESIDENT)];
+    let err = raw_call(&gw, LANDLORD, path, two)
+        .await
+        .expect_err("a second request message is refused");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert!(
+        err.message().contains("exactly one request message"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|i| i.reason.as_str()),
+        Some("CARDINALITY_VIOLATION")
+    );
+    assert!(err.metadata().get("x-request-id").is_some(), "{err:?}");
+    assert!(
+        !format!("{err:?}").contains("150385"),
+        "the input came back"
+    );
+    // A server-streaming method takes one request too.
+    let subscribe = vec![proto::SubscribeAlertsRequest::default(); 2];
+    let err = raw_call(
+        &gw,
+        SOCIAL_A,
+        "/silta.v1.SocialServices/SubscribeAlerts",
+        subscribe,
+    )
+    .await
+    .expect_err("a second request message is refused");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    // No handler ran: nothing stored, nothing audited.
+    assert!(
+        gw.query_strings("SELECT report_id FROM reports")
+            .await
+            .is_empty()
+    );
+    assert!(
+        gw.query_strings("SELECT action FROM audit WHERE actor_role != 'gateway'")
+            .await
+            .is_empty()
+    );
+
+    // The same call with one message is served.
+    raw_call(&gw, LANDLORD, path, vec![report("only", RESIDENT)])
+        .await
+        .expect("one request message is served");
+    // Reflection, with its own codec, still takes many messages on its bidirectional stream.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(gw.channel(LANDLORD).await)
+        .server_reflection_info(tokio_stream::iter(vec![ask.clone(), ask]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    for _ in 0..2 {
+        answers
+            .message()
+            .await
+            .expect("an answer")
+            .expect("one per request");
+    }
 }

@@ -222,3 +222,34 @@ pub fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
     let _ = path;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use silta_core::{Caller, OrgId, Role};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    /// (clientAuth, serverAuth) of a PEM certificate's extended key usage.
+    fn purposes(pem: &str) -> (bool, bool) {
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).expect("PEM");
+        let (_, cert) = X509Certificate::from_der(&der).expect("certificate");
+        let eku = cert
+            .extended_key_usage()
+            .expect("well-formed")
+            .expect("an extendedKeyUsage extension")
+            .value;
+        assert!(!eku.any && eku.other.is_empty(), "{eku:?}");
+        (eku.client_auth, eku.server_auth)
+    }
+
+    #[test]
+    fn client_certificates_are_for_clients_and_the_server_certificate_for_the_server() {
+        let caller = Caller {
+            org: OrgId::new("city-housing").expect("valid"),
+            role: Role::Landlord,
+        };
+        let pki = super::mint("test CA", "silta.local", &[caller]).expect("PKI");
+        assert_eq!(purposes(&pki.clients[0].1.cert), (true, false));
+        assert_eq!(purposes(&pki.server.cert), (false, true));
+    }
+}

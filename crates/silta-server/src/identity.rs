@@ -4,7 +4,16 @@
 //! `spiffe://<trust-domain>/org/<org-id>/role/<role>`, where `<role>` is `landlord`,
 //! `social_services` or `dpo`. The certificate's subject O/OU repeat the organisation and role
 //! for people reading it; silta reads only the URI.
+//!
+//! The certificate must also be meant for client authentication: its extended key usage lists
+//! `clientAuth`, checked at the handshake by [`ClientAuthOnly`].
 
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ExtendedKeyPurpose};
 use silta_core::{Caller, OrgId, Role};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -69,6 +78,110 @@ fn parse_spiffe_path(path: &str) -> Option<Caller> {
     }
 }
 
+/// A client certificate verifier that accepts only what the wrapped one accepts (chain,
+/// validity, revocation) and whose leaf lists `clientAuth` in its extended key usage.
+///
+/// webpki refuses a certificate whose extension lacks `clientAuth`, but takes one with no
+/// extension at all as good for any purpose (RFC 5280 allows it). A server certificate or a
+/// signing certificate the same CA issued without the extension would then log in as a
+/// client; silta requires the extension.
+#[derive(Debug)]
+pub struct ClientAuthOnly(Arc<dyn ClientCertVerifier>);
+
+impl ClientAuthOnly {
+    /// Wraps `inner`.
+    pub fn wrap(inner: Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(ClientAuthOnly(inner))
+    }
+}
+
+impl ClientCertVerifier for ClientAuthOnly {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        client_auth_purpose(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+}
+
+/// `Ok` when `der`'s extended key usage lists `clientAuth`. Otherwise logs why (with the
+/// serial number, for the CA's operator to find the certificate; nothing else of it) and
+/// returns the error rustls answers with the `unsupported_certificate` alert, as webpki's own
+/// refusal of a certificate for the wrong purpose does.
+fn client_auth_purpose(der: &[u8]) -> Result<(), rustls::Error> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let (reason, presented) = match eku {
+        Some(eku) if eku.value.client_auth => return Ok(()),
+        Some(eku) => (
+            "its extendedKeyUsage does not list clientAuth",
+            if eku.value.server_auth {
+                vec![ExtendedKeyPurpose::ServerAuth]
+            } else {
+                Vec::new()
+            },
+        ),
+        None => ("it has no extendedKeyUsage extension", Vec::new()),
+    };
+    tracing::warn!(
+        serial = %cert.raw_serial_as_string(),
+        reason,
+        "client certificate refused at the handshake: silta requires an extendedKeyUsage \
+         listing clientAuth (1.3.6.1.5.5.7.3.2); reissue it as a client certificate"
+    );
+    Err(rustls::Error::InvalidCertificate(
+        CertificateError::InvalidPurposeContext {
+            required: ExtendedKeyPurpose::ClientAuth,
+            presented,
+        },
+    ))
+}
+
 /// The SPIFFE URI naming `caller` in `trust_domain`.
 pub fn spiffe_uri(trust_domain: &str, caller: &Caller) -> String {
     format!(
@@ -95,5 +208,46 @@ mod tests {
         ] {
             assert!(parse_spiffe_path(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_a_certificate_listing_client_auth_is_for_a_client() {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose as P, KeyPair};
+        let der = |ekus: Vec<P>| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.extended_key_usages = ekus;
+            let key = KeyPair::generate().expect("key");
+            params
+                .self_signed(&key)
+                .expect("certificate")
+                .der()
+                .to_vec()
+        };
+        assert!(client_auth_purpose(&der(vec![P::ClientAuth])).is_ok());
+        assert!(client_auth_purpose(&der(vec![P::ServerAuth, P::ClientAuth])).is_ok());
+        for refused in [
+            vec![],
+            vec![P::ServerAuth],
+            vec![P::Any],
+            vec![P::CodeSigning],
+        ] {
+            let err = client_auth_purpose(&der(refused.clone())).expect_err("refused");
+            assert!(
+                matches!(
+                    err,
+                    rustls::Error::InvalidCertificate(CertificateError::InvalidPurposeContext {
+                        required: ExtendedKeyPurpose::ClientAuth,
+                        ..
+                    })
+                ),
+                "{refused:?}: {err:?}"
+            );
+        }
+        assert_eq!(
+            client_auth_purpose(b"not a certificate"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding
+            ))
+        );
     }
 }

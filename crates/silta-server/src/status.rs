@@ -77,6 +77,13 @@ pub enum ApiError {
          message you processed"
     )]
     Stalled(u64),
+    /// A call carried a second message where its method takes one (gRPC's cardinality
+    /// violation), e.g. a unary call whose body holds two requests.
+    #[error(
+        "this method takes exactly one request message and the call carried more; send one \
+         message per call (a unary or server-streaming call, not a client stream)"
+    )]
+    ExtraMessage,
 }
 
 fn describe(v: &Violations) -> String {
@@ -110,6 +117,7 @@ impl ApiError {
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
             ApiError::Stalled(_) => "stream-stalled",
+            ApiError::ExtraMessage => "cardinality-violation",
         }
     }
 
@@ -133,6 +141,11 @@ impl ApiError {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Stalled(_) => Code::ResourceExhausted,
+            // gRPC's status table (doc/statuscodes.md) names a request cardinality violation
+            // UNIMPLEMENTED: the call has the shape of another kind of method. grpc-go and
+            // grpc-java answer INTERNAL, which reads as the gateway's fault; the fix is the
+            // caller's.
+            ApiError::ExtraMessage => Code::Unimplemented,
         }
     }
 

@@ -109,8 +109,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The verifier of client certificates: they must chain to `client_ca` and, when
-/// `client_crl` is given (a PEM file of certificate revocation lists), not be listed in it.
+/// The verifier of client certificates: they must chain to `client_ca`, be meant for client
+/// authentication (the clientAuth extended key usage) and, when `client_crl` is given (a PEM
+/// file of certificate revocation lists), not be listed in it. The same verifier checks the
+/// open connections again after a reload.
 pub fn client_verifier(
     client_ca: &Path,
     client_crl: Option<&Path>,
@@ -125,7 +127,10 @@ pub fn client_verifier(
     if let Some(crl) = client_crl {
         builder = builder.with_crls(load_crls(crl).map_err(setting("tls.client_crl"))?);
     }
-    builder.build().map_err(|e| TlsError::Config(e.to_string()))
+    let webpki = builder
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(crate::identity::ClientAuthOnly::wrap(webpki))
 }
 
 /// The server's TLS configuration: its certificate chain and key, client certificates required
