@@ -99,8 +99,8 @@ async fn one_source_holding_600_silent_sockets_does_not_lock_out_another() {
                     _ = tcp.read(&mut byte) => {}
                     () = stop.cancelled() => {}
                 }
-                // Closed by the gateway: open another, as a flood would.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Closed by the gateway: open another a moment later, as a flood would.
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             opened
         }));

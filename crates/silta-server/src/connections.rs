@@ -385,16 +385,20 @@ struct Active(Arc<ConnState>);
 impl Active {
     fn new(state: &Arc<ConnState>) -> Self {
         state.served_any.store(true, Ordering::Release);
-        state.active.fetch_add(1, Ordering::AcqRel);
-        state.changed.notify_one();
+        // Only a change between idle and busy concerns the connection's task: a busy
+        // connection's calls do not wake it.
+        if state.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            state.changed.notify_one();
+        }
         Active(Arc::clone(state))
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
     }
 }
 
@@ -527,7 +531,10 @@ impl http_body::Body for Counted {
 /// declared, a few bytes sent) is not held with its buffer for as long as the client likes.
 struct TimedBody {
     body: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    started: tokio::time::Instant,
+    /// Armed only when the body has to be waited for: most requests arrive in the frame that
+    /// opened the call, and a timer per call would cost the report path for nothing.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -536,7 +543,8 @@ impl TimedBody {
     fn new(body: Incoming, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         TimedBody {
             body,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            started: tokio::time::Instant::now(),
+            deadline: None,
             timeout,
             metrics,
         }
@@ -556,7 +564,11 @@ impl http_body::Body for TimedBody {
                 frame.map(|f| f.map_err(|e| tonic::Status::from_error(Box::new(e)))),
             );
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        let deadline = self.started + self.timeout;
+        let sleep = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
             self.metrics.request_body_timeouts.inc();
             tracing::info!(
                 code = "DEADLINE_EXCEEDED",
