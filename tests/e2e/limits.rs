@@ -169,6 +169,26 @@ async fn a_connection_that_never_sends_the_http2_preface_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_connects_ahead_of_its_first_call_is_kept() {
+    let gw = TestGateway::start_with(|c| {
+        with_admin(c);
+        c.limits.first_request_timeout_ms = 300;
+    })
+    .await;
+    let mut landlord = gw.landlord(LANDLORD).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    landlord
+        .report_rent_arrears(report("late-first-call", RESIDENT))
+        .await
+        .expect("served");
+    assert_eq!(
+        counter(&gw, "connections_closed", "first-request-timeout").await,
+        0,
+        "a connection that sent its preface is idle, not silent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_with_goaway_and_the_client_reconnects() {
     let gw = TestGateway::start_with(|c| {
         with_admin(c);

@@ -297,7 +297,11 @@ async fn serve_connection(
         body_timeout: shared.limits.request_body_timeout,
         metrics: Arc::clone(&shared.metrics),
     };
-    let conn = shared.http2.serve_connection(TokioIo::new(tls), service);
+    let io = Watched {
+        inner: tls,
+        state: Arc::clone(&state),
+    };
+    let conn = shared.http2.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let limits = &shared.limits;
     let born = tokio::time::Instant::now();
@@ -307,12 +311,12 @@ async fn serve_connection(
     loop {
         let idle_deadline =
             (closing.is_none() && state.active.load(Ordering::Acquire) == 0).then(|| {
-                let wait = if state.served_any.load(Ordering::Acquire) {
-                    limits.idle_timeout
-                } else {
-                    limits.first_request_timeout
-                };
-                idle_since + wait
+                idle_since
+                    + if state.spoke() {
+                        limits.idle_timeout
+                    } else {
+                        limits.first_request_timeout
+                    }
             });
         let (reason, grace) = tokio::select! {
             served = &mut conn => {
@@ -328,11 +332,16 @@ async fn serve_connection(
                 continue;
             }
             () = sleep_until(idle_deadline) => {
-                if state.served_any.load(Ordering::Acquire) {
+                if !state.spoke() {
+                    // Not a byte since the handshake, not even the HTTP/2 preface: nothing to
+                    // let finish, and no GOAWAY it could read.
+                    ("first-request-timeout", Duration::ZERO)
+                } else if tokio::time::Instant::now() >= idle_since + limits.idle_timeout {
                     ("idle", limits.grace)
                 } else {
-                    // Not even the HTTP/2 preface may have come: nothing to let finish.
-                    ("first-request-timeout", Duration::ZERO)
+                    // The client spoke after the deadline was set (a client that connects
+                    // ahead of its first call): it is idle, with the idle timeout.
+                    continue;
                 }
             }
             () = tokio::time::sleep_until(born + limits.max_connection_age), if closing.is_none() => {
@@ -375,7 +384,68 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 struct ConnState {
     active: AtomicUsize,
     served_any: AtomicBool,
+    /// Whether the client has sent anything since the handshake.
+    read_any: AtomicBool,
     changed: Notify,
+}
+
+impl ConnState {
+    /// Whether the client has sent a byte (the HTTP/2 preface) or a call.
+    fn spoke(&self) -> bool {
+        self.read_any.load(Ordering::Acquire) || self.served_any.load(Ordering::Acquire)
+    }
+}
+
+/// A TLS stream that notes whether the client has sent anything, so that a connection that
+/// never sends the HTTP/2 preface is told from one that connected ahead of its first call.
+struct Watched {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    state: Arc<ConnState>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.state.read_any.load(Ordering::Relaxed) {
+            self.state.read_any.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Holds one call's place in its connection's count until the call's response ends (or the
