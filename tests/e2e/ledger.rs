@@ -417,6 +417,108 @@ mod tampering {
         assert_eq!(err.code(), Code::DataLoss);
     }
 
+    async fn query_all(gw: &TestGateway) -> Result<Vec<proto::AuditEntry>, tonic::Status> {
+        match gw
+            .audit(DPO)
+            .await
+            .query(proto::AuditQueryRequest::default())
+            .await
+        {
+            Ok(stream) => stream.into_inner().collect().await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn export_all(gw: &TestGateway) -> Result<Vec<proto::ExportItem>, tonic::Status> {
+        match gw
+            .audit(DPO)
+            .await
+            .export(proto::ExportRequest::default())
+            .await
+        {
+            Ok(stream) => stream.into_inner().collect().await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The refusal of a changed entry: DATA_LOSS, naming the entry's index.
+    fn assert_names(err: &tonic::Status, index: &str) {
+        assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+        let details = tonic_types::StatusExt::get_error_details(err);
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "LEDGER_ENTRY_MISMATCH");
+        assert_eq!(
+            info.metadata.get("indexes").map(String::as_str),
+            Some(index)
+        );
+        assert!(
+            err.message().contains(&format!("index {index} ")),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_entry_is_never_served_as_genuine_by_query_or_export() {
+        let mut gw = TestGateway::start_with(|c| {
+            c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        })
+        .await;
+        gw.social(SOCIAL_A)
+            .await
+            .enrol_client(enrol(RESIDENT))
+            .await
+            .expect("enrolled");
+        gw.social(SOCIAL_A)
+            .await
+            .enrol_client(enrol(OTHER))
+            .await
+            .expect("enrolled");
+        gw.landlord(LANDLORD)
+            .await
+            .report_rent_arrears(report("t-1", RESIDENT))
+            .await
+            .expect("accepted");
+        let genuine = query_all(&gw).await.expect("an intact ledger is served");
+        assert!(genuine.len() >= 4, "{} entries", genuine.len());
+        // Stopping publishes a checkpoint over every entry.
+        gw.stop().await;
+        // Entry 1 (an enrolment) is replaced with entry 2's bytes: a well-formed entry, that
+        // every index column and filter would accept, but not the one the tree holds.
+        gw.tamper(
+            "DROP TRIGGER audit_no_update;
+             UPDATE audit SET entry = (SELECT entry FROM audit WHERE seq = 2) WHERE seq = 1;",
+        )
+        .await;
+        gw.restart_after_stop().await;
+        assert_names(&query_all(&gw).await.expect_err("refused, not served"), "1");
+        assert_names(
+            &export_all(&gw).await.expect_err("refused, not exported"),
+            "1",
+        );
+        let metrics = silta_tests::admin_get(gw.admin_addr().expect("admin"), "/metrics").await;
+        assert!(
+            metrics.contains(
+                r#"silta_ledger_entry_mismatches_total{rpc="Audit.Query",check="checkpoint"} 1"#
+            ),
+            "{metrics}"
+        );
+        gw.stop().await;
+        // The leaf hash rewritten to match the changed entry does not help: the signed root
+        // still covers the original.
+        gw.tamper(
+            "DROP TRIGGER ledger_nodes_no_update;
+             UPDATE ledger_nodes SET hash = (SELECT leaf_hash FROM audit WHERE seq = 2)
+               WHERE level = 0 AND idx = 1;",
+        )
+        .await;
+        gw.restart_after_stop().await;
+        let err = query_all(&gw).await.expect_err("refused, not served");
+        assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+        let err = export_all(&gw).await.expect_err("refused, not exported");
+        assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_identity_code_pasted_as_a_pseudonym_is_refused_and_never_recorded() {
         let gw = TestGateway::start().await;

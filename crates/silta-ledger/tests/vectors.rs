@@ -12,7 +12,7 @@ use silta_ledger::checkpoint::{Checkpoint, NoteError, NoteSigner, NoteVerifier};
 use silta_ledger::proof::{
     ProofError, consistency_proof, inclusion_proof, verify_consistency, verify_inclusion,
 };
-use silta_ledger::tree::{MemoryTree, root, split_point};
+use silta_ledger::tree::{MemoryTree, root, root_with_leaves, split_point};
 use silta_ledger::{Hash, empty_root, leaf_hash, node_hash};
 
 fn h(hex: &str) -> Hash {
@@ -260,6 +260,31 @@ proptest! {
             bad[0][flip] ^= 1;
             prop_assert!(verify_consistency(first, size, &old_root, &root, &bad).is_err());
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Leaves taken from the caller (the entries an audit read serves) give the signed root
+    /// exactly when they are the leaves the tree holds, whichever leaves they are.
+    #[test]
+    fn a_root_over_served_leaves_matches_only_when_they_are_genuine(
+        n in 1usize..300, seed in any::<u64>(), picks in proptest::collection::vec(any::<u64>(), 1..40), flip in 0usize..32,
+    ) {
+        let d = leaves(n, seed);
+        let t = tree_of(&d);
+        let size = 1 + (picks[0] % n as u64);
+        let known: std::collections::BTreeMap<u64, Hash> = picks
+            .iter()
+            .map(|p| (p >> 8) % size)
+            .map(|i| (i, d[i as usize]))
+            .collect();
+        prop_assert_eq!(root_with_leaves(&t, size, &known).expect("stored"), mth(&d[..size as usize]));
+        let mut changed = known.clone();
+        let (&victim, _) = changed.iter().nth((picks[0] >> 40) as usize % known.len()).expect("non-empty");
+        changed.get_mut(&victim).expect("present")[flip] ^= 1;
+        prop_assert_ne!(root_with_leaves(&t, size, &changed).expect("stored"), mth(&d[..size as usize]));
     }
 }
 

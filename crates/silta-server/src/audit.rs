@@ -5,12 +5,14 @@
 //! put a wrong entry into a report. A DPO's read is itself recorded in the ledger before it is
 //! served: looking a resident up is processing too.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use silta_core::audit::Outcome;
 use silta_core::validate::Violations;
 use silta_core::{Domain, Hetu, Pseudonym, Role};
+use silta_ledger::Hash;
 use silta_ledger::checkpoint::Checkpoint;
 use silta_ledger::entry::Entry;
 use silta_store::{AuditFilter, LedgerEntry, StoreError, unix_ms as to_ms};
@@ -19,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::gateway::{Gateway, RequestContext};
 use crate::ledger_proofs::{self, ProveError};
+use crate::metrics::MismatchLabels;
 use crate::proto;
 use crate::proto::audit_server::Audit;
 use crate::services::{context, finish, from_timestamp, timestamp};
@@ -51,6 +54,110 @@ fn proof_failed(e: ProveError) -> ApiError {
     ApiError::Integrity("the stored ledger is missing nodes for this proof; verify the ledger")
 }
 
+/// How many failing entries a refusal names: enough to find the rows, and a bounded message.
+const NAMED: usize = 20;
+
+/// Counts and logs entries that failed `check`, and the refusal naming them. Indexes are the
+/// ledger's own sequence numbers, never personal data.
+fn mismatch(
+    gw: &Gateway,
+    rpc: &'static str,
+    check: &'static str,
+    indexes: Vec<u64>,
+    checkpoint: u64,
+) -> ApiError {
+    tracing::error!(
+        rpc,
+        check,
+        ?indexes,
+        checkpoint,
+        "ledger entries fail the check against the signed tree; the database was changed \
+         outside the gateway"
+    );
+    gw.metrics
+        .ledger_entry_mismatches
+        .get_or_create(&MismatchLabels { rpc, check })
+        .inc_by(indexes.len() as u64);
+    ApiError::LedgerMismatch {
+        indexes,
+        checkpoint,
+    }
+}
+
+/// Checks entries about to be served against the tree. Those under the signed checkpoint
+/// must, hashed together with the stored nodes around them, give its root: a row changed in
+/// the database (or a node changed to match it) cannot. Entries newer than the checkpoint
+/// have no signed root yet, and are checked against their stored leaf hash only.
+async fn check_against_tree(
+    gw: &Gateway,
+    rpc: &'static str,
+    entries: &[LedgerEntry],
+    signed: Option<&Checkpoint>,
+) -> Result<(), ApiError> {
+    let size = signed.map_or(0, |c| c.size);
+    let (under, newer): (Vec<_>, Vec<_>) = entries.iter().partition(|e| e.index < size);
+    if let Some(signed) = signed
+        && !under.is_empty()
+    {
+        let leaves = under
+            .iter()
+            .map(|e| (e.index, silta_ledger::leaf_hash(&e.entry)))
+            .collect();
+        let bad = unproven(&*gw.store, signed, leaves)
+            .await
+            .map_err(proof_failed)?;
+        if !bad.is_empty() {
+            return Err(mismatch(gw, rpc, "checkpoint", bad, size));
+        }
+    }
+    if !newer.is_empty() {
+        let wanted: Vec<_> = newer.iter().map(|e| (0, e.index)).collect();
+        let stored = gw.store.ledger_nodes(&wanted).await.map_err(unavailable)?;
+        let bad: Vec<u64> = newer
+            .iter()
+            .zip(stored)
+            .filter(|(e, leaf)| silta_ledger::leaf_hash(&e.entry) != *leaf)
+            .map(|(e, _)| e.index)
+            .take(NAMED)
+            .collect();
+        if !bad.is_empty() {
+            return Err(mismatch(gw, rpc, "leaf", bad, size));
+        }
+    }
+    Ok(())
+}
+
+/// The entries among `leaves` (index, leaf hash) that cannot be proven under `signed`, at most
+/// [`NAMED`]; none in the common case, at the cost of one check. On a mismatch, halves are
+/// checked until the failing entries are found: O(m·log k) checks for m of k entries. A node
+/// changed in the database makes its neighbours unprovable too, and they are named with it.
+async fn unproven(
+    store: &dyn silta_store::Store,
+    signed: &Checkpoint,
+    leaves: Vec<(u64, Hash)>,
+) -> Result<Vec<u64>, ProveError> {
+    let mut bad = Vec::new();
+    let mut todo = vec![leaves];
+    while let Some(mut set) = todo.pop() {
+        if bad.len() >= NAMED {
+            break;
+        }
+        let known: BTreeMap<u64, Hash> = set.iter().copied().collect();
+        if ledger_proofs::root_over(store, signed.size, &known).await? == signed.root {
+            continue;
+        }
+        if let [(index, _)] = set.as_slice() {
+            bad.push(*index);
+            continue;
+        }
+        let right = set.split_off(set.len() / 2);
+        todo.push(right);
+        todo.push(set);
+    }
+    bad.sort_unstable();
+    Ok(bad)
+}
+
 /// Whether a canonical entry matches the filter its row was selected by.
 fn matches(e: &Entry, f: &AuditFilter) -> bool {
     let org_ok = f
@@ -67,19 +174,17 @@ fn matches(e: &Entry, f: &AuditFilter) -> bool {
         && f.until.is_none_or(|t| e.time_ms < to_ms(t))
 }
 
-fn to_proto_entry(e: LedgerEntry, filter: &AuditFilter) -> Result<proto::AuditEntry, ApiError> {
-    const MISMATCH: &str =
-        "a stored ledger entry disagrees with its index; run `silta audit verify` on an export";
-    let decoded = Entry::decode(&e.entry).map_err(|err| {
-        tracing::error!(index = e.index, error = %err, "stored ledger entry does not decode");
-        ApiError::Integrity(MISMATCH)
-    })?;
+fn to_proto_entry(
+    gw: &Gateway,
+    e: LedgerEntry,
+    filter: &AuditFilter,
+    checkpoint: u64,
+) -> Result<proto::AuditEntry, ApiError> {
+    let refuse =
+        |check: &'static str| mismatch(gw, "Audit.Query", check, vec![e.index], checkpoint);
+    let decoded = Entry::decode(&e.entry).map_err(|_| refuse("decode"))?;
     if !matches(&decoded, filter) {
-        tracing::error!(
-            index = e.index,
-            "ledger index columns disagree with the canonical entry"
-        );
-        return Err(ApiError::Integrity(MISMATCH));
+        return Err(refuse("index"));
     }
     let time =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(decoded.time_ms) * 1_000_000).ok();
@@ -104,6 +209,58 @@ fn to_proto_entry(e: LedgerEntry, filter: &AuditFilter) -> Result<proto::AuditEn
 }
 
 impl AuditService {
+    /// The stored checkpoint of `size` (0: the latest), its signature checked with this node's
+    /// keyring: the note, the checkpoint it vouches for and the key that signed it (after a
+    /// key promotion, older checkpoints keep theirs). `None` if none was published there.
+    async fn verified_checkpoint(
+        &self,
+        size: u64,
+    ) -> Result<Option<(String, Checkpoint, String)>, ApiError> {
+        let stored = match size {
+            0 => self.gw.store.latest_checkpoint().await,
+            size => self.gw.store.checkpoint_at(size).await,
+        }
+        .map_err(unavailable)?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let body = stored
+            .note
+            .split_once("\n\n")
+            .map(|(b, _)| format!("{b}\n"))
+            .unwrap_or_default();
+        let origin = Checkpoint::parse(&body)
+            .map_err(|e| {
+                tracing::error!(error = %e, "stored checkpoint does not parse");
+                ApiError::Integrity("a stored checkpoint is malformed; verify the ledger")
+            })?
+            .origin;
+        let (verifier_key, checkpoint) = crate::checkpoints::signing_key_of(
+            &self.gw.pseudonymiser,
+            &origin,
+            &stored.note,
+        )
+        .ok_or_else(|| {
+            tracing::error!(
+                size = stored.size,
+                "a stored checkpoint verifies with no key of this node's keyring"
+            );
+            ApiError::Integrity(
+                "a stored checkpoint is signed by no key of this gateway; verify the ledger",
+            )
+        })?;
+        if checkpoint.size != stored.size {
+            tracing::error!(
+                size = stored.size,
+                "a stored checkpoint's row disagrees with its note"
+            );
+            return Err(ApiError::Integrity(
+                "a stored checkpoint's row disagrees with its signed note; verify the ledger",
+            ));
+        }
+        Ok(Some((stored.note, checkpoint, verifier_key)))
+    }
+
     /// The size of the latest checkpoint; proofs and exports are anchored to checkpoints.
     async fn checkpointed_size(&self) -> Result<u64, ApiError> {
         match self
@@ -248,15 +405,19 @@ impl Audit for AuditService {
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let filter = self.query_filter(&ctx, req.get_ref()).await?;
+            // Read before the entries: every entry it covers is then among them or older.
+            let signed = self.verified_checkpoint(0).await?.map(|(_, c, _)| c);
             let entries = self
                 .gw
                 .store
                 .ledger_entries(&filter)
                 .await
                 .map_err(unavailable)?;
+            check_against_tree(&self.gw, "Audit.Query", &entries, signed.as_ref()).await?;
+            let size = signed.map_or(0, |c| c.size);
             let items = entries
                 .into_iter()
-                .map(|e| to_proto_entry(e, &filter))
+                .map(|e| to_proto_entry(&self.gw, e, &filter, size))
                 .collect::<Result<Vec<_>, _>>()?;
             // Recorded after the read (a query does not list itself) but before anything is
             // served: a read that cannot be recorded is not served.
@@ -285,52 +446,22 @@ impl Audit for AuditService {
         let ctx = context(&self.gw, &req, "Audit.GetCheckpoint").await?;
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
-            let stored = match req.get_ref().size {
-                0 => self
-                    .gw
-                    .store
-                    .latest_checkpoint()
-                    .await
-                    .map_err(unavailable)?
-                    .ok_or(ApiError::FailedPrecondition(
-                        "no checkpoint has been published yet; try again in a few seconds",
-                    ))?,
-                size => self
-                    .gw
-                    .store
-                    .checkpoint_at(size)
-                    .await
-                    .map_err(unavailable)?
-                    .ok_or(ApiError::NotFound(
-                        "no checkpoint was published at that size; ask for size 0 (the latest)",
-                    ))?,
-            };
-            let body = stored
-                .note
-                .split_once("\n\n")
-                .map(|(b, _)| format!("{b}\n"))
-                .unwrap_or_default();
-            let checkpoint = Checkpoint::parse(&body).map_err(|e| {
-                tracing::error!(error = %e, "stored checkpoint does not parse");
-                ApiError::Integrity("a stored checkpoint is malformed; verify the ledger")
-            })?;
-            // The key that signed it: after a key promotion, older checkpoints keep theirs.
-            let (verifier_key, _) = crate::checkpoints::signing_key_of(
-                &self.gw.pseudonymiser,
-                &checkpoint.origin,
-                &stored.note,
-            )
-            .ok_or_else(|| {
-                tracing::error!(
-                    size = checkpoint.size,
-                    "a stored checkpoint verifies with no key of this node's keyring"
-                );
-                ApiError::Integrity(
-                    "a stored checkpoint is signed by no key of this gateway; verify the ledger",
-                )
-            })?;
+            let (note, checkpoint, verifier_key) =
+                match self.verified_checkpoint(req.get_ref().size).await? {
+                    Some(found) => found,
+                    None if req.get_ref().size == 0 => {
+                        return Err(ApiError::FailedPrecondition(
+                            "no checkpoint has been published yet; try again in a few seconds",
+                        ));
+                    }
+                    None => {
+                        return Err(ApiError::NotFound(
+                            "no checkpoint was published at that size; ask for size 0 (the latest)",
+                        ));
+                    }
+                };
             Ok(proto::SignedCheckpoint {
-                note: stored.note,
+                note,
                 size: checkpoint.size,
                 root_hash: checkpoint.root.to_vec(),
                 origin: checkpoint.origin,
@@ -418,6 +549,11 @@ impl Audit for AuditService {
                 return Err(self.gw.deny(&ctx, err, None).await);
             }
             let to = self.signed_size(&ctx, "to_index", r.to_index).await?;
+            let Some((_, signed, _)) = self.verified_checkpoint(to).await? else {
+                return Err(ApiError::Integrity(
+                    "a checkpoint listed a moment ago is gone; verify the ledger",
+                ));
+            };
             self.gw
                 .record(&ctx, Outcome::Allow, "ledger-export", None)
                 .await?;
@@ -442,6 +578,14 @@ impl Audit for AuditService {
                             return;
                         }
                     };
+                    // Each page is checked before any of it is sent: an export never
+                    // carries an entry that the signed tree does not.
+                    if let Err(e) =
+                        check_against_tree(&gw, "Audit.Export", &page, Some(&signed)).await
+                    {
+                        let _ = tx.send(Err(e.into_status(&request_id))).await;
+                        return;
+                    }
                     for e in page {
                         start = e.index + 1;
                         let item = proto::export_item::Item::Entry(proto::ExportedEntry {

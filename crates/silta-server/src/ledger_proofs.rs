@@ -3,12 +3,12 @@
 //! and the proof is computed over them.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 
 use silta_ledger::Hash;
 use silta_ledger::proof::{ProofError, consistency_proof, inclusion_proof};
-use silta_ledger::tree::{MissingNode, NodeSource};
+use silta_ledger::tree::{MissingNode, NodeSource, root_with_leaves};
 use silta_store::{Store, StoreError};
 
 struct Recorder(RefCell<Vec<(u32, u64)>>);
@@ -79,4 +79,17 @@ pub(crate) async fn consistency(
     listed?;
     let fetched = fetch(store, recorder.0.into_inner()).await?;
     Ok(consistency_proof(&fetched, from, to)??)
+}
+
+/// The root of the tree of `size` leaves with the leaves in `known` hashed from the entries the
+/// caller holds and every other subtree read from the store, in one read.
+pub(crate) async fn root_over(
+    store: &dyn Store,
+    size: u64,
+    known: &BTreeMap<u64, Hash>,
+) -> Result<Hash, ProveError> {
+    let recorder = Recorder(RefCell::new(Vec::new()));
+    let Ok(_) = root_with_leaves(&recorder, size, known);
+    let fetched = fetch(store, recorder.0.into_inner()).await?;
+    Ok(root_with_leaves(&fetched, size, known)?)
 }

@@ -46,6 +46,16 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A ledger entry an audit read refused to serve.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MismatchLabels {
+    /// `Audit.Query` or `Audit.Export`.
+    pub rpc: &'static str,
+    /// `decode`, `index` (a column disagrees with the entry), `leaf` (the entry's hash is not
+    /// the stored leaf) or `checkpoint` (not included under the signed root).
+    pub check: &'static str,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -77,6 +87,8 @@ pub struct Metrics {
     pub request_body_timeouts: Counter,
     /// Subscriptions ended because their client stopped reading.
     pub stalled_streams: Counter,
+    /// Ledger entries that failed a check when read for the DPO, by RPC and check.
+    pub ledger_entry_mismatches: Family<MismatchLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -172,8 +184,16 @@ impl Default for Metrics {
             "Alert and notice streams ended because the client stopped reading",
             stalled_streams.clone(),
         );
+        let ledger_entry_mismatches = Family::<MismatchLabels, Counter>::default();
+        registry.register(
+            "ledger_entry_mismatches",
+            "Ledger entries refused to the DPO because they fail a check against the signed tree \
+             (any value above 0 means the database was changed outside the gateway)",
+            ledger_entry_mismatches.clone(),
+        );
         Metrics {
             registry,
+            ledger_entry_mismatches,
             undelivered,
             pending_handshakes,
             open_connections,

@@ -58,6 +58,20 @@ pub enum ApiError {
     /// Stored data failed an integrity check.
     #[error("{0}")]
     Integrity(&'static str),
+    /// Ledger entries that fail the check against the signed tree: their rows were changed
+    /// outside the gateway. Carries their indexes (at most a few; never personal data).
+    #[error(
+        "ledger entries with index {} cannot be proven under the signed checkpoint of size \
+         {checkpoint}: the stored ledger was changed outside the gateway, so nothing of this \
+         answer is served; tell the operator, and verify an export with `silta audit verify`",
+        indexes.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    LedgerMismatch {
+        /// The entries that failed, in index order.
+        indexes: Vec<u64>,
+        /// The signed tree size they were checked against.
+        checkpoint: u64,
+    },
     /// The idempotency key was used with a different body.
     #[error("{0}")]
     AlreadyExists(&'static str),
@@ -113,6 +127,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::FailedPrecondition(_) => "failed-precondition",
             ApiError::Integrity(_) => "integrity-check-failed",
+            ApiError::LedgerMismatch { .. } => "ledger-entry-mismatch",
             ApiError::AlreadyExists(_) => "idempotency-conflict",
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
@@ -137,7 +152,7 @@ impl ApiError {
             | ApiError::UndeclaredFlow(_) => Code::PermissionDenied,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
-            ApiError::Integrity(_) => Code::DataLoss,
+            ApiError::Integrity(_) | ApiError::LedgerMismatch { .. } => Code::DataLoss,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
             ApiError::Stalled(_) => Code::ResourceExhausted,
@@ -162,6 +177,15 @@ impl ApiError {
         let mut metadata = std::collections::HashMap::new();
         if let ApiError::PolicyDenied { policy_ids, .. } = &self {
             metadata.insert("policy_ids".to_owned(), policy_ids.join(","));
+        }
+        if let ApiError::LedgerMismatch {
+            indexes,
+            checkpoint,
+        } = &self
+        {
+            let indexes = indexes.iter().map(u64::to_string).collect::<Vec<_>>();
+            metadata.insert("indexes".to_owned(), indexes.join(","));
+            metadata.insert("checkpoint_size".to_owned(), checkpoint.to_string());
         }
         details.set_error_info(
             self.reason().to_uppercase().replace('-', "_"),

@@ -459,6 +459,21 @@ async fn audit_appends_build_a_ledger_that_survives_rollbacks(store: &dyn Store)
             tree.root(),
             "the stored tree is the tree of the entries"
         );
+        // Nodes come back in the order asked, repeats included, in one read.
+        let wanted = [(0, 3), (1, 0), (0, 3), (3, 0), (0, 0)];
+        let nodes = store.ledger_nodes(&wanted).await.expect("nodes");
+        let expected_nodes: Vec<_> = wanted
+            .iter()
+            .map(|&(level, index)| {
+                silta_ledger::tree::NodeSource::node(&tree, level, index).expect("in memory")
+            })
+            .collect();
+        assert_eq!(nodes, expected_nodes);
+        assert!(
+            store.ledger_nodes(&[(0, 0), (0, head.size)]).await.is_err(),
+            "a node past the tree is an error, not a silent zero"
+        );
+        assert!(store.ledger_nodes(&[]).await.expect("none").is_empty());
     }
 
     assert!(store.latest_checkpoint().await.expect("latest").is_none());
