@@ -460,6 +460,52 @@ async fn alerts_past_their_retention_are_purged_and_the_purge_is_in_the_ledger()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_flow_no_longer_declared_still_expire() {
+    let mut gw = TestGateway::start_with(|c| {
+        c.retention.alert_retention_s = 1;
+        c.retention.purge_interval_ms = 200;
+    })
+    .await;
+    gw.stop().await;
+    // Messages of a flow that `flows.toml` once declared and no longer does.
+    gw.tamper(
+        "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, consent_id, report_id,
+                             subject_pseudonym, case_ref, payload, created_at, purpose,
+                             legal_basis)
+         VALUES ('retired-1', 'helsinki-social-services', 1, 'a-retired-flow', 'c', 'r', 'p',
+                 'case-x', '{}', 1000 * (unixepoch() - 3600), 'eviction-prevention',
+                 'gdpr-6-1-a-consent'),
+                ('retired-2', 'helsinki-social-services', 2, 'a-retired-flow', 'c', 'r', 'p',
+                 'case-x', '{}', 1000 * (unixepoch() - 3600), 'eviction-prevention',
+                 'gdpr-6-1-a-consent')",
+    )
+    .await;
+    gw.restart_after_stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let purges = loop {
+        let purges = gw
+            .query_strings(
+                "SELECT flow_id || ':' || reason FROM audit WHERE action = 'RetentionPurge'",
+            )
+            .await;
+        if !purges.is_empty() || tokio::time::Instant::now() > deadline {
+            break purges;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        purges,
+        ["a-retired-flow:purged-2-messages-older-than-1s"],
+        "the retired flow's messages were not purged"
+    );
+    assert!(
+        gw.query_strings("SELECT alert_id FROM alerts")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_purge_runs_in_chunks_each_in_the_ledger() {
     let mut gw = TestGateway::start_with(|c| {
         c.retention.alert_retention_s = 1;

@@ -289,6 +289,10 @@ pub trait Store: Send + Sync + 'static {
     /// Outbox messages (alerts and support notices) not yet acknowledged, all recipients.
     async fn undelivered(&self) -> Result<u64>;
 
+    /// Every flow id that outbox messages are stored under, including flows no longer
+    /// declared, so that retention reaches them too.
+    async fn outbox_flows(&self) -> Result<Vec<String>>;
+
     /// The ledger's current size and root (O(log n) reads).
     async fn ledger_head(&self) -> Result<LedgerHead>;
 
@@ -491,3 +495,13 @@ fn version_from_row(v: Option<i64>) -> Result<Option<u32>> {
     })
     .transpose()
 }
+
+/// The distinct flow ids of the outbox, one index probe per flow (`alerts_by_flow`), not a scan
+/// of every message: a loose index scan, written out since neither engine does it for
+/// `SELECT DISTINCT`.
+pub(crate) const OUTBOX_FLOWS: &str = "WITH RECURSIVE f(flow_id) AS (
+        SELECT MIN(flow_id) FROM alerts
+        UNION ALL
+        SELECT (SELECT MIN(flow_id) FROM alerts WHERE flow_id > f.flow_id)
+        FROM f WHERE f.flow_id IS NOT NULL)
+    SELECT flow_id FROM f WHERE flow_id IS NOT NULL";

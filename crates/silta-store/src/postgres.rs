@@ -152,6 +152,12 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn outbox_flows(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(crate::OUTBOX_FLOWS)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn undelivered(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alerts WHERE acked_at IS NULL")
             .fetch_one(&self.pool)

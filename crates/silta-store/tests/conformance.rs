@@ -316,8 +316,35 @@ async fn retention_purges_one_flow_at_a_time(store: &dyn Store) {
     let permit = permits(store, "subject-ret").await.remove(0);
     let first = deliver(store, &permit, 900).await;
     let second = deliver(store, &permit, 901).await;
+    // A message of a flow that is no longer declared anywhere: retention must still find it.
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_alert(
+        &permit,
+        &NewAlert {
+            flow_id: "a-retired-flow",
+            ..test_alert("retired-1")
+        },
+    )
+    .await
+    .expect("insert alert");
+    tx.commit().await.expect("commit");
+    let flows = store.outbox_flows().await.expect("flows");
+    assert!(
+        flows.iter().any(|f| f == FLOW) && flows.iter().any(|f| f == "a-retired-flow"),
+        "{flows:?}"
+    );
+    let mut sorted = flows.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(flows, sorted, "each flow once");
     let mut tx = store.begin().await.expect("begin");
     let later = now() + Duration::days(1);
+    assert_eq!(
+        tx.purge_alerts_before("a-retired-flow", later, 100)
+            .await
+            .expect("purge"),
+        1
+    );
     assert_eq!(
         tx.purge_alerts_before("another-flow", later, 100)
             .await
@@ -351,6 +378,11 @@ async fn retention_purges_one_flow_at_a_time(store: &dyn Store) {
         0
     );
     tx.commit().await.expect("commit");
+    let flows = store.outbox_flows().await.expect("flows");
+    assert!(
+        !flows.iter().any(|f| f == FLOW || f == "a-retired-flow"),
+        "{flows:?}"
+    );
     let left = pending(store, "ss-ret").await;
     assert!(!left.contains(&first) && !left.contains(&second));
 }
