@@ -94,6 +94,20 @@ impl Config {
         {
             return Err("retention.alert_retention_s must be between 1 and 3153600000".into());
         }
+        for (key, value) in [
+            (
+                "retention.report_retry_window_s",
+                self.retention.report_retry_window_s,
+            ),
+            (
+                "retention.ended_consent_grace_s",
+                self.retention.ended_consent_grace_s,
+            ),
+        ] {
+            if !(1..=100 * 365 * 86_400).contains(&value) {
+                return Err(format!("{key} must be between 1 and 3153600000"));
+            }
+        }
         if !(100..=86_400_000).contains(&self.retention.purge_interval_ms) {
             return Err("retention.purge_interval_ms must be between 100 and 86400000".into());
         }
@@ -289,6 +303,15 @@ pub struct RetentionConfig {
     /// deleted after its flow's `retention_days` or this, whichever is shorter, delivered or
     /// not. Ledger entries stay: they hold no payload.
     pub alert_retention_s: u64,
+    /// How long a report's idempotency row (its key and a keyed fingerprint of its body) is
+    /// kept, in seconds (default 7 days): a retry with the same key within it gets the first
+    /// receipt again; after it, the key is free and the same body is a new report.
+    pub report_retry_window_s: u64,
+    /// How long a consent that was withdrawn, superseded or expired is kept after it ended, in
+    /// seconds (default 30 days); a case whose resident holds no consent for its recipient
+    /// ends this long after its last message. The ledger keeps the proof that the consent
+    /// stood.
+    pub ended_consent_grace_s: u64,
     /// How often the purge runs, in milliseconds.
     pub purge_interval_ms: u64,
 }
@@ -297,6 +320,8 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
             alert_retention_s: 90 * 86_400,
+            report_retry_window_s: 7 * 86_400,
+            ended_consent_grace_s: 30 * 86_400,
             purge_interval_ms: 3_600_000,
         }
     }

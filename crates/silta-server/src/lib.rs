@@ -27,7 +27,7 @@ mod ledger_proofs;
 pub mod metrics;
 pub mod policy_source;
 mod proto_debug;
-mod retention;
+pub mod retention;
 pub mod services;
 pub mod status;
 pub mod telemetry;

@@ -1,7 +1,20 @@
-//! Storage limitation: alerts are deleted when their retention period ends, and each purge is
-//! recorded in the ledger by the gateway itself. The purge goes by the flows that have messages
-//! stored, not by the flows declared now: a flow removed from `flows.toml` leaves messages that
-//! must expire too.
+//! Storage limitation (GDPR art. 5(1)(e)): every kind of record silta stores is deleted when
+//! its retention ends, and each purge is recorded in the ledger by the gateway itself, with
+//! how many rows of which kind went. The rules, their periods and their reasons are in
+//! `docs/audit.md` ("Retention"):
+//!
+//! - outbox messages (alerts and support notices) after their flow's `retention_days`, capped
+//!   by `retention.alert_retention_s`. The purge goes by the flows that have messages stored,
+//!   not by the flows declared now: a flow removed from `flows.toml` leaves messages that must
+//!   expire too;
+//! - report rows (idempotency keys, fingerprints) after `retention.report_retry_window_s`;
+//! - consents that were withdrawn, superseded or expired, `retention.ended_consent_grace_s`
+//!   after they ended;
+//! - cases once the longest flow retention has passed since their last message, or once their
+//!   resident has held no consent for their recipient for `retention.ended_consent_grace_s`.
+//!
+//! Ledger entries stay: they hold no payload, and they are what proves that processing was
+//! lawful while a consent stood.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,17 +22,21 @@ use std::time::Duration;
 
 use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::{Caller, OrgId, Role};
-use silta_store::{Store, StoreError};
+use silta_store::{ReportPosition, Store, StoreError, WriteTx};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionConfig;
 use crate::policy_source::PolicyHandle;
 
-/// Messages deleted per transaction. A purge after a long outage, or after a flow's retention
-/// was shortened, can find millions: in one transaction it would hold the write lock (and every
+/// Rows deleted per transaction. A purge after a long outage, or after a flow's retention was
+/// shortened, can find millions: in one transaction it would hold the write lock (and every
 /// report waiting for it) for seconds. In chunks, reports are committed in between.
 const CHUNK: u32 = 1_000;
+
+/// Report rows looked at per transaction. Reports are keyed by (landlord, idempotency key), in
+/// no time order, so their purge walks the table in key order, a window at a time.
+const REPORT_WINDOW: u32 = 10_000;
 
 /// The retention of each flow, in seconds, as the policies declared it: the current set's
 /// flows, and flows a reload has since removed, whose messages stay in the outbox until this
@@ -41,80 +58,209 @@ impl Retentions {
     fn keep_s(&self, flow_id: &str, cap_s: u64) -> u64 {
         self.0.get(flow_id).copied().unwrap_or(cap_s)
     }
+
+    /// How long a case is kept after its last message: the longest retention of any flow, so
+    /// that a case outlives every message on it.
+    fn case_keep_s(&self, cap_s: u64) -> u64 {
+        self.0.values().copied().max().unwrap_or(cap_s)
+    }
 }
 
-/// Deletes expired outbox messages once, flow by flow, for every flow that has messages stored
-/// (each after its flow's `retention_days`, capped by `alert_retention_s`; a flow no longer
-/// declared after its last known retention, or the cap), until none are left or `stop`;
-/// returns how many.
+/// What one purge deleted, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Alerts and support notices.
+    pub messages: u64,
+    /// Report rows (idempotency keys and fingerprints).
+    pub reports: u64,
+    /// Consents that had ended.
+    pub consents: u64,
+    /// Cases.
+    pub cases: u64,
+}
+
+impl Purged {
+    fn total(&self) -> u64 {
+        self.messages + self.reports + self.consents + self.cases
+    }
+}
+
+/// Runs every retention rule once, as of `now`, and returns what it deleted. `now` is a
+/// parameter so that tests and `silta demo` can look at a store as it will be in a few months;
+/// the gateway's own purge passes the wall clock.
+pub async fn purge(
+    store: &dyn Store,
+    policies: &PolicyHandle,
+    config: &RetentionConfig,
+    now: OffsetDateTime,
+) -> Result<Purged, StoreError> {
+    let mut retentions = Retentions::default();
+    purge_once(
+        store,
+        policies,
+        &mut retentions,
+        config,
+        now,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+/// Deletes what has expired as of `now`, kind by kind, in chunks, until nothing is left or
+/// `stop`. What earlier chunks deleted is committed, and in the ledger, whatever happens later.
 pub(crate) async fn purge_once(
     store: &dyn Store,
     policies: &PolicyHandle,
     retentions: &mut Retentions,
     config: &RetentionConfig,
+    now: OffsetDateTime,
     stop: &CancellationToken,
-) -> Result<u64, StoreError> {
-    let now = OffsetDateTime::now_utc();
+) -> Result<Purged, StoreError> {
     let cap_s = config.alert_retention_s;
     retentions.learn(policies, cap_s);
-    let mut total = 0;
-    for flow_id in store.outbox_flows().await? {
-        let keep_s = retentions.keep_s(&flow_id, cap_s);
+    let mut purged = Purged::default();
+    let result = async {
+        for flow_id in store.outbox_flows().await? {
+            let keep_s = retentions.keep_s(&flow_id, cap_s);
+            let cutoff = before(now, keep_s);
+            let reason = |n| format!("purged-{n}-messages-older-than-{keep_s}s");
+            let chunk = Chunk::Messages {
+                flow_id: &flow_id,
+                cutoff,
+            };
+            purged.messages += in_chunks(store, stop, Some(&flow_id), reason, chunk).await?;
+        }
+
+        let keep_s = config.report_retry_window_s;
+        let cutoff = before(now, keep_s);
+        let mut from: Option<ReportPosition> = None;
         loop {
             if stop.is_cancelled() {
-                return Ok(total);
+                return Ok(());
             }
-            let purged = match purge_chunk(store, &flow_id, keep_s, now).await {
-                Ok(purged) => purged,
-                Err(e) => {
-                    // What earlier chunks deleted is committed and in the ledger: say so.
-                    if total > 0 {
-                        tracing::info!(alerts = total, "retention purge, before an error");
-                    }
-                    return Err(e);
-                }
-            };
-            total += purged;
-            if purged < u64::from(CHUNK) {
-                break;
+            let mut tx = store.begin().await?;
+            let (deleted, next) = tx
+                .purge_reports_before(cutoff, from.as_ref(), REPORT_WINDOW)
+                .await?;
+            if deleted > 0 {
+                let reason = format!("purged-{deleted}-reports-older-than-{keep_s}s");
+                record(&mut *tx, &reason, None).await?;
             }
+            tx.commit().await?;
+            purged.reports += deleted;
+            match next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+
+        let grace_s = config.ended_consent_grace_s;
+        let ended = before(now, grace_s);
+        let reason = |n| format!("purged-{n}-consents-ended-more-than-{grace_s}s-ago");
+        purged.consents += in_chunks(store, stop, None, reason, Chunk::Consents { ended }).await?;
+
+        let idle_s = retentions.case_keep_s(cap_s);
+        let idle = before(now, idle_s);
+        let reason =
+            |n| format!("purged-{n}-cases-idle-{idle_s}s-or-without-consent-for-{grace_s}s");
+        purged.cases += in_chunks(store, stop, None, reason, Chunk::Cases { idle, ended }).await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(purged),
+        Err(e) => {
+            // What earlier chunks deleted is committed and in the ledger: say so.
+            if purged.total() > 0 {
+                tracing::info!(?purged, "retention purge, before an error");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `now` minus `keep_s` seconds (the cutoff of a retention period).
+fn before(now: OffsetDateTime, keep_s: u64) -> OffsetDateTime {
+    now - time::Duration::seconds(i64::try_from(keep_s).unwrap_or(i64::MAX))
+}
+
+/// One kind of row to delete, at most [`CHUNK`] at a time.
+#[derive(Clone, Copy)]
+enum Chunk<'a> {
+    Messages {
+        flow_id: &'a str,
+        cutoff: OffsetDateTime,
+    },
+    Consents {
+        ended: OffsetDateTime,
+    },
+    Cases {
+        idle: OffsetDateTime,
+        ended: OffsetDateTime,
+    },
+}
+
+impl Chunk<'_> {
+    async fn delete(self, tx: &mut dyn WriteTx) -> Result<u64, StoreError> {
+        match self {
+            Chunk::Messages { flow_id, cutoff } => {
+                tx.purge_alerts_before(flow_id, cutoff, CHUNK).await
+            }
+            Chunk::Consents { ended } => tx.purge_consents_ended_before(ended, CHUNK).await,
+            Chunk::Cases { idle, ended } => tx.purge_cases(idle, ended, CHUNK).await,
+        }
+    }
+}
+
+/// Deletes `chunk` in one transaction after another, each recorded in the ledger with
+/// `reason(count)`, until a chunk comes back short or `stop`. Returns how many.
+async fn in_chunks(
+    store: &dyn Store,
+    stop: &CancellationToken,
+    flow_id: Option<&str>,
+    reason: impl Fn(u64) -> String,
+    chunk: Chunk<'_>,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    while !stop.is_cancelled() {
+        let mut tx = store.begin().await?;
+        let deleted = chunk.delete(&mut *tx).await?;
+        if deleted > 0 {
+            record(&mut *tx, &reason(deleted), flow_id).await?;
+        }
+        tx.commit().await?;
+        total += deleted;
+        if deleted < u64::from(CHUNK) {
+            break;
         }
     }
     Ok(total)
 }
 
-/// Deletes up to [`CHUNK`] of a flow's expired messages and records it in the ledger, in one
-/// transaction.
-async fn purge_chunk(
-    store: &dyn Store,
-    flow_id: &str,
-    keep_s: u64,
-    now: OffsetDateTime,
-) -> Result<u64, StoreError> {
-    let keep = time::Duration::seconds(i64::try_from(keep_s).unwrap_or(i64::MAX));
-    let mut tx = store.begin().await?;
-    let purged = tx.purge_alerts_before(flow_id, now - keep, CHUNK).await?;
-    if purged > 0 {
-        let gateway = Caller {
-            // A literal that follows the organisation id rules.
-            org: OrgId::new("silta-gateway").expect("valid literal org id"),
-            role: Role::Gateway,
-        };
-        let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let reason = format!("purged-{purged}-messages-older-than-{keep_s}s");
-        let mut record = AuditRecord::new(
-            now,
-            &request_id,
-            &gateway,
-            "RetentionPurge",
-            Outcome::Allow,
-            &reason,
-        );
-        record.flow_id = Some(flow_id.to_owned());
-        tx.append_audit(&record).await?;
-    }
-    tx.commit().await?;
-    Ok(purged)
+/// Records a purge in the ledger, in the transaction that deleted, under the gateway's own
+/// identity, at the time it happened (whatever clock the rules were applied with).
+async fn record(
+    tx: &mut dyn WriteTx,
+    reason: &str,
+    flow_id: Option<&str>,
+) -> Result<(), StoreError> {
+    let gateway = Caller {
+        // A literal that follows the organisation id rules.
+        org: OrgId::new("silta-gateway").expect("valid literal org id"),
+        role: Role::Gateway,
+    };
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut record = AuditRecord::new(
+        OffsetDateTime::now_utc(),
+        &request_id,
+        &gateway,
+        "RetentionPurge",
+        Outcome::Allow,
+        reason,
+    );
+    record.flow_id = flow_id.map(str::to_owned);
+    tx.append_audit(&record).await?;
+    Ok(())
 }
 
 /// Purges every `purge_interval_ms` until `stop`.
@@ -131,9 +277,16 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        match purge_once(&*store, &policies, &mut retentions, &config, &stop).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(alerts = n, "retention purge"),
+        let now = OffsetDateTime::now_utc();
+        match purge_once(&*store, &policies, &mut retentions, &config, now, &stop).await {
+            Ok(purged) if purged.total() == 0 => {}
+            Ok(purged) => tracing::info!(
+                messages = purged.messages,
+                reports = purged.reports,
+                consents = purged.consents,
+                cases = purged.cases,
+                "retention purge"
+            ),
             Err(e) => tracing::error!(error = %e, "retention purge failed; will retry"),
         }
     }

@@ -86,6 +86,16 @@ pub struct NewReport<'a> {
     pub received_at: OffsetDateTime,
 }
 
+/// A report row's place in key order (landlord organisation, idempotency key), where a
+/// purge of report rows continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportPosition {
+    /// The landlord organisation.
+    pub landlord: String,
+    /// Its idempotency key.
+    pub key: String,
+}
+
 /// A consent to store.
 #[derive(Debug, Clone)]
 pub struct NewConsentRow<'a> {
@@ -419,6 +429,33 @@ pub trait WriteTx: Send {
         limit: u32,
     ) -> Result<u64>;
 
+    /// Deletes, among the next `scan` report rows in key order after `from` (`None`: from the
+    /// start), those received before `cutoff`: once no retry can arrive, the idempotency row
+    /// has no purpose left. Returns how many it deleted and where the next call continues
+    /// (`None`: the whole table was seen). Bounded by rows looked at, not rows deleted, so that
+    /// a purge over millions of live reports never holds the write lock for long.
+    async fn purge_reports_before(
+        &mut self,
+        cutoff: OffsetDateTime,
+        from: Option<&ReportPosition>,
+        scan: u32,
+    ) -> Result<(u64, Option<ReportPosition>)>;
+
+    /// Deletes at most `limit` consents that ended before `cutoff`: withdrawn or superseded
+    /// then, or valid only until then. Returns how many.
+    async fn purge_consents_ended_before(&mut self, cutoff: OffsetDateTime, limit: u32)
+    -> Result<u64>;
+
+    /// Deletes at most `limit` cases: those with no message since `idle_cutoff`, and those
+    /// with no message since `ended_cutoff` whose resident holds no consent for the case's
+    /// recipient that stood at `ended_cutoff` or later. Returns how many.
+    async fn purge_cases(
+        &mut self,
+        idle_cutoff: OffsetDateTime,
+        ended_cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64>;
+
     /// Appends an audit record to the ledger: its canonical entry becomes the next leaf, and
     /// the perfect subtrees it completes are stored. Returns its leaf index.
     async fn append_audit(&mut self, record: &AuditRecord) -> Result<u64>;
@@ -505,3 +542,23 @@ pub(crate) const OUTBOX_FLOWS: &str = "WITH RECURSIVE f(flow_id) AS (
         SELECT (SELECT MIN(flow_id) FROM alerts WHERE flow_id > f.flow_id)
         FROM f WHERE f.flow_id IS NOT NULL)
     SELECT flow_id FROM f WHERE flow_id IS NOT NULL";
+
+/// A case's `last_message_at` is moved forward only when it is this much behind (a day):
+/// retention counts in days, and rewriting the case on every report would cost the report path
+/// a dirtied page each time.
+pub(crate) const CASE_TOUCH_MS: i64 = 86_400_000;
+
+/// The cases to delete (`purge_cases`), for both engines (`$1`: the idle cutoff, `$2`: the
+/// ended-consent cutoff, `$3`: the limit; SQLite reads `$n` as `?n`). A consent that stood at
+/// the cutoff or later keeps the case: active and valid past it, or ended after it.
+pub(crate) const PURGE_CASES: &str = "DELETE FROM cases WHERE case_ref IN (
+        SELECT c.case_ref FROM cases c
+        WHERE CASE WHEN c.last_message_at > c.created_at
+                   THEN c.last_message_at ELSE c.created_at END < $1
+           OR (CASE WHEN c.last_message_at > c.created_at
+                    THEN c.last_message_at ELSE c.created_at END < $2 AND NOT EXISTS (
+                 SELECT 1 FROM consents k
+                 WHERE k.subject_key = c.subject_key AND k.recipient_org = c.recipient_org
+                   AND ((k.state = 'active' AND k.valid_until >= $2)
+                        OR (k.state <> 'active' AND k.changed_at >= $2))))
+        LIMIT $3)";

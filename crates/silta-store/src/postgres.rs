@@ -34,7 +34,7 @@ use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
-    NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
+    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
     StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
@@ -614,10 +614,14 @@ impl WriteTx for PgTx {
                  SELECT case_ref FROM cases
                  WHERE landlord_org = $2 AND tenancy_ref = $3 AND recipient_org = $4
                    AND subject_key = $5),
+             touched AS (
+                 UPDATE cases SET last_message_at = $7
+                 WHERE case_ref IN (SELECT case_ref FROM found)
+                   AND last_message_at < $7 - $8),
              opened AS (
                  INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org,
-                                    subject_key, audit_subject, created_at)
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM found)
+                                    subject_key, audit_subject, created_at, last_message_at)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $7 WHERE NOT EXISTS (SELECT 1 FROM found)
                  RETURNING case_ref)
              SELECT case_ref FROM found UNION ALL SELECT case_ref FROM opened",
         )
@@ -628,6 +632,8 @@ impl WriteTx for PgTx {
         .bind(c.subject_key.as_str())
         .bind(c.audit_subject.as_str())
         .bind(to_ms(c.now))
+        // Retention counts from the last message on a case (see CASE_TOUCH_MS).
+        .bind(crate::CASE_TOUCH_MS)
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(row.try_get("case_ref")?)
@@ -805,6 +811,79 @@ impl WriteTx for PgTx {
         .execute(&mut *self.tx)
         .await?
         .rows_affected())
+    }
+
+    async fn purge_reports_before(
+        &mut self,
+        cutoff: OffsetDateTime,
+        from: Option<&ReportPosition>,
+        scan: u32,
+    ) -> Result<(u64, Option<ReportPosition>)> {
+        // Any real key sorts after ("", ""): organisation ids are never empty.
+        let (landlord, key) = from.map_or(("", ""), |p| (p.landlord.as_str(), p.key.as_str()));
+        let end: Option<(String, String)> = sqlx::query_as(
+            "SELECT landlord_org, idempotency_key FROM reports
+             WHERE (landlord_org, idempotency_key) > ($1, $2)
+             ORDER BY landlord_org, idempotency_key LIMIT 1 OFFSET $3",
+        )
+        .bind(landlord)
+        .bind(key)
+        .bind(i64::from(scan.saturating_sub(1)))
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let (end_landlord, end_key) = end.clone().unzip();
+        let deleted = sqlx::query(
+            "DELETE FROM reports
+             WHERE (landlord_org, idempotency_key) > ($1, $2)
+               AND ($3::TEXT IS NULL OR (landlord_org, idempotency_key) <= ($3, $4))
+               AND received_at < $5",
+        )
+        .bind(landlord)
+        .bind(key)
+        .bind(end_landlord)
+        .bind(end_key)
+        .bind(to_ms(cutoff))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok((
+            deleted,
+            end.map(|(landlord, key)| ReportPosition { landlord, key }),
+        ))
+    }
+
+    async fn purge_consents_ended_before(
+        &mut self,
+        cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM consents WHERE consent_id IN (
+                 SELECT consent_id FROM consents
+                 WHERE (state <> 'active' AND changed_at < $1)
+                    OR (state = 'active' AND valid_until < $1)
+                 LIMIT $2)",
+        )
+        .bind(to_ms(cutoff))
+        .bind(i64::from(limit))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected())
+    }
+
+    async fn purge_cases(
+        &mut self,
+        idle_cutoff: OffsetDateTime,
+        ended_cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64> {
+        Ok(sqlx::query(crate::PURGE_CASES)
+            .bind(to_ms(idle_cutoff))
+            .bind(to_ms(ended_cutoff))
+            .bind(i64::from(limit))
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected())
     }
 
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {

@@ -28,7 +28,7 @@ use crate::tail::{Tail, TailChanges};
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
-    NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
+    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
     StoredReport, Withdrawal, WriteTx,
 };
 
@@ -419,7 +419,8 @@ fn open_writer(path: &Path) -> Result<rusqlite::Connection> {
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA cache_size = -8192;
-         PRAGMA wal_autocheckpoint = 10000;",
+         PRAGMA wal_autocheckpoint = 10000;
+         PRAGMA secure_delete = ON;",
     )?;
     // Every statement the write path runs, with room to spare.
     conn.set_prepared_statement_cache_capacity(64);
@@ -623,22 +624,29 @@ impl WriteTx for SqliteTx {
             c.recipient.as_str(),
             c.subject_key.as_str(),
         ];
-        let known: Option<String> = self
+        let known: Option<(String, i64)> = self
             .conn
             .prepare_cached(
-                "SELECT case_ref FROM cases
+                "SELECT case_ref, last_message_at FROM cases
                  WHERE landlord_org = ? AND tenancy_ref = ? AND recipient_org = ? AND subject_key = ?",
             )?
-            .query_row(key, |r| r.get(0))
+            .query_row(key, |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        if let Some(case_ref) = known {
+        let now = to_ms(c.now);
+        if let Some((case_ref, last)) = known {
+            if last < now - crate::CASE_TOUCH_MS {
+                // Retention counts from the last message on a case.
+                self.conn
+                    .prepare_cached("UPDATE cases SET last_message_at = ? WHERE case_ref = ?")?
+                    .execute(params![now, case_ref])?;
+            }
             return Ok(case_ref);
         }
         self.conn
             .prepare_cached(
                 "INSERT INTO cases (case_ref, landlord_org, tenancy_ref, recipient_org, subject_key,
-                                    audit_subject, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    audit_subject, created_at, last_message_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )?
             .execute(params![
                 c.new_ref,
@@ -647,7 +655,8 @@ impl WriteTx for SqliteTx {
                 c.recipient.as_str(),
                 c.subject_key.as_str(),
                 c.audit_subject.as_str(),
-                to_ms(c.now),
+                now,
+                now,
             ])?;
         Ok(c.new_ref.to_owned())
     }
@@ -881,6 +890,86 @@ impl WriteTx for SqliteTx {
                 self.tail_changes.purged();
             }
             Ok(changed(purged))
+        })
+    }
+
+    async fn purge_reports_before(
+        &mut self,
+        cutoff: OffsetDateTime,
+        from: Option<&ReportPosition>,
+        scan: u32,
+    ) -> Result<(u64, Option<ReportPosition>)> {
+        off_runtime(|| {
+            // Any real key sorts after ("", ""): organisation ids are never empty.
+            let (landlord, key) = from.map_or(("", ""), |p| (p.landlord.as_str(), p.key.as_str()));
+            let end: Option<(String, String)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT landlord_org, idempotency_key FROM reports
+                     WHERE (landlord_org, idempotency_key) > (?, ?)
+                     ORDER BY landlord_org, idempotency_key LIMIT 1 OFFSET ?",
+                )?
+                .query_row(params![landlord, key, scan.saturating_sub(1)], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let deleted = match &end {
+                Some((end_landlord, end_key)) => self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM reports
+                         WHERE (landlord_org, idempotency_key) > (?, ?)
+                           AND (landlord_org, idempotency_key) <= (?, ?)
+                           AND received_at < ?",
+                    )?
+                    .execute(params![landlord, key, end_landlord, end_key, to_ms(cutoff)])?,
+                None => self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM reports
+                         WHERE (landlord_org, idempotency_key) > (?, ?) AND received_at < ?",
+                    )?
+                    .execute(params![landlord, key, to_ms(cutoff)])?,
+            };
+            Ok((
+                changed(deleted),
+                end.map(|(landlord, key)| ReportPosition { landlord, key }),
+            ))
+        })
+    }
+
+    async fn purge_consents_ended_before(
+        &mut self,
+        cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64> {
+        off_runtime(|| {
+            let deleted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM consents WHERE consent_id IN (
+                         SELECT consent_id FROM consents
+                         WHERE (state <> 'active' AND changed_at < ?1)
+                            OR (state = 'active' AND valid_until < ?1)
+                         LIMIT ?2)",
+                )?
+                .execute(params![to_ms(cutoff), limit])?;
+            Ok(changed(deleted))
+        })
+    }
+
+    async fn purge_cases(
+        &mut self,
+        idle_cutoff: OffsetDateTime,
+        ended_cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64> {
+        off_runtime(|| {
+            let deleted = self
+                .conn
+                .prepare_cached(crate::PURGE_CASES)?
+                .execute(params![to_ms(idle_cutoff), to_ms(ended_cutoff), limit])?;
+            Ok(changed(deleted))
         })
     }
 
