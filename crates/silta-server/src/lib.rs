@@ -215,6 +215,45 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
     }
 }
 
+/// `silta db migrate`: applies the store's pending migrations as the schema's owner and, on
+/// PostgreSQL, grants `runtime_role` the gateway's runtime privileges (docs/operations.md,
+/// "PostgreSQL roles"). Returns what to tell the operator. A SQLite store has no roles: it is
+/// migrated (the gateway would do it at start-up too) and a runtime role is refused.
+pub async fn migrate_store(url: &str, runtime_role: Option<&str>) -> Result<String, ServeError> {
+    if sqlite_file(url).is_some() {
+        if runtime_role.is_some() {
+            return Err(ServeError::Config(
+                "--runtime-role: a SQLite store has no roles; its file's mode (0600) is its \
+                 access control"
+                    .into(),
+            ));
+        }
+        open_store(url).await?.close().await;
+        return Ok("SQLite store migrated".into());
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ServeError::Config(
+            "--url: expected postgres://OWNER@HOST/DB or sqlite://PATH".into(),
+        ));
+    }
+    let done = PostgresStore::migrate_as_owner(url, runtime_role).await?;
+    Ok(match (&done.runtime_role, done.created_role) {
+        (None, _) => format!(
+            "schema at version {}; no runtime role granted (--runtime-role ROLE to grant one)",
+            done.schema_version
+        ),
+        (Some(role), false) => format!(
+            "schema at version {}; runtime privileges granted to {role}",
+            done.schema_version
+        ),
+        (Some(role), true) => format!(
+            "schema at version {}; created the NOLOGIN role {role} and granted it the runtime \
+             privileges; make the gateway's login role a member: GRANT {role} TO <login role>",
+            done.schema_version
+        ),
+    })
+}
+
 /// The file of a SQLite store URL (`sqlite://PATH` or a bare path), `None` for another store.
 fn sqlite_file(url: &str) -> Option<&str> {
     if !url.starts_with("sqlite:") && url.contains("://") {

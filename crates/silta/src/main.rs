@@ -64,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: policy_cli::PolicyCommand,
     },
+    /// The database: `db migrate` applies the schema as its owner and grants the gateway's role.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Manages the master secret and shows derived public keys.
     Keys {
         #[command(subcommand)]
@@ -82,6 +87,24 @@ enum DevPkiAction {
         /// The organisations whose client certificates (`<org>.pem`) to revoke.
         #[arg(required = true, value_name = "ORG")]
         orgs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Applies pending schema migrations as the schema's owner and grants the runtime role
+    /// exactly the privileges the gateway needs (PostgreSQL; docs/operations.md, "PostgreSQL
+    /// roles"). Idempotent: run it before starting an upgraded gateway. The gateway itself
+    /// migrates only a schema its own role owns.
+    Migrate {
+        /// The owner's database URL, postgres://OWNER@HOST/DB (or sqlite://PATH). Prefer the
+        /// environment variable: a password on the command line is visible to other users.
+        #[arg(long, env = "SILTA_MIGRATE_URL", hide_env_values = true)]
+        url: String,
+        /// The role the gateway runs as (or a NOLOGIN group role its login role is a member
+        /// of; created NOLOGIN if missing). Without it, only the migrations run.
+        #[arg(long, env = "SILTA_MIGRATE_RUNTIME_ROLE")]
+        runtime_role: Option<String>,
     },
 }
 
@@ -173,6 +196,15 @@ fn main() -> anyhow::Result<()> {
             if code != 0 {
                 std::process::exit(code);
             }
+            Ok(())
+        }
+        Command::Db {
+            command: DbCommand::Migrate { url, runtime_role },
+        } => {
+            init_logging("pretty", "warn");
+            let done =
+                runtime()?.block_on(silta_server::migrate_store(&url, runtime_role.as_deref()))?;
+            println!("{done}");
             Ok(())
         }
         Command::Keys { command } => match command {
