@@ -39,13 +39,13 @@ use std::time::Duration;
 
 use silta_core::consent::ReceiptSigner;
 use silta_core::{HetuRules, Keyring, Pseudonymiser};
-use silta_store::{PostgresStore, SqliteStore, Store, StoreError};
+use silta_store::{PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, StoreConfig};
 
 /// How long shutdown waits for open connections, and then for the last commits.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -200,11 +200,14 @@ impl RunningGateway {
     }
 }
 
-/// Opens the store named by `url`: `sqlite://PATH` (one node) or `postgres://…` (several
-/// nodes sharing one database).
-pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
+/// Opens the store that `[store]` names: `url` is `sqlite://PATH` (one node) or
+/// `postgres://…` (several nodes sharing one database).
+pub async fn open_store(store: &StoreConfig) -> Result<Arc<dyn Store>, ServeError> {
+    let url = store.url.as_str();
     if sqlite_file(url).is_some() {
-        Ok(Arc::new(SqliteStore::open_url(url).await?))
+        let options =
+            SqliteOptions::default().allow_permissive_file_modes(store.allow_permissive_file_modes);
+        Ok(Arc::new(SqliteStore::open_url_with(url, options).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
@@ -228,7 +231,11 @@ pub async fn migrate_store(url: &str, runtime_role: Option<&str>) -> Result<Stri
                     .into(),
             ));
         }
-        open_store(url).await?.close().await;
+        let store = StoreConfig {
+            url: url.to_owned(),
+            ..StoreConfig::default()
+        };
+        open_store(&store).await?.close().await;
         return Ok("SQLite store migrated".into());
     }
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -288,10 +295,13 @@ fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, ServeError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let name = std::path::PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // Private like the database beside it: another user who could open it could hold the lock
+    // and keep the gateway from starting.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(&name)
         .map_err(|e| ServeError::Config(format!("store.url: lock file {}: {e}", name.display())))?;
     match file.try_lock() {
@@ -340,7 +350,7 @@ pub async fn start(
         None => None,
     };
     let lock = lock_sqlite(&config.store.url)?;
-    let store = open_store(&config.store.url).await?;
+    let store = open_store(&config.store).await?;
     let pseudonymiser = Pseudonymiser::with_keyring(keyring.into());
     // A node without the key version the store has in use could write nothing correct.
     {

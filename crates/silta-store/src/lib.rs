@@ -32,7 +32,7 @@ pub use ledger::ledger_entry;
 pub use postgres::PostgresStore;
 pub use postgres_roles::{Migrated, RUNTIME_PRIVILEGES, RUNTIME_SEQUENCES};
 pub use silta_ledger::Hash;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 pub use time_conv::to_ms as unix_ms;
 
 /// A store failure. Callers map it to `UNAVAILABLE`: the request may be retried.

@@ -230,7 +230,7 @@ fn main() -> anyhow::Result<()> {
                     p.latest_version()
                 );
                 let in_use = runtime()?.block_on(async {
-                    let store = silta_server::open_store(&config.store.url).await?;
+                    let store = silta_server::open_store(&config.store).await?;
                     let v = silta_server::keys::version_in_use(&*store, &p).await?;
                     store.close().await;
                     anyhow::Ok(v)
@@ -264,7 +264,7 @@ fn main() -> anyhow::Result<()> {
                 let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
                 let to = to.unwrap_or_else(|| p.latest_version());
                 let done = runtime()?.block_on(async {
-                    let store = silta_server::open_store(&config.store.url).await?;
+                    let store = silta_server::open_store(&config.store).await?;
                     let done =
                         silta_server::keys::promote(&*store, &p, to, &config.ledger.origin).await;
                     store.close().await;
@@ -470,15 +470,7 @@ fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
     writeln!(text, "v{next} {}", hex.as_str())?;
     // Checked before it replaces anything.
     Keyring::parse(&text, 1).context("the rotated keyring")?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write beside {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
+    let mut tmp = private_file_beside(path)?;
     tmp.write_all(text.as_bytes())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path)
@@ -489,6 +481,26 @@ fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// A new file in `path`'s directory, mode 0600, to write and then `persist(path)`: a file
+/// that replaces `path` whole, readable by its owner only from the start, whatever the umask
+/// or the mode of the file it replaces.
+pub(crate) fn private_file_beside(path: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write beside {}", path.display()))?;
+    // tempfile creates it 0600 already; set here so this does not rest on that.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(tmp)
 }
 
 /// Whether `path` is one of this service's systemd credentials (`LoadCredential=`). systemd
