@@ -40,6 +40,9 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
 /// Sequences the gateway draws from (`alerts.id` is a `BIGSERIAL`): `nextval` needs USAGE.
 pub const RUNTIME_SEQUENCES: &[&str] = &["alerts_id_seq"];
 
+/// The advisory lock key that serialises `silta db migrate`'s grants (ASCII "silta-gr").
+const GRANT_LOCK: i64 = 0x7369_6c74_612d_6772;
+
 /// The command an operator runs to migrate as the owner, as errors name it.
 const MIGRATE_COMMAND: &str = "silta db migrate --url OWNER_URL --runtime-role ROLE";
 
@@ -134,6 +137,12 @@ pub(crate) async fn migrate(pool: &PgPool, runtime_role: Option<&str>) -> Result
         return Err(StoreError::Setup("--runtime-role: empty role name".into()));
     }
     let mut tx = pool.begin().await?;
+    // Two migrators at once (an init container in every starting pod) would otherwise collide
+    // on the same grants ("tuple concurrently updated"): the second waits for the first.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(GRANT_LOCK)
+        .execute(&mut *tx)
+        .await?;
     // The name goes into GRANT statements, which take no bind parameters: quoted by the server.
     let quoted: String = sqlx::query_scalar("SELECT quote_ident($1)")
         .bind(role)
