@@ -264,3 +264,92 @@ async fn the_schemas_owner_cannot_be_the_runtime_role() {
     assert!(err.to_string().contains("owns the schema"), "{err}");
     finish(db, roles).await;
 }
+
+/// docs/operations.md, "Moving an existing deployment": the gateway's role owned everything;
+/// after `REASSIGN OWNED` and `silta db migrate --runtime-role`, it runs with row privileges
+/// only and the ledger it wrote before is intact.
+#[tokio::test]
+async fn an_existing_single_role_deployment_moves_to_two_roles() {
+    let Some(db) =
+        TempDatabase::create("an_existing_single_role_deployment_moves_to_two_roles").await
+    else {
+        return;
+    };
+    let roles = db.split_roles().await;
+    // As the documentation had it before: the gateway's role owns the database.
+    as_admin(&format!(
+        "ALTER DATABASE {} OWNER TO {}",
+        db_name(&db),
+        roles.gateway
+    ))
+    .await;
+    let gateway_url = roles.url_as(&roles.gateway, None);
+    let store = PostgresStore::open(&gateway_url)
+        .await
+        .expect("the owning role migrates at start-up");
+    let mut tx = store.begin().await.expect("begin");
+    tx.append_audit(&AuditRecord::new(
+        OffsetDateTime::now_utc(),
+        "before",
+        &caller(),
+        "Test",
+        Outcome::Allow,
+        "x",
+    ))
+    .await
+    .expect("append");
+    tx.commit().await.expect("commit");
+    store.close().await;
+
+    // The move, as a superuser in the database.
+    let admin = sqlx::PgPool::connect(&db.url).await.expect("admin");
+    sqlx::raw_sql(&format!(
+        "REASSIGN OWNED BY {gw} TO {owner}",
+        gw = roles.gateway,
+        owner = roles.owner
+    ))
+    .execute(&admin)
+    .await
+    .expect("reassign");
+    admin.close().await;
+    PostgresStore::migrate_as_owner(&roles.url_as(&roles.owner, None), Some(&roles.group))
+        .await
+        .expect("the new owner grants the runtime role");
+    as_admin(&format!("GRANT {} TO {}", roles.group, roles.gateway)).await;
+
+    let store = PostgresStore::open(&gateway_url)
+        .await
+        .expect("the gateway starts as a runtime role");
+    let mut tx = store.begin().await.expect("begin");
+    tx.append_audit(&AuditRecord::new(
+        OffsetDateTime::now_utc(),
+        "after",
+        &caller(),
+        "Test",
+        Outcome::Allow,
+        "x",
+    ))
+    .await
+    .expect("append");
+    tx.commit().await.expect("commit");
+    assert_eq!(store.ledger_head().await.expect("head").size, 2);
+    store.close().await;
+    let gateway = sqlx::PgPool::connect(&gateway_url).await.expect("connect");
+    for sql in [
+        "ALTER TABLE audit DISABLE TRIGGER audit_no_update",
+        "TRUNCATE key_handovers",
+        "DELETE FROM audit",
+    ] {
+        assert_eq!(refused(&gateway, sql).await, PERMISSION_DENIED, "{sql}");
+    }
+    gateway.close().await;
+    finish(db, roles).await;
+}
+
+fn db_name(db: &TempDatabase) -> &str {
+    db.url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .unwrap_or_default()
+}
