@@ -68,6 +68,13 @@ pub(crate) async fn prepare_for_gateway(pool: &PgPool) -> Result<()> {
         .fetch_one(pool)
         .await?;
     let owner = owns_schema(pool).await?;
+    if !owner && !schema_exists(pool).await? {
+        return Err(StoreError::Setup(format!(
+            "the database has no silta schema and the role {role} may not create one: run \
+             `{MIGRATE_COMMAND}` as the schema's owner first (docs/operations.md, \
+             \"PostgreSQL roles\")"
+        )));
+    }
     if !owner && !migrations_readable(pool).await? {
         return Err(missing_privileges_error(
             &role,
@@ -218,24 +225,30 @@ async fn owns_schema(pool: &PgPool) -> Result<bool> {
     .await?)
 }
 
-/// Whether the connected role can read which migrations were applied (false also when none
-/// were: an empty database that this role may not create tables in).
-async fn migrations_readable(pool: &PgPool) -> Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT to_regclass('_sqlx_migrations') IS NOT NULL
-                AND has_table_privilege(current_user, '_sqlx_migrations', 'SELECT')",
+/// Whether any migration was ever applied (the migrations table exists).
+async fn schema_exists(pool: &PgPool) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?,
     )
-    .fetch_one(pool)
-    .await?)
+}
+
+/// Whether the connected role can read which migrations were applied (the table exists).
+async fn migrations_readable(pool: &PgPool) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar(
+            "SELECT has_table_privilege(current_user, '_sqlx_migrations', 'SELECT')",
+        )
+        .fetch_one(pool)
+        .await?,
+    )
 }
 
 /// `None` if every migration this release knows is applied, unchanged; otherwise what is
 /// behind, for the error. A changed or failed migration is an error, as `Migrator::run` has it.
 async fn pending(pool: &PgPool, migrator: &Migrator) -> Result<Option<String>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
-    if !exists {
+    if !schema_exists(pool).await? {
         return Ok(Some("no migration applied".into()));
     }
     let applied: Vec<(i64, Vec<u8>, bool)> =

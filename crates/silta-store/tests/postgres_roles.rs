@@ -353,3 +353,28 @@ fn db_name(db: &TempDatabase) -> &str {
         .and_then(|tail| tail.split('?').next())
         .unwrap_or_default()
 }
+
+#[tokio::test]
+async fn a_runtime_role_does_not_create_the_schema_of_an_empty_database() {
+    let Some(db) =
+        TempDatabase::create("a_runtime_role_does_not_create_the_schema_of_an_empty_database")
+            .await
+    else {
+        return;
+    };
+    let roles = db.split_roles().await;
+    // PostgreSQL 15's default; older servers let everyone create in `public`.
+    let admin = sqlx::PgPool::connect(&db.url).await.expect("admin");
+    sqlx::raw_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .execute(&admin)
+        .await
+        .expect("revoke");
+    admin.close().await;
+    let err = PostgresStore::open(&roles.url_as(&roles.gateway, None))
+        .await
+        .expect_err("nothing to run on, nothing it may create");
+    let message = err.to_string();
+    assert!(message.contains("no silta schema"), "{message}");
+    assert!(message.contains("silta db migrate"), "{message}");
+    finish(db, roles).await;
+}
