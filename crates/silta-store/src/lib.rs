@@ -449,8 +449,11 @@ pub trait WriteTx: Send {
 
     /// Deletes at most `limit` consents that ended before `cutoff`: withdrawn or superseded
     /// then, or valid only until then. Returns how many.
-    async fn purge_consents_ended_before(&mut self, cutoff: OffsetDateTime, limit: u32)
-    -> Result<u64>;
+    async fn purge_consents_ended_before(
+        &mut self,
+        cutoff: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64>;
 
     /// Deletes at most `limit` cases: those with no message since `idle_cutoff`, and those
     /// with no message since `ended_cutoff` whose resident holds no consent for the case's

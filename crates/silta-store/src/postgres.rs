@@ -35,8 +35,8 @@ use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
-    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
-    StoredReport, Wakeup, Withdrawal, WriteTx,
+    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert,
+    StoredCheckpoint, StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
 /// The advisory lock key that serialises write transactions (ASCII "silta-wr").

@@ -18,11 +18,14 @@ use crate::{Result, StoreError};
 /// more: no TRUNCATE, REFERENCES or TRIGGER anywhere, and the ledger's tables (`audit`,
 /// `ledger_nodes`, `checkpoints`, `key_handovers`) are read and appended, never changed.
 pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
-    // New consents supersede the active one; withdrawal; `silta keys promote` re-keys rows.
-    ("consents", &["SELECT", "INSERT", "UPDATE"]),
-    ("reports", &["SELECT", "INSERT"]),
-    // `silta keys promote` re-keys the cases' pseudonyms.
-    ("cases", &["SELECT", "INSERT", "UPDATE"]),
+    // New consents supersede the active one; withdrawal; `silta keys promote` re-keys rows;
+    // retention deletes consents that ended.
+    ("consents", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
+    // Retention deletes report rows once no retry can arrive.
+    ("reports", &["SELECT", "INSERT", "DELETE"]),
+    // `silta keys promote` re-keys the cases' pseudonyms; a case's last message moves its
+    // `last_message_at`; retention deletes cases that ended.
+    ("cases", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
     // Each recipient's last alert sequence number, counted up by an upsert.
     ("alert_sequences", &["SELECT", "INSERT", "UPDATE"]),
     // Acknowledgement (UPDATE); withdrawal's purge and retention's purge (DELETE).

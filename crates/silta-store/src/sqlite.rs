@@ -28,8 +28,8 @@ use crate::tail::{Tail, TailChanges};
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
-    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
-    StoredReport, Withdrawal, WriteTx,
+    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert,
+    StoredCheckpoint, StoredReport, Withdrawal, WriteTx,
 };
 
 /// The embedded SQLite store.

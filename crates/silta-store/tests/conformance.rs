@@ -9,8 +9,8 @@ use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
 use silta_store::{
-    Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, SqliteStore, Store,
-    SubjectColumn,
+    Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, ReportPosition,
+    SqliteStore, Store, SubjectColumn, WriteTx,
 };
 
 const PURPOSE: &str = "eviction-prevention";
@@ -387,6 +387,188 @@ async fn retention_purges_one_flow_at_a_time(store: &dyn Store) {
     assert!(!left.contains(&first) && !left.contains(&second));
 }
 
+fn old_case<'a>(subject: &'a Pseudonym, new_ref: &'a str, at: OffsetDateTime) -> NewCase<'a> {
+    NewCase {
+        landlord: &LANDLORD_RET,
+        tenancy_ref: new_ref,
+        recipient: &RECIPIENT_RET,
+        subject_key: subject,
+        audit_subject: subject,
+        new_ref,
+        now: at,
+    }
+}
+
+static LANDLORD_RET: std::sync::LazyLock<OrgId> = std::sync::LazyLock::new(|| org("ret-ll"));
+static RECIPIENT_RET: std::sync::LazyLock<OrgId> = std::sync::LazyLock::new(|| org("ret-ss"));
+
+async fn old_consent(
+    tx: &mut dyn WriteTx,
+    id: &str,
+    subject: &Pseudonym,
+    from: OffsetDateTime,
+    until: OffsetDateTime,
+) {
+    tx.insert_consent(&NewConsentRow {
+        consent_id: id,
+        subject_key: subject,
+        audit_subject: subject,
+        recipient: &RECIPIENT_RET,
+        purpose: PURPOSE,
+        valid_from: from,
+        valid_until: until,
+        evidence_ref: "E-ret",
+        notice_version: "v1",
+        covers_landlord: false,
+        flows: &[FLOW.to_owned()],
+        now: from,
+    })
+    .await
+    .expect("insert consent");
+}
+
+/// Storage limitation: report rows, ended consents and cases each go when their rule says,
+/// and nothing else does. Rows are dated years back, so the rest of the suite's rows (dated
+/// now) are out of every cutoff here.
+async fn every_kind_of_record_expires(store: &dyn Store) {
+    let base = now() - Duration::days(1_000);
+    let cutoff = base + Duration::days(1);
+    let (expired, withdrawn, standing) =
+        (ps("ret-expired"), ps("ret-withdrawn"), ps("ret-standing"));
+
+    let mut tx = store.begin().await.expect("begin");
+    for (key, at) in [
+        ("a", base),
+        ("b", base),
+        ("c", base),
+        ("d", base + Duration::days(2)),
+    ] {
+        tx.insert_report(&NewReport {
+            report_id: &format!("ret-report-{key}"),
+            landlord: &LANDLORD_RET,
+            idempotency_key: key,
+            fingerprint: &[1; 32],
+            received_at: at,
+        })
+        .await
+        .expect("insert report");
+    }
+    old_consent(
+        &mut *tx,
+        "ret-c-expired",
+        &expired,
+        base - Duration::days(30),
+        base,
+    )
+    .await;
+    old_consent(
+        &mut *tx,
+        "ret-c-withdrawn",
+        &withdrawn,
+        base - Duration::days(30),
+        now() + Duration::days(30),
+    )
+    .await;
+    old_consent(
+        &mut *tx,
+        "ret-c-standing",
+        &standing,
+        base - Duration::days(30),
+        now() + Duration::days(30),
+    )
+    .await;
+    // Cases all opened at `base`; the last had a message two days later.
+    tx.case_ref(&old_case(&expired, "ret-case-expired", base))
+        .await
+        .expect("case");
+    tx.case_ref(&old_case(&standing, "ret-case-idle", base))
+        .await
+        .expect("case");
+    tx.case_ref(&old_case(&standing, "ret-case-busy", base))
+        .await
+        .expect("case");
+    tx.case_ref(&old_case(
+        &standing,
+        "ret-case-busy",
+        base + Duration::days(2),
+    ))
+    .await
+    .expect("case");
+    tx.commit().await.expect("commit");
+    let mut tx = store.begin().await.expect("begin");
+    tx.withdraw(&RECIPIENT_RET, &withdrawn, PURPOSE, base)
+        .await
+        .expect("withdraw");
+    tx.commit().await.expect("commit");
+
+    // Reports: walked two rows at a time, the three received before the cutoff go.
+    let mut deleted = 0;
+    let mut from: Option<ReportPosition> = None;
+    let mut windows = 0;
+    loop {
+        let mut tx = store.begin().await.expect("begin");
+        let (n, next) = tx
+            .purge_reports_before(cutoff, from.as_ref(), 2)
+            .await
+            .expect("purge");
+        tx.commit().await.expect("commit");
+        deleted += n;
+        windows += 1;
+        match next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(deleted, 3);
+    assert!(windows >= 3, "the walk went a window at a time ({windows})");
+    let mut tx = store.begin().await.expect("begin");
+    for (key, kept) in [("a", false), ("b", false), ("c", false), ("d", true)] {
+        let found = tx.find_report(&LANDLORD_RET, key).await.expect("find");
+        assert_eq!(found.is_some(), kept, "report {key}");
+    }
+
+    // Consents: the expired and the withdrawn one go, the standing one stays.
+    assert_eq!(
+        tx.purge_consents_ended_before(cutoff, 1)
+            .await
+            .expect("purge"),
+        1,
+        "a purge deletes no more than its limit"
+    );
+    assert_eq!(
+        tx.purge_consents_ended_before(cutoff, 100)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        tx.purge_consents_ended_before(cutoff, 100)
+            .await
+            .expect("purge"),
+        0
+    );
+    for (subject, kept) in [(&expired, 0), (&withdrawn, 0), (&standing, 1)] {
+        let left = tx.consents_for(subject, PURPOSE).await.expect("consents");
+        assert_eq!(left.len(), kept, "{subject:?}");
+    }
+
+    // Cases: with no idle rule yet, the one whose resident no longer consents goes.
+    let never = base - Duration::days(1);
+    assert_eq!(tx.purge_cases(never, cutoff, 100).await.expect("purge"), 1);
+    // Then those without a message since the idle cutoff, whatever the consent.
+    assert_eq!(tx.purge_cases(cutoff, cutoff, 100).await.expect("purge"), 1);
+    assert_eq!(tx.purge_cases(cutoff, cutoff, 100).await.expect("purge"), 0);
+    tx.commit().await.expect("commit");
+    for (case, kept) in [
+        ("ret-case-expired", false),
+        ("ret-case-idle", false),
+        ("ret-case-busy", true),
+    ] {
+        let found = store.find_case(&RECIPIENT_RET, case).await.expect("find");
+        assert_eq!(found.is_some(), kept, "{case}");
+    }
+}
+
 /// An alert from a transaction that rolled back is never pending, and the next one takes its
 /// number (the SQLite store keeps the newest alerts in memory: this is its rollback too).
 async fn a_rolled_back_alert_is_never_pending(store: &dyn Store) {
@@ -718,6 +900,7 @@ async fn suite(store: &dyn Store) {
     a_rolled_back_alert_is_never_pending(store).await;
     retention_purges_one_flow_at_a_time(store).await;
     prefetched_lookups_answer_as_without_prefetch(store).await;
+    every_kind_of_record_expires(store).await;
     // Last: it rewrites every stored subject.
     a_key_promotion_moves_every_subject_or_none(store).await;
 }
