@@ -10,3 +10,4 @@ mod ledger;
 mod limits;
 mod privacy;
 mod reports;
+mod retention;
