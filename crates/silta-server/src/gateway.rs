@@ -321,7 +321,9 @@ impl Gateway {
             .await?
         else {
             let err = ApiError::NotFound(
-                "no case of yours has this case_ref; use the case_ref of an alert you received",
+                "no case of yours has this case_ref: use the case_ref of an alert you received; \
+                 a case ends when its retention has passed since its last alert, or 30 days \
+                 (retention.ended_consent_grace_s) after the resident's consent ended",
             );
             return Err(self.deny(ctx, err, None).await);
         };
