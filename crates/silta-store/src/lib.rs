@@ -305,6 +305,9 @@ pub trait Store: Send + Sync + 'static {
     /// Outbox messages (alerts and support notices) not yet acknowledged, all recipients.
     async fn undelivered(&self) -> Result<u64>;
 
+    /// How many rows of a kind are stored, the oldest, and how many `due` would delete now.
+    async fn retention_due(&self, due: Due<'_>) -> Result<KindCount>;
+
     /// Every flow id that outbox messages are stored under, including flows no longer
     /// declared, so that retention reaches them too.
     async fn outbox_flows(&self) -> Result<Vec<String>>;
@@ -557,17 +560,109 @@ pub(crate) const OUTBOX_FLOWS: &str = "WITH RECURSIVE f(flow_id) AS (
 /// a dirtied page each time.
 pub(crate) const CASE_TOUCH_MS: i64 = 86_400_000;
 
-/// The cases to delete (`purge_cases`), for both engines (`$1`: the idle cutoff, `$2`: the
-/// ended-consent cutoff, `$3`: the limit; SQLite reads `$n` as `?n`). A consent that stood at
-/// the cutoff or later keeps the case: active and valid past it, or ended after it.
-pub(crate) const PURGE_CASES: &str = "DELETE FROM cases WHERE case_ref IN (
-        SELECT c.case_ref FROM cases c
-        WHERE CASE WHEN c.last_message_at > c.created_at
-                   THEN c.last_message_at ELSE c.created_at END < $1
-           OR (CASE WHEN c.last_message_at > c.created_at
-                    THEN c.last_message_at ELSE c.created_at END < $2 AND NOT EXISTS (
-                 SELECT 1 FROM consents k
-                 WHERE k.subject_key = c.subject_key AND k.recipient_org = c.recipient_org
-                   AND ((k.state = 'active' AND k.valid_until >= $2)
-                        OR (k.state <> 'active' AND k.changed_at >= $2))))
-        LIMIT $3)";
+/// Whether case `c` has ended (`$1`: the idle cutoff, `$2`: the ended-consent cutoff; SQLite
+/// reads `$n` as the n-th parameter). A case counts from its last message, or its creation for
+/// a row an older release wrote. A consent that stood at the cutoff or later keeps the case:
+/// active and valid past it, or ended after it.
+macro_rules! case_ended {
+    () => {
+        "(CASE WHEN c.last_message_at > c.created_at
+               THEN c.last_message_at ELSE c.created_at END < $1
+          OR (CASE WHEN c.last_message_at > c.created_at
+                   THEN c.last_message_at ELSE c.created_at END < $2 AND NOT EXISTS (
+                SELECT 1 FROM consents k
+                WHERE k.subject_key = c.subject_key AND k.recipient_org = c.recipient_org
+                  AND ((k.state = 'active' AND k.valid_until >= $2)
+                       OR (k.state <> 'active' AND k.changed_at >= $2)))))"
+    };
+}
+
+/// The cases to delete (`purge_cases`), for both engines; `$3` is the limit.
+pub(crate) const PURGE_CASES: &str = concat!(
+    "DELETE FROM cases WHERE case_ref IN (SELECT c.case_ref FROM cases c WHERE ",
+    case_ended!(),
+    " LIMIT $3)"
+);
+
+/// Every case, the oldest, and those [`PURGE_CASES`] would delete.
+pub(crate) const CASES_DUE: &str = concat!(
+    "SELECT COUNT(*), MIN(c.created_at), COALESCE(SUM(CASE WHEN ",
+    case_ended!(),
+    " THEN 1 ELSE 0 END), 0) FROM cases c"
+);
+
+/// Every report row, the oldest, and those received before `$1`.
+pub(crate) const REPORTS_DUE: &str = "SELECT COUNT(*), MIN(received_at),
+        COALESCE(SUM(CASE WHEN received_at < $1 THEN 1 ELSE 0 END), 0) FROM reports";
+
+/// Every consent, the oldest, and those that ended before `$1`.
+pub(crate) const CONSENTS_DUE: &str = "SELECT COUNT(*), MIN(created_at),
+        COALESCE(SUM(CASE WHEN (state <> 'active' AND changed_at < $1)
+                            OR (state = 'active' AND valid_until < $1)
+                          THEN 1 ELSE 0 END), 0) FROM consents";
+
+/// A flow's messages (`$2`), the oldest, and those created before `$1`.
+pub(crate) const MESSAGES_DUE: &str = "SELECT COUNT(*), MIN(created_at),
+        COALESCE(SUM(CASE WHEN created_at < $1 THEN 1 ELSE 0 END), 0) FROM alerts
+        WHERE flow_id = $2";
+
+/// Which rows a retention rule would delete now.
+#[derive(Debug, Clone, Copy)]
+pub enum Due<'a> {
+    /// A flow's messages created before `cutoff`.
+    Messages {
+        /// The flow.
+        flow_id: &'a str,
+        /// The cutoff.
+        cutoff: OffsetDateTime,
+    },
+    /// Report rows received before `cutoff`.
+    Reports {
+        /// The cutoff.
+        cutoff: OffsetDateTime,
+    },
+    /// Consents that ended before `ended`.
+    Consents {
+        /// The cutoff.
+        ended: OffsetDateTime,
+    },
+    /// Cases as [`WriteTx::purge_cases`] chooses them.
+    Cases {
+        /// No message since then.
+        idle: OffsetDateTime,
+        /// No message, and no consent standing, since then.
+        ended: OffsetDateTime,
+    },
+}
+
+impl Due<'_> {
+    /// The query and its parameters (unix ms; a flow id for messages).
+    pub(crate) fn query(&self) -> (&'static str, Vec<i64>, Option<&str>) {
+        use crate::time_conv::to_ms;
+        match *self {
+            Due::Messages { flow_id, cutoff } => (MESSAGES_DUE, vec![to_ms(cutoff)], Some(flow_id)),
+            Due::Reports { cutoff } => (REPORTS_DUE, vec![to_ms(cutoff)], None),
+            Due::Consents { ended } => (CONSENTS_DUE, vec![to_ms(ended)], None),
+            Due::Cases { idle, ended } => (CASES_DUE, vec![to_ms(idle), to_ms(ended)], None),
+        }
+    }
+}
+
+/// How many rows of a kind are stored, since when, and how many a rule would delete now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindCount {
+    /// Rows stored.
+    pub rows: u64,
+    /// When the oldest was created (`None`: no rows).
+    pub oldest: Option<OffsetDateTime>,
+    /// Rows the rule would delete now.
+    pub due: u64,
+}
+
+pub(crate) fn kind_count(rows: i64, oldest: Option<i64>, due: i64) -> Result<KindCount> {
+    Ok(KindCount {
+        rows: time_conv::seq_from_i64(rows)?,
+        oldest: oldest.map(time_conv::from_ms).transpose()?,
+        due: time_conv::seq_from_i64(due)?,
+    })
+}

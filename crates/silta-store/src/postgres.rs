@@ -168,6 +168,19 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn retention_due(&self, due: crate::Due<'_>) -> Result<crate::KindCount> {
+        let (sql, times, flow) = due.query();
+        let mut q = sqlx::query_as::<_, (i64, Option<i64>, i64)>(sql);
+        for t in times {
+            q = q.bind(t);
+        }
+        if let Some(flow) = flow {
+            q = q.bind(flow);
+        }
+        let (rows, oldest, due) = q.fetch_one(&self.pool).await?;
+        crate::kind_count(rows, oldest, due)
+    }
+
     async fn outbox_flows(&self) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(crate::OUTBOX_FLOWS)
             .fetch_all(&self.pool)

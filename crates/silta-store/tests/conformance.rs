@@ -9,7 +9,7 @@ use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
 use silta_store::{
-    Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, ReportPosition,
+    Due, Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, ReportPosition,
     SqliteStore, Store, SubjectColumn, WriteTx,
 };
 
@@ -501,6 +501,34 @@ async fn every_kind_of_record_expires(store: &dyn Store) {
         .expect("withdraw");
     tx.commit().await.expect("commit");
 
+    // What is due is what the purges below then delete.
+    let due = |d| async move { store.retention_due(d).await.expect("due").due };
+    assert_eq!(due(Due::Reports { cutoff }).await, 3);
+    assert_eq!(due(Due::Consents { ended: cutoff }).await, 2);
+    let never = base - Duration::days(1);
+    assert_eq!(
+        due(Due::Cases {
+            idle: never,
+            ended: cutoff
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        due(Due::Cases {
+            idle: cutoff,
+            ended: cutoff
+        })
+        .await,
+        2
+    );
+    let reports = store
+        .retention_due(Due::Reports { cutoff })
+        .await
+        .expect("due");
+    assert_eq!(reports.oldest, Some(base), "the oldest report row");
+    assert!(reports.rows >= 4);
+
     // Reports: walked two rows at a time, the three received before the cutoff go.
     let mut deleted = 0;
     let mut from: Option<ReportPosition> = None;
@@ -553,7 +581,6 @@ async fn every_kind_of_record_expires(store: &dyn Store) {
     }
 
     // Cases: with no idle rule yet, the one whose resident no longer consents goes.
-    let never = base - Duration::days(1);
     assert_eq!(tx.purge_cases(never, cutoff, 100).await.expect("purge"), 1);
     // Then those without a message since the idle cutoff, whatever the consent.
     assert_eq!(tx.purge_cases(cutoff, cutoff, 100).await.expect("purge"), 1);
