@@ -142,3 +142,54 @@ async fn every_kind_of_record_expires_and_the_ledger_still_answers_for_it() {
             .any(|e| e.action == "SocialServices.WithdrawConsent")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dpo_sees_each_kind_of_record_its_oldest_row_and_what_is_due() {
+    let gw = TestGateway::start().await;
+    gw.social(SOCIAL_A)
+        .await
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("enrolled");
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("ret-2", RESIDENT))
+        .await
+        .expect("accepted");
+    let report = gw
+        .audit(DPO)
+        .await
+        .get_retention(proto::GetRetentionRequest {})
+        .await
+        .expect("the DPO may ask")
+        .into_inner();
+    let as_of = report.as_of.expect("as of").seconds;
+    let row = |kind: &str, flow: &str| {
+        report
+            .kinds
+            .iter()
+            .find(|k| k.kind == kind && k.flow_id == flow)
+            .unwrap_or_else(|| panic!("{kind} {flow} in {:?}", report.kinds))
+    };
+    for (kind, flow, kept_for) in [
+        ("messages", "rent-arrears", 90 * 86_400),
+        ("reports", "", 7 * 86_400),
+        ("consents", "", 30 * 86_400),
+        ("cases", "", 90 * 86_400),
+    ] {
+        let k = row(kind, flow);
+        assert_eq!((k.rows, k.due, k.kept_for_seconds), (1, 0, kept_for), "{k:?}");
+        let oldest = k.oldest.as_ref().expect("oldest").seconds;
+        assert!((as_of - 60..=as_of).contains(&oldest), "{k:?}");
+        assert!(!k.rule.is_empty());
+    }
+    assert_eq!(report.kinds.len(), 4, "{:?}", report.kinds);
+
+    let err = gw
+        .audit(LANDLORD)
+        .await
+        .get_retention(proto::GetRetentionRequest {})
+        .await
+        .expect_err("the DPO's only");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}

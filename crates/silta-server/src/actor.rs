@@ -32,6 +32,7 @@ pub const RPCS: &[&str] = &[
     "Audit.GetInclusionProof",
     "Audit.GetConsistencyProof",
     "Audit.Export",
+    "Audit.GetRetention",
 ];
 
 /// The only algorithms accepted: asymmetric, so a public key can never be used as an HMAC

@@ -530,6 +530,46 @@ impl Audit for AuditService {
         finish(&self.gw.metrics, &ctx, started, result)
     }
 
+    async fn get_retention(
+        &self,
+        req: Request<proto::GetRetentionRequest>,
+    ) -> Result<Response<proto::RetentionReport>, Status> {
+        let started = Instant::now();
+        let ctx = context(&self.gw, &req, "Audit.GetRetention").await?;
+        let result = async {
+            self.gw.authorize(&ctx, Role::Dpo).await?;
+            let now = OffsetDateTime::now_utc();
+            let kinds = crate::retention::status(
+                &*self.gw.store,
+                &self.gw.policies,
+                &self.gw.retention,
+                now,
+            )
+            .await
+            .map_err(unavailable)?;
+            self.gw
+                .record(&ctx, Outcome::Allow, "retention-status", None)
+                .await?;
+            Ok(proto::RetentionReport {
+                as_of: Some(timestamp(now)),
+                kinds: kinds
+                    .into_iter()
+                    .map(|k| proto::RecordRetention {
+                        kind: k.kind.to_owned(),
+                        flow_id: k.flow_id.unwrap_or_default(),
+                        rule: k.rule,
+                        kept_for_seconds: k.kept_for_s,
+                        rows: k.count.rows,
+                        oldest: k.count.oldest.map(timestamp),
+                        due: k.count.due,
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        finish(&self.gw.metrics, &ctx, started, result)
+    }
+
     type ExportStream = ExportStream;
 
     async fn export(

@@ -121,6 +121,8 @@ pub struct Gateway {
     pub(crate) tuning: TuningConfig,
     /// How long a subscription waits for its client to read before ending the stream.
     pub(crate) stall_timeout: std::time::Duration,
+    /// The retention rules, for the DPO's view of them (the purge has its own copy).
+    pub(crate) retention: crate::config::RetentionConfig,
     pub(crate) policies: Arc<PolicyHandle>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) actors: crate::actor::ActorVerifier,

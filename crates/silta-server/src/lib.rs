@@ -451,6 +451,7 @@ pub async fn start(
         stop: stop.clone(),
         tuning: config.tuning.clone(),
         stall_timeout: Duration::from_millis(config.limits.stream_stall_timeout_ms),
+        retention: config.retention.clone(),
         policies: Arc::clone(&policies),
         metrics: Arc::clone(&metrics),
         actors,

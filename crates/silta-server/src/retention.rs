@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::{Caller, OrgId, Role};
-use silta_store::{ReportPosition, Store, StoreError, WriteTx};
+use silta_store::{Due, KindCount, ReportPosition, Store, StoreError, WriteTx};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +104,98 @@ pub async fn purge(
         &CancellationToken::new(),
     )
     .await
+}
+
+/// One kind of record, its rule, and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindStatus {
+    /// `messages`, `reports`, `consents` or `cases`.
+    pub kind: &'static str,
+    /// For messages: their flow.
+    pub flow_id: Option<String>,
+    /// The rule in words.
+    pub rule: String,
+    /// The rule's period, seconds.
+    pub kept_for_s: u64,
+    /// Rows, the oldest, and how many the purge would delete at `now`.
+    pub count: KindCount,
+}
+
+/// The retention state of every kind of record as of `now`: what `silta audit retention` and
+/// `Audit/GetRetention` show. Uses the same cutoffs as [`purge`].
+pub async fn status(
+    store: &dyn Store,
+    policies: &PolicyHandle,
+    config: &RetentionConfig,
+    now: OffsetDateTime,
+) -> Result<Vec<KindStatus>, StoreError> {
+    let cap_s = config.alert_retention_s;
+    let mut retentions = Retentions::default();
+    retentions.learn(policies, cap_s);
+    let mut out = Vec::new();
+    for flow_id in store.outbox_flows().await? {
+        let keep_s = retentions.keep_s(&flow_id, cap_s);
+        let due = Due::Messages {
+            flow_id: &flow_id,
+            cutoff: before(now, keep_s),
+        };
+        let count = store.retention_due(due).await?;
+        out.push(KindStatus {
+            kind: "messages",
+            rule: format!(
+                "deleted {keep_s} s after they were sent (the flow's retention_days, at most \
+                 retention.alert_retention_s); undelivered ones when the consent is withdrawn"
+            ),
+            flow_id: Some(flow_id),
+            kept_for_s: keep_s,
+            count,
+        });
+    }
+    let retry_s = config.report_retry_window_s;
+    let grace_s = config.ended_consent_grace_s;
+    let idle_s = retentions.case_keep_s(cap_s);
+    let ended = before(now, grace_s);
+    let rest = [
+        (
+            "reports",
+            format!("deleted {retry_s} s after receipt (retention.report_retry_window_s)"),
+            retry_s,
+            Due::Reports {
+                cutoff: before(now, retry_s),
+            },
+        ),
+        (
+            "consents",
+            format!(
+                "deleted {grace_s} s after they ended: withdrawn, superseded or expired \
+                 (retention.ended_consent_grace_s)"
+            ),
+            grace_s,
+            Due::Consents { ended },
+        ),
+        (
+            "cases",
+            format!(
+                "deleted {idle_s} s after the last message on them (the longest flow \
+                 retention), or {grace_s} s after it once the resident no longer consents"
+            ),
+            idle_s,
+            Due::Cases {
+                idle: before(now, idle_s),
+                ended,
+            },
+        ),
+    ];
+    for (kind, rule, kept_for_s, due) in rest {
+        out.push(KindStatus {
+            kind,
+            flow_id: None,
+            rule,
+            kept_for_s,
+            count: store.retention_due(due).await?,
+        });
+    }
+    Ok(out)
 }
 
 /// Deletes what has expired as of `now`, kind by kind, in chunks, until nothing is left or

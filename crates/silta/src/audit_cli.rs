@@ -60,6 +60,15 @@ pub enum AuditCommand {
         #[arg(long = "checkpoint", value_name = "FILE")]
         checkpoints: Vec<PathBuf>,
     },
+    /// Shows the retention state of every kind of record the gateway stores: rows, the oldest,
+    /// and how many the next purge deletes (docs/audit.md, "Retention").
+    Retention {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Prints a resident's disclosure report: who received which of their data, when and why.
     Subject {
         /// The resident's personal identity code. Better left out: you are then asked for it on
@@ -149,6 +158,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<i32> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             verify(&export, &key, &origin, &held)
         }
+        AuditCommand::Retention { json, conn } => retention(json, &conn).await.map(|()| 0),
         AuditCommand::Subject { hetu, json, conn } => {
             let hetu = match hetu {
                 Some(h) => zeroize::Zeroizing::new(h),
@@ -358,6 +368,69 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn utc(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute()
+            )
+        })
+        .unwrap_or_else(|| "—".to_owned())
+}
+
+async fn retention(json: bool, conn: &Connection) -> anyhow::Result<()> {
+    let report = conn
+        .audit()
+        .await?
+        .get_retention(proto::GetRetentionRequest {})
+        .await?
+        .into_inner();
+    if json {
+        let kinds: Vec<serde_json::Value> = report
+            .kinds
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kind": k.kind, "flow": (!k.flow_id.is_empty()).then_some(&k.flow_id),
+                    "rule": k.rule, "kept_for_seconds": k.kept_for_seconds, "rows": k.rows,
+                    "oldest": k.oldest.as_ref().map(|t| t.seconds), "due": k.due,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "as_of": report.as_of.as_ref().map(|t| t.seconds),
+                "kinds": kinds,
+            }))?
+        );
+        return Ok(());
+    }
+    println!("Retention as of {} UTC", utc(report.as_of.as_ref()));
+    println!(
+        "{:<10} {:<28} {:>10} {:<18} {:>8}  rule",
+        "kind", "flow", "rows", "oldest (UTC)", "due"
+    );
+    for k in &report.kinds {
+        let flow = if k.flow_id.is_empty() { "—" } else { &k.flow_id };
+        println!(
+            "{:<10} {:<28} {:>10} {:<18} {:>8}  {}",
+            k.kind,
+            flow,
+            k.rows,
+            utc(k.oldest.as_ref()),
+            k.due,
+            k.rule
+        );
+    }
+    Ok(())
 }
 
 async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()> {
