@@ -456,7 +456,14 @@ async fn alerts_past_their_retention_are_purged_and_the_purge_is_in_the_ledger()
             "SELECT actor_role || ':' || reason FROM audit WHERE action = 'RetentionPurge'",
         )
         .await;
-    assert_eq!(purges, ["gateway:purged-1-messages-older-than-1s"]);
+    // The alert's case goes with it: no message on it for longer than any flow's retention.
+    assert_eq!(
+        purges,
+        [
+            "gateway:purged-1-messages-older-than-1s",
+            "gateway:purged-1-cases-idle-1s-or-without-consent-for-2592000s"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

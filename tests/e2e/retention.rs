@@ -178,7 +178,11 @@ async fn the_dpo_sees_each_kind_of_record_its_oldest_row_and_what_is_due() {
         ("cases", "", 90 * 86_400),
     ] {
         let k = row(kind, flow);
-        assert_eq!((k.rows, k.due, k.kept_for_seconds), (1, 0, kept_for), "{k:?}");
+        assert_eq!(
+            (k.rows, k.due, k.kept_for_seconds),
+            (1, 0, kept_for),
+            "{k:?}"
+        );
         let oldest = k.oldest.as_ref().expect("oldest").seconds;
         assert!((as_of - 60..=as_of).contains(&oldest), "{k:?}");
         assert!(!k.rule.is_empty());

@@ -419,7 +419,11 @@ async fn retention(json: bool, conn: &Connection) -> anyhow::Result<()> {
         "kind", "flow", "rows", "oldest (UTC)", "due"
     );
     for k in &report.kinds {
-        let flow = if k.flow_id.is_empty() { "—" } else { &k.flow_id };
+        let flow = if k.flow_id.is_empty() {
+            "—"
+        } else {
+            &k.flow_id
+        };
         println!(
             "{:<10} {:<28} {:>10} {:<18} {:>8}  {}",
             k.kind,
