@@ -390,6 +390,51 @@ pub async fn run() -> anyhow::Result<bool> {
     s.check("the exported ledger verifies against the gateway's signed checkpoint (as `silta audit verify` does offline)", verified);
 
     gateway.shutdown().await?;
+
+    s.title("storage limitation: the demo's store as it will be 100 days from now");
+    let store = silta_server::open_store(&config.store).await?;
+    let policies = silta_server::policy_source::PolicyHandle::open(config.policy.dir.clone())
+        .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(100);
+    let before =
+        silta_server::retention::status(&*store, &policies, &config.retention, later).await?;
+    let purged =
+        silta_server::retention::purge(&*store, &policies, &config.retention, later).await?;
+    let after =
+        silta_server::retention::status(&*store, &policies, &config.retention, later).await?;
+    println!(
+        "  {:<10} {:<22} {:>6} {:>7}  rule",
+        "kind", "flow", "rows", "after"
+    );
+    for b in &before {
+        // A flow whose messages all went is no longer listed afterwards.
+        let left = after
+            .iter()
+            .find(|a| a.kind == b.kind && a.flow_id == b.flow_id)
+            .map_or(0, |a| a.count.rows);
+        println!(
+            "  {:<10} {:<22} {:>6} {:>7}  {}",
+            b.kind,
+            b.flow_id.as_deref().unwrap_or("—"),
+            b.count.rows,
+            left,
+            b.rule
+        );
+    }
+    println!(
+        "  purged {} messages, {} report rows, {} consents, {} cases; each chunk is a RetentionPurge ledger entry",
+        purged.messages, purged.reports, purged.consents, purged.cases
+    );
+    s.check(
+        "a purge of each record kind: messages, report rows, consents and cases all went",
+        purged.messages > 0 && purged.reports > 0 && purged.consents > 0 && purged.cases > 0,
+    );
+    s.check(
+        "nothing is left that a rule says must go (a consent still valid stays)",
+        after.iter().all(|k| k.count.due == 0),
+    );
+    store.close().await;
+
     println!(
         "\n{}",
         if s.ok {
