@@ -33,9 +33,10 @@ use crate::ledger::ledger_entry;
 use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
+    AuditFilter, CaseRow, ConsentQuery, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert,
+    NewCase,
     NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
-    StoredReport, Wakeup, Withdrawal, WriteTx,
+    StoredConsent, StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
 /// The advisory lock key that serialises write transactions (ASCII "silta-wr").
@@ -150,6 +151,40 @@ impl Store for PostgresStore {
             })
         })
         .transpose()
+    }
+
+    async fn consent(&self, recipient: &OrgId, consent_id: &str) -> Result<Option<StoredConsent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM consents WHERE consent_id = $1 AND recipient_org = $2",
+            crate::CONSENT_COLUMNS
+        ))
+        .bind(consent_id)
+        .bind(recipient.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(stored_consent_from_row).transpose()
+    }
+
+    async fn list_consents(
+        &self,
+        recipient: &OrgId,
+        q: &ConsentQuery<'_>,
+    ) -> Result<Vec<StoredConsent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM consents WHERE {}",
+            crate::CONSENT_COLUMNS,
+            crate::LIST_CONSENTS_WHERE.replace('?', "$")
+        ))
+        .bind(recipient.as_str())
+        .bind(q.subject_pseudonym.unwrap_or(""))
+        .bind(q.after.unwrap_or(""))
+        .bind(crate::status_filter(q.status))
+        .bind(to_ms(q.now))
+        .bind(to_ms(q.expiring_before))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_consent_from_row).collect()
     }
 
     async fn outbox_flows(&self) -> Result<Vec<String>> {
@@ -482,6 +517,20 @@ fn consent_from_row(r: &sqlx::postgres::PgRow) -> Result<ConsentRecord> {
     })
 }
 
+/// A consent in `CONSENT_COLUMNS`.
+fn stored_consent_from_row(r: &sqlx::postgres::PgRow) -> Result<StoredConsent> {
+    crate::stored_consent(
+        consent_from_row(r)?,
+        r.try_get("subject_pseudonym")?,
+        r.try_get("audit_subject")?,
+        r.try_get("evidence_ref")?,
+        r.try_get("notice_version")?,
+        r.try_get("created_at")?,
+        r.try_get("changed_at")?,
+        r.try_get("renews_consent_id")?,
+    )
+}
+
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
     let v: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
     // A list of strings always serialises.
@@ -682,8 +731,10 @@ impl WriteTx for PgTx {
         sqlx::query(
             "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
                                    valid_from, valid_until, evidence_ref, notice_version, state,
-                                   created_at, changed_at, covers_landlord, flows)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13)",
+                                   created_at, changed_at, covers_landlord, flows,
+                                   subject_pseudonym, renews_consent_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13, $14,
+                     $15)",
         )
         .bind(c.consent_id)
         .bind(c.subject_key.as_str())
@@ -698,6 +749,8 @@ impl WriteTx for PgTx {
         .bind(to_ms(c.now))
         .bind(c.covers_landlord)
         .bind(json_list(c.flows))
+        .bind(c.subject_pseudonym.as_str())
+        .bind(c.renews.unwrap_or(""))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
