@@ -527,3 +527,43 @@ async fn a_renewal_supersedes_the_consent_and_keeps_the_delivery_history() {
         [&format!("allow:consent-renewed:{subject}")]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_consent_rpcs() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let gw = TestGateway::start().await;
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "silta.v1.SocialServices".into(),
+        )),
+    };
+    let answer = ServerReflectionClient::new(gw.channel(SOCIAL_A).await)
+        .server_reflection_info(tokio_stream::iter(vec![ask]))
+        .await
+        .expect("reflection answers")
+        .into_inner()
+        .message()
+        .await
+        .expect("an answer")
+        .expect("one");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+        panic!("a file descriptor answer expected");
+    };
+    let methods: Vec<String> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("decodes"))
+        .flat_map(|f| f.service)
+        .filter(|s| s.name() == "SocialServices")
+        .flat_map(|s| s.method)
+        .map(|m| m.name().to_owned())
+        .collect();
+    for rpc in ["ListConsents", "GetConsent", "RenewConsent"] {
+        assert!(methods.iter().any(|m| m == rpc), "{rpc} in {methods:?}");
+    }
+}
