@@ -567,3 +567,40 @@ async fn reflection_lists_the_consent_rpcs() {
         assert!(methods.iter().any(|m| m == rpc), "{rpc} in {methods:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_from_several_landlords_name_the_organisation_that_reported() {
+    let gw = TestGateway::start().await;
+    let mut a = gw.social(SOCIAL_A).await;
+    let hetu = valid_hetus().remove(0);
+    a.enrol_client(enrol(&hetu)).await.expect("enrol");
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("r-1", &hetu))
+        .await
+        .expect("accepted");
+    gw.landlord(silta_tests::LANDLORD_B)
+        .await
+        .report_eviction_stage(silta_tests::eviction(
+            "e-1",
+            &hetu,
+            proto::EvictionStage::Warning,
+            silta_tests::CONSENT,
+        ))
+        .await
+        .expect("accepted");
+    let mut alerts = a
+        .subscribe_alerts(proto::SubscribeAlertsRequest { after_sequence: 0 })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let first = next_alert(&mut alerts).await;
+    let second = next_alert(&mut alerts).await;
+    // From the certificate of the landlord that sent it, not from any field it filled in.
+    assert_eq!(first.reporting_organisation.as_deref(), Some(LANDLORD));
+    assert_eq!(
+        second.reporting_organisation.as_deref(),
+        Some(silta_tests::LANDLORD_B)
+    );
+    assert_ne!(first.case_ref, second.case_ref, "one case per landlord");
+}

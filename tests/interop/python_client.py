@@ -225,6 +225,8 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
     check("a retry with the same key returns the same receipt", again == receipt)
 
     alert = first(social.SubscribeAlerts, ss.SubscribeAlertsRequest(after_sequence=0))
+    check("the alert names the landlord organisation that reported",
+          alert.HasField("reporting_organisation") and alert.reporting_organisation == LANDLORD)
     check("the alert carries the enrolment pseudonym and consent",
           alert.subject_pseudonym == enrolled.subject_pseudonym and alert.consent_id == enrolled.consent_id)
     check("the alert names its flow, purpose and legal basis",

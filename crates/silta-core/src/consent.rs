@@ -49,7 +49,7 @@ impl ConsentState {
 /// How a consent stands for its holder at a moment: its stored state, and for one still active,
 /// whether it is in force, ends soon, or has ended. `ListConsents` filters and reports by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsentStatus {
+pub enum ConsentStanding {
     /// Active and in force beyond the "expiring" window.
     Active,
     /// Active and in force, but ending within the window: time to renew it.
@@ -67,7 +67,7 @@ pub const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 30;
 /// The longest "expiring" window a caller may ask for.
 pub const MAX_EXPIRING_WITHIN_DAYS: u32 = 366;
 
-impl ConsentStatus {
+impl ConsentStanding {
     /// The status at `now` of a consent in `state` valid until `valid_until` (exclusive), where
     /// one ending before `expiring_before` counts as expiring.
     pub fn of(
@@ -77,22 +77,22 @@ impl ConsentStatus {
         expiring_before: OffsetDateTime,
     ) -> Self {
         match state {
-            ConsentState::Withdrawn => ConsentStatus::Withdrawn,
-            ConsentState::Superseded => ConsentStatus::Superseded,
-            ConsentState::Active if valid_until <= now => ConsentStatus::Expired,
-            ConsentState::Active if valid_until <= expiring_before => ConsentStatus::Expiring,
-            ConsentState::Active => ConsentStatus::Active,
+            ConsentState::Withdrawn => ConsentStanding::Withdrawn,
+            ConsentState::Superseded => ConsentStanding::Superseded,
+            ConsentState::Active if valid_until <= now => ConsentStanding::Expired,
+            ConsentState::Active if valid_until <= expiring_before => ConsentStanding::Expiring,
+            ConsentState::Active => ConsentStanding::Active,
         }
     }
 
     /// A stable name (the store's query filter uses it).
     pub fn as_str(self) -> &'static str {
         match self {
-            ConsentStatus::Active => "active",
-            ConsentStatus::Expiring => "expiring",
-            ConsentStatus::Expired => "expired",
-            ConsentStatus::Withdrawn => "withdrawn",
-            ConsentStatus::Superseded => "superseded",
+            ConsentStanding::Active => "active",
+            ConsentStanding::Expiring => "expiring",
+            ConsentStanding::Expired => "expired",
+            ConsentStanding::Withdrawn => "withdrawn",
+            ConsentStanding::Superseded => "superseded",
         }
     }
 }
@@ -463,27 +463,27 @@ mod tests {
     fn status_follows_state_then_validity_at_the_given_time() {
         let until = NOW + Duration::days(10);
         let window = |days| NOW + Duration::days(days);
-        let of = |state, now, before| ConsentStatus::of(state, until, now, before);
+        let of = |state, now, before| ConsentStanding::of(state, until, now, before);
         assert_eq!(
             of(ConsentState::Active, NOW, window(5)),
-            ConsentStatus::Active
+            ConsentStanding::Active
         );
         assert_eq!(
             of(ConsentState::Active, NOW, window(10)),
-            ConsentStatus::Expiring
+            ConsentStanding::Expiring
         );
         assert_eq!(
             of(ConsentState::Active, until, until + Duration::days(30)),
-            ConsentStatus::Expired
+            ConsentStanding::Expired
         );
         // A withdrawn or replaced consent says so, whatever its validity.
         assert_eq!(
             of(ConsentState::Withdrawn, until, until),
-            ConsentStatus::Withdrawn
+            ConsentStanding::Withdrawn
         );
         assert_eq!(
             of(ConsentState::Superseded, NOW, window(30)),
-            ConsentStatus::Superseded
+            ConsentStanding::Superseded
         );
     }
 

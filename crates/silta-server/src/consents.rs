@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use silta_core::audit::Outcome;
 use silta_core::consent::{
-    ConsentInput, ConsentState, ConsentStatus, DEFAULT_EXPIRING_WITHIN_DAYS,
+    ConsentInput, ConsentState, ConsentStanding, DEFAULT_EXPIRING_WITHIN_DAYS,
     MAX_EXPIRING_WITHIN_DAYS, NewConsent, ReceiptBody, SignedReceipt, validate_consent,
 };
 use silta_core::validate::Violations;
@@ -33,7 +33,7 @@ const NOT_YOURS: &str = "no consent of yours has this consent_id; ListConsents l
 /// `ListConsents` as it arrives; `state` already mapped from the wire (`None`: every state).
 pub struct ListRequest<'a> {
     /// Only this status; `None`: every one.
-    pub status: Option<ConsentStatus>,
+    pub status: Option<ConsentStanding>,
     /// The "expiring" window in days; 0 for the default.
     pub expiring_within_days: u32,
     /// The subject's pseudonym in the caller's domain, or empty.
@@ -50,7 +50,7 @@ pub struct HeldConsent {
     /// The stored consent.
     pub stored: StoredConsent,
     /// Its status at the time of the call.
-    pub status: ConsentStatus,
+    pub status: ConsentStanding,
     /// The subject's pseudonym under the key version in use (what the alerts carry now).
     pub subject_pseudonym: String,
 }
@@ -118,7 +118,7 @@ impl Gateway {
         now: OffsetDateTime,
         expiring_before: OffsetDateTime,
     ) -> HeldConsent {
-        let status = ConsentStatus::of(
+        let status = ConsentStanding::of(
             stored.record.state,
             stored.record.valid_until,
             now,

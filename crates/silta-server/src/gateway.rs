@@ -275,7 +275,10 @@ impl Gateway {
         parts.extend_from_slice(body);
         let fingerprint = self.pseudonymiser.fingerprint(Some(&header.hetu), &parts);
         let received_at = now_millis();
-        let (payload, fields) = outbox_payload(kind, minimise(flow, &*message, received_at));
+        let (payload, fields) = outbox_payload(
+            kind,
+            minimise(flow, &*message, received_at, &ctx.caller.org),
+        );
         let flow_id = flow.id.clone();
         let eviction_stage = message.eviction_stage();
         drop(message);
@@ -365,7 +368,7 @@ impl Gateway {
         let received_at = now_millis();
         let (payload, fields) = outbox_payload(
             MessageKind::SupportNotice,
-            minimise(flow, &notice, received_at),
+            minimise(flow, &notice, received_at, &ctx.caller.org),
         );
         let job = MessageJob {
             ctx: ctx.clone(),

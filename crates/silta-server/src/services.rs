@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use silta_core::Role;
-use silta_core::consent::{ConsentInput, ConsentState, ConsentStatus, ReceiptBody, SignedReceipt};
+use silta_core::consent::{ConsentInput, ConsentState, ConsentStanding, ReceiptBody, SignedReceipt};
 use silta_core::policy::MessageKind;
 use silta_core::report::{
     self, DisturbanceCategory, DisturbanceInput, EvictionStageInput, RentArrearsInput, ReportHeader,
@@ -327,6 +327,7 @@ pub fn alert_to_proto(a: StoredAlert) -> Result<proto::Alert, ApiError> {
         case_ref: a.case_ref,
         report_month: p.text("report_month"),
         landlord_contact_office: p.text("landlord_contact_office"),
+        reporting_organisation: p.text("reporting_organisation"),
         details,
     })
 }
@@ -376,26 +377,26 @@ fn consent_receipt_to_proto(receipt: SignedReceipt, body: ReceiptBody) -> proto:
 
 /// The filter a `ConsentState` asks for: `Some(None)` for every state, `None` for a value the
 /// contract does not define.
-fn consent_state_from_proto(value: i32) -> Option<Option<ConsentStatus>> {
+fn consent_state_from_proto(value: i32) -> Option<Option<ConsentStanding>> {
     use proto::ConsentState as P;
     Some(match P::try_from(value).ok()? {
         P::Unspecified => None,
-        P::Active => Some(ConsentStatus::Active),
-        P::Expiring => Some(ConsentStatus::Expiring),
-        P::Expired => Some(ConsentStatus::Expired),
-        P::Withdrawn => Some(ConsentStatus::Withdrawn),
-        P::Superseded => Some(ConsentStatus::Superseded),
+        P::Active => Some(ConsentStanding::Active),
+        P::Expiring => Some(ConsentStanding::Expiring),
+        P::Expired => Some(ConsentStanding::Expired),
+        P::Withdrawn => Some(ConsentStanding::Withdrawn),
+        P::Superseded => Some(ConsentStanding::Superseded),
     })
 }
 
-fn consent_state_to_proto(s: ConsentStatus) -> proto::ConsentState {
+fn consent_state_to_proto(s: ConsentStanding) -> proto::ConsentState {
     use proto::ConsentState as P;
     match s {
-        ConsentStatus::Active => P::Active,
-        ConsentStatus::Expiring => P::Expiring,
-        ConsentStatus::Expired => P::Expired,
-        ConsentStatus::Withdrawn => P::Withdrawn,
-        ConsentStatus::Superseded => P::Superseded,
+        ConsentStanding::Active => P::Active,
+        ConsentStanding::Expiring => P::Expiring,
+        ConsentStanding::Expired => P::Expired,
+        ConsentStanding::Withdrawn => P::Withdrawn,
+        ConsentStanding::Superseded => P::Superseded,
     }
 }
 

@@ -22,7 +22,7 @@ mod time_conv;
 use async_trait::async_trait;
 use silta_core::OrgId;
 use silta_core::audit::AuditRecord;
-use silta_core::consent::{ConsentRecord, ConsentState, ConsentStatus};
+use silta_core::consent::{ConsentRecord, ConsentState, ConsentStanding};
 use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
 use time::OffsetDateTime;
@@ -145,7 +145,7 @@ pub struct StoredConsent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentQuery<'a> {
     /// Only consents with this status at `now`; `None`: every one.
-    pub status: Option<ConsentStatus>,
+    pub status: Option<ConsentStanding>,
     /// Only consents of the subject with this pseudonym (in the recipient's domain).
     pub subject_pseudonym: Option<&'a str>,
     /// The moment the status is judged at.
@@ -573,8 +573,8 @@ pub(crate) const LIST_CONSENTS_WHERE: &str = "recipient_org = ?1
     LIMIT ?7";
 
 /// The status filter's bound value.
-pub(crate) fn status_filter(status: Option<ConsentStatus>) -> &'static str {
-    status.map_or("all", ConsentStatus::as_str)
+pub(crate) fn status_filter(status: Option<ConsentStanding>) -> &'static str {
+    status.map_or("all", ConsentStanding::as_str)
 }
 
 /// A consent from its stored columns, checked.

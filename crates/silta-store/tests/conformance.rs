@@ -8,7 +8,7 @@ use silta_core::policy::{ConsentView, DecisionInput, Permit, Policies};
 use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
-use silta_core::consent::ConsentStatus;
+use silta_core::consent::ConsentStanding;
 use silta_store::{
     ConsentQuery, Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, SqliteStore, Store,
     SubjectColumn,
@@ -750,7 +750,7 @@ async fn hold(
 async fn listed(
     store: &dyn Store,
     holder: &str,
-    status: Option<ConsentStatus>,
+    status: Option<ConsentStanding>,
     subject: Option<&str>,
     now: OffsetDateTime,
     after: Option<&str>,
@@ -794,16 +794,16 @@ async fn consents_are_listed_by_holder_status_subject_and_page(store: &dyn Store
 
     let all = |s| async move { listed(store, "holder-1", s, None, t, None, 100).await };
     assert_eq!(all(None).await, ["lc-1", "lc-2", "lc-3", "lc-4", "lc-5"]);
-    assert_eq!(all(Some(ConsentStatus::Active)).await, ["lc-5"]);
-    assert_eq!(all(Some(ConsentStatus::Expiring)).await, ["lc-2", "lc-3"]);
-    assert!(all(Some(ConsentStatus::Expired)).await.is_empty());
-    assert_eq!(all(Some(ConsentStatus::Withdrawn)).await, ["lc-4"]);
-    assert_eq!(all(Some(ConsentStatus::Superseded)).await, ["lc-1"]);
+    assert_eq!(all(Some(ConsentStanding::Active)).await, ["lc-5"]);
+    assert_eq!(all(Some(ConsentStanding::Expiring)).await, ["lc-2", "lc-3"]);
+    assert!(all(Some(ConsentStanding::Expired)).await.is_empty());
+    assert_eq!(all(Some(ConsentStanding::Withdrawn)).await, ["lc-4"]);
+    assert_eq!(all(Some(ConsentStanding::Superseded)).await, ["lc-1"]);
     // Judged two days later (an explicit time, no waiting): lc-3 has ended.
     let later = t + days(2);
     let at_later = |s| async move { listed(store, "holder-1", s, None, later, None, 100).await };
-    assert_eq!(at_later(Some(ConsentStatus::Expired)).await, ["lc-3"]);
-    assert_eq!(at_later(Some(ConsentStatus::Expiring)).await, ["lc-2"]);
+    assert_eq!(at_later(Some(ConsentStanding::Expired)).await, ["lc-3"]);
+    assert_eq!(at_later(Some(ConsentStanding::Expiring)).await, ["lc-2"]);
 
     // By the holder's own pseudonym of the subject: both of s1's, never the other holder's.
     let s1 = Some("own-holder-1-s1");
