@@ -19,7 +19,9 @@ fn ts(t: time::OffsetDateTime) -> prost_types::Timestamp {
 fn enrol_until(hetu: &str, days: i64) -> proto::EnrolClientRequest {
     let mut e = enrol(hetu);
     if let Some(c) = e.consent.as_mut() {
-        c.valid_until = Some(ts(time::OffsetDateTime::now_utc() + time::Duration::days(days)));
+        c.valid_until = Some(ts(
+            time::OffsetDateTime::now_utc() + time::Duration::days(days)
+        ));
     }
     e
 }
@@ -77,9 +79,16 @@ async fn consents_are_listed_by_state_and_pseudonym_in_pages_and_never_another_o
     let (long, ending, gone) = (&hetus[0], &hetus[1], &hetus[2]);
     let c_long = a.enrol_client(enrol_until(long, 365)).await.expect("enrol");
     let c_long = c_long.into_inner();
-    let c_ending = a.enrol_client(enrol_until(ending, 10)).await.expect("enrol");
+    let c_ending = a
+        .enrol_client(enrol_until(ending, 10))
+        .await
+        .expect("enrol");
     let c_ending = c_ending.into_inner();
-    let c_gone = a.enrol_client(enrol(gone)).await.expect("enrol").into_inner();
+    let c_gone = a
+        .enrol_client(enrol(gone))
+        .await
+        .expect("enrol")
+        .into_inner();
     a.withdraw_consent(proto::WithdrawConsentRequest {
         target: Some(proto::withdraw_consent_request::Target::ConsentId(
             c_gone.consent_id.clone(),
@@ -88,7 +97,11 @@ async fn consents_are_listed_by_state_and_pseudonym_in_pages_and_never_another_o
     .await
     .expect("withdrawn");
     // The same person, enrolled by another organisation.
-    let c_b = b.enrol_client(enrol(long)).await.expect("enrol").into_inner();
+    let c_b = b
+        .enrol_client(enrol(long))
+        .await
+        .expect("enrol")
+        .into_inner();
 
     let all = a
         .list_consents(list(ConsentState::Unspecified))
@@ -309,7 +322,11 @@ async fn a_consent_is_read_back_with_its_receipt_and_foreign_or_unknown_ids_are_
     let mut a = gw.social(SOCIAL_A).await;
     let mut b = gw.social(SOCIAL_B).await;
     let hetu = valid_hetus().remove(0);
-    let enrolled = a.enrol_client(enrol(&hetu)).await.expect("enrol").into_inner();
+    let enrolled = a
+        .enrol_client(enrol(&hetu))
+        .await
+        .expect("enrol")
+        .into_inner();
 
     let got = a
         .get_consent(proto::GetConsentRequest {
@@ -531,10 +548,10 @@ async fn a_renewal_supersedes_the_consent_and_keeps_the_delivery_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_consent_rpcs() {
     use prost::Message as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let gw = TestGateway::start().await;
     let ask = ServerReflectionRequest {
         host: String::new(),

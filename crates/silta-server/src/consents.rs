@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use silta_core::audit::Outcome;
 use silta_core::consent::{
-    ConsentInput, ConsentState, ConsentStanding, DEFAULT_EXPIRING_WITHIN_DAYS,
+    ConsentInput, ConsentStanding, ConsentState, DEFAULT_EXPIRING_WITHIN_DAYS,
     MAX_EXPIRING_WITHIN_DAYS, NewConsent, ReceiptBody, SignedReceipt, validate_consent,
 };
 use silta_core::validate::Violations;
@@ -324,9 +324,7 @@ impl Gateway {
         };
         let Some(mut consent) = validate_consent(&input, "renewal", now, &policies, &mut v) else {
             let subject = Some(old.audit_subject.clone());
-            return Err(self
-                .deny(ctx, ApiError::InvalidArgument(v), subject)
-                .await);
+            return Err(self.deny(ctx, ApiError::InvalidArgument(v), subject).await);
         };
         consent.given_at = to_millis(consent.given_at);
         consent.valid_until = to_millis(consent.valid_until);
@@ -348,9 +346,9 @@ impl Gateway {
         let refused = match current.state {
             ConsentState::Active => None,
             // A withdrawal must not be undone by an id: the client enrols again.
-            ConsentState::Withdrawn => Some(
-                "the client withdrew this consent; enrol the client again to record a new one",
-            ),
+            ConsentState::Withdrawn => {
+                Some("the client withdrew this consent; enrol the client again to record a new one")
+            }
             ConsentState::Superseded => Some(
                 "a newer consent replaced this one; renew the newest (ListConsents with the \
                  client's subject_pseudonym shows it)",

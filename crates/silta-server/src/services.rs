@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use silta_core::Role;
-use silta_core::consent::{ConsentInput, ConsentState, ConsentStanding, ReceiptBody, SignedReceipt};
+use silta_core::consent::{
+    ConsentInput, ConsentStanding, ConsentState, ReceiptBody, SignedReceipt,
+};
 use silta_core::policy::MessageKind;
 use silta_core::report::{
     self, DisturbanceCategory, DisturbanceInput, EvictionStageInput, RentArrearsInput, ReportHeader,
@@ -688,14 +690,14 @@ impl SocialServices for SocialServicesService {
             page_size: r.page_size,
             page_token: &r.page_token,
         };
-        let result = self
-            .gw
-            .list_consents(&ctx, input, v)
-            .await
-            .map(|page| proto::ListConsentsResponse {
-                consents: page.consents.into_iter().map(consent_to_proto).collect(),
-                next_page_token: page.next_page_token,
-            });
+        let result =
+            self.gw
+                .list_consents(&ctx, input, v)
+                .await
+                .map(|page| proto::ListConsentsResponse {
+                    consents: page.consents.into_iter().map(consent_to_proto).collect(),
+                    next_page_token: page.next_page_token,
+                });
         finish(&self.gw.metrics, &ctx, started, result)
     }
 

@@ -22,7 +22,7 @@ mod time_conv;
 use async_trait::async_trait;
 use silta_core::OrgId;
 use silta_core::audit::AuditRecord;
-use silta_core::consent::{ConsentRecord, ConsentState, ConsentStanding};
+use silta_core::consent::{ConsentRecord, ConsentStanding, ConsentState};
 use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
 use time::OffsetDateTime;

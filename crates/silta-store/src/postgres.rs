@@ -34,9 +34,8 @@ use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentQuery, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert,
-    NewCase,
-    NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
-    StoredConsent, StoredReport, Wakeup, Withdrawal, WriteTx,
+    NewCase, NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert,
+    StoredCheckpoint, StoredConsent, StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
 /// The advisory lock key that serialises write transactions (ASCII "silta-wr").

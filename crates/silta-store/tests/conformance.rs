@@ -3,15 +3,15 @@
 //! names a server; CI sets it).
 
 use silta_core::audit::{AuditRecord, Outcome};
+use silta_core::consent::ConsentStanding;
 use silta_core::consent::ConsentState;
 use silta_core::policy::{ConsentView, DecisionInput, Permit, Policies};
 use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
-use silta_core::consent::ConsentStanding;
 use silta_store::{
-    ConsentQuery, Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, SqliteStore, Store,
-    SubjectColumn,
+    ConsentQuery, Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, SqliteStore,
+    Store, SubjectColumn,
 };
 
 const PURPOSE: &str = "eviction-prevention";
@@ -781,7 +781,16 @@ async fn consents_are_listed_by_holder_status_subject_and_page(store: &dyn Store
     hold(store, "lc-3", "holder-1", "s3", t + days(1), None, t).await;
     hold(store, "lc-4", "holder-1", "s4", t + days(100), None, t).await;
     // A renewal of lc-1: lc-1 is superseded, and lc-5 says what it renewed.
-    hold(store, "lc-5", "holder-1", "s1", t + days(200), Some("lc-1"), t).await;
+    hold(
+        store,
+        "lc-5",
+        "holder-1",
+        "s1",
+        t + days(200),
+        Some("lc-1"),
+        t,
+    )
+    .await;
     // Another organisation's consent for the same person.
     hold(store, "lc-6", "holder-2", "s1", t + days(100), None, t).await;
     let mut tx = store.begin().await.expect("begin");
