@@ -49,10 +49,8 @@ pub struct ListRequest<'a> {
 pub struct HeldConsent {
     /// The stored consent.
     pub stored: StoredConsent,
-    /// Its status at the time of the call.
+    /// Its standing at the time of the call.
     pub status: ConsentStanding,
-    /// The subject's pseudonym under the key version in use (what the alerts carry now).
-    pub subject_pseudonym: String,
 }
 
 /// One page of consents.
@@ -62,6 +60,21 @@ pub struct ConsentPage {
     pub consents: Vec<HeldConsent>,
     /// The token of the next page; empty on the last.
     pub next_page_token: String,
+}
+
+/// A stored consent with its standing at `now`.
+fn held(
+    stored: StoredConsent,
+    now: OffsetDateTime,
+    expiring_before: OffsetDateTime,
+) -> HeldConsent {
+    let status = ConsentStanding::of(
+        stored.record.state,
+        stored.record.valid_until,
+        now,
+        expiring_before,
+    );
+    HeldConsent { stored, status }
 }
 
 /// A consent read by id with its receipt issued again.
@@ -110,38 +123,6 @@ fn decode_token(token: &str) -> Option<String> {
 }
 
 impl Gateway {
-    /// The status and current pseudonym of a stored consent.
-    fn held(
-        &self,
-        ctx: &RequestContext,
-        stored: StoredConsent,
-        now: OffsetDateTime,
-        expiring_before: OffsetDateTime,
-    ) -> HeldConsent {
-        let status = ConsentStanding::of(
-            stored.record.state,
-            stored.record.valid_until,
-            now,
-            expiring_before,
-        );
-        // Stored under the key version in use when it was recorded; after a key promotion the
-        // alerts carry the newer version's, so show that one.
-        let subject_pseudonym = if stored.subject_pseudonym.is_empty() {
-            String::new()
-        } else {
-            let own = Domain::Org(ctx.caller.org.clone());
-            let pseudonym = Pseudonym::from_stored(stored.subject_pseudonym.clone());
-            self.pseudonymiser
-                .translate(&pseudonym, &own, self.pseudonymiser.observed_version())
-                .map_or_else(|| stored.subject_pseudonym.clone(), |p| p.to_string())
-        };
-        HeldConsent {
-            stored,
-            status,
-            subject_pseudonym,
-        }
-    }
-
     /// `SocialServices.ListConsents`. `v` holds violations already found while decoding.
     pub async fn list_consents(
         &self,
@@ -226,7 +207,7 @@ impl Gateway {
         Ok(ConsentPage {
             consents: rows
                 .into_iter()
-                .map(|c| self.held(ctx, c, now, expiring_before))
+                .map(|c| held(c, now, expiring_before))
                 .collect(),
             next_page_token,
         })
@@ -270,7 +251,7 @@ impl Gateway {
         let now = OffsetDateTime::now_utc();
         let window = Duration::days(i64::from(DEFAULT_EXPIRING_WITHIN_DAYS));
         Ok(ConsentWithReceipt {
-            consent: self.held(ctx, stored, now, now + window),
+            consent: held(stored, now, now + window),
             receipt,
             body,
         })
@@ -362,8 +343,8 @@ impl Gateway {
         let version = crate::commit::version_in_use(&mut *tx, &self.pseudonymiser).await?;
         let own = Domain::Org(ctx.caller.org.clone());
         let stored_own = Pseudonym::from_stored(old.subject_pseudonym.clone());
-        // The stored lookup and audit pseudonyms move with a key promotion; the holder's own is
-        // brought forward here, as the one the alerts now carry.
+        // Stored pseudonyms move with a key promotion; brought to the version this transaction
+        // writes under all the same, so the new consent can never lag the others.
         let Some(subject_pseudonym) = self.pseudonymiser.translate(&stored_own, &own, version)
         else {
             return Err(ApiError::Unavailable);

@@ -408,7 +408,7 @@ fn consent_to_proto(c: HeldConsent) -> proto::ConsentSummary {
     proto::ConsentSummary {
         consent_id: s.record.consent_id,
         state: consent_state_to_proto(c.status).into(),
-        subject_pseudonym: c.subject_pseudonym,
+        subject_pseudonym: s.subject_pseudonym,
         purpose: s.record.purpose,
         flows: s.record.flows,
         valid_from: Some(timestamp(s.record.valid_from)),

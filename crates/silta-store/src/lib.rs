@@ -124,8 +124,9 @@ pub struct NewConsentRow<'a> {
 pub struct StoredConsent {
     /// Its terms and state.
     pub record: ConsentRecord,
-    /// The subject's pseudonym in the recipient's domain, as stored (possibly of an older key
-    /// version; empty for a consent recorded before schema v7 with no alert left to tell it).
+    /// The subject's pseudonym in the recipient's domain, under the key version in use (a
+    /// promotion moves it); empty for a consent recorded before schema v7 with no alert left
+    /// to tell it.
     pub subject_pseudonym: String,
     /// The subject in the audit domain, for the ledger record of the read.
     pub audit_subject: Pseudonym,
@@ -504,7 +505,14 @@ pub trait WriteTx: Send {
     /// `rekey`, and records `version` as the one in use. Returns how many rows changed. The
     /// audit ledger is not touched: its entries are immutable and keep the version they were
     /// written under.
-    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64>;
+    /// Each consent's pseudonym in its recipient's own domain moves too, with `rekey_own`, so
+    /// the recipient finds it by the pseudonym its alerts carry from then on.
+    async fn promote_pseudonyms(
+        &mut self,
+        version: u32,
+        rekey: &Rekey<'_>,
+        rekey_own: &RekeyOwn<'_>,
+    ) -> Result<u64>;
 
     /// Commits durably.
     async fn commit(self: Box<Self>) -> Result<()>;
@@ -522,6 +530,26 @@ pub enum SubjectColumn {
 /// Maps a stored pseudonym to the promoted version; `None` if it cannot (the promotion is then
 /// abandoned and nothing changes).
 pub type Rekey<'a> = dyn Fn(SubjectColumn, &str) -> Option<String> + Send + Sync + 'a;
+
+/// Maps a consent's stored pseudonym in its recipient's domain (the recipient given) to the
+/// promoted version; `None` if it cannot (the promotion is then abandoned).
+pub type RekeyOwn<'a> = dyn Fn(&OrgId, &str) -> Option<String> + Send + Sync + 'a;
+
+/// The new own-domain pseudonym of a consent, or `None` if it does not change. Consents stored
+/// before schema v7 without one keep it empty.
+fn rekey_own_row(rekey: &RekeyOwn<'_>, recipient: &str, stored: &str) -> Result<Option<String>> {
+    if stored.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = || {
+        StoreError::Corrupt(
+            "a stored recipient pseudonym cannot be moved to the promoted key version".into(),
+        )
+    };
+    let org = OrgId::new(recipient).map_err(|_| corrupt())?;
+    let moved = rekey(&org, stored).ok_or_else(corrupt)?;
+    Ok((moved != stored).then_some(moved))
+}
 
 /// The new `(subject_key, audit_subject)` of a row, or `None` if they do not change. Rows from
 /// schema v1 hold empty subjects and keep them.

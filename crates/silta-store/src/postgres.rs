@@ -34,7 +34,7 @@ use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentQuery, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert,
-    NewCase, NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert,
+    NewCase, NewConsentRow, NewReport, Rekey, RekeyOwn, Result, Store, StoreError, StoredAlert,
     StoredCheckpoint, StoredConsent, StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
@@ -939,7 +939,12 @@ impl WriteTx for PgTx {
         crate::version_from_row(v)
     }
 
-    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
+    async fn promote_pseudonyms(
+        &mut self,
+        version: u32,
+        rekey: &Rekey<'_>,
+        rekey_own: &RekeyOwn<'_>,
+    ) -> Result<u64> {
         self.prefetched.forget_consents();
         // Every writer holds the same advisory lock (see `begin`): no node writes a record
         // under the old version once this commits, nor under the new one before.
@@ -978,6 +983,32 @@ impl WriteTx for PgTx {
                 .await?
                 .rows_affected();
             }
+        }
+        let owned: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT consent_id, recipient_org, subject_pseudonym FROM consents
+             WHERE subject_pseudonym <> ''",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut ids = Vec::new();
+        let mut owns = Vec::new();
+        for (id, recipient, own) in owned {
+            if let Some(own) = crate::rekey_own_row(rekey_own, &recipient, &own)? {
+                ids.push(id);
+                owns.push(own);
+            }
+        }
+        for (ids, owns) in ids.chunks(5_000).zip(owns.chunks(5_000)) {
+            changed += sqlx::query(
+                "UPDATE consents AS t SET subject_pseudonym = v.o
+                 FROM UNNEST($1::text[], $2::text[]) AS v(id, o)
+                 WHERE t.consent_id = v.id",
+            )
+            .bind(ids)
+            .bind(owns)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
         }
         sqlx::query(
             "INSERT INTO key_state (id, pseudonym_version) VALUES (1, $1)

@@ -28,8 +28,8 @@ use crate::tail::{Tail, TailChanges};
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentQuery, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
-    NewConsentRow, NewReport, Rekey, Result, Store, StoreError, StoredAlert, StoredCheckpoint,
-    StoredConsent, StoredReport, Withdrawal, WriteTx,
+    NewConsentRow, NewReport, Rekey, RekeyOwn, Result, Store, StoreError, StoredAlert,
+    StoredCheckpoint, StoredConsent, StoredReport, Withdrawal, WriteTx,
 };
 
 /// The embedded SQLite store.
@@ -1035,7 +1035,12 @@ impl WriteTx for SqliteTx {
         crate::version_from_row(v)
     }
 
-    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
+    async fn promote_pseudonyms(
+        &mut self,
+        version: u32,
+        rekey: &Rekey<'_>,
+        rekey_own: &RekeyOwn<'_>,
+    ) -> Result<u64> {
         // Possibly many rows: off the async worker, as a commit is.
         off_runtime(|| -> Result<u64> {
             let mut changed = 0;
@@ -1064,6 +1069,30 @@ impl WriteTx for SqliteTx {
                     changed += 1;
                 }
             }
+            let owned = self
+                .conn
+                .prepare(
+                    "SELECT consent_id, recipient_org, subject_pseudonym FROM consents
+                     WHERE subject_pseudonym <> ''",
+                )?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut update = self
+                .conn
+                .prepare("UPDATE consents SET subject_pseudonym = ? WHERE consent_id = ?")?;
+            for (id, recipient, own) in owned {
+                if let Some(own) = crate::rekey_own_row(rekey_own, &recipient, &own)? {
+                    update.execute(params![own, id])?;
+                    changed += 1;
+                }
+            }
+            drop(update);
             self.conn.execute(
                 "INSERT INTO key_state (id, pseudonym_version) VALUES (1, ?)
                  ON CONFLICT (id) DO UPDATE SET pseudonym_version = excluded.pseudonym_version",

@@ -649,7 +649,14 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
     // One value that cannot move abandons the whole promotion.
     let mut tx = store.begin().await.expect("begin");
     let refuse = |_: SubjectColumn, v: &str| (v != "subject-k").then(|| format!("{v}@2"));
-    assert!(tx.promote_pseudonyms(2, &refuse).await.is_err());
+    let own = |o: &OrgId, v: &str| Some(format!("{v}@{o}"));
+    assert!(tx.promote_pseudonyms(2, &refuse, &own).await.is_err());
+    drop(tx);
+    // A recipient's own pseudonym that cannot move abandons it as well.
+    let mut tx = store.begin().await.expect("begin");
+    let all = |_: SubjectColumn, v: &str| Some(format!("{v}@2"));
+    let refuse_own = |o: &OrgId, v: &str| (v != "own-subject-k").then(|| format!("{v}@{o}"));
+    assert!(tx.promote_pseudonyms(2, &all, &refuse_own).await.is_err());
     drop(tx);
     let mut tx = store.begin().await.expect("begin");
     assert_eq!(tx.pseudonym_version().await.expect("version"), None);
@@ -669,7 +676,10 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
             SubjectColumn::Audit => format!("{v}@a2"),
         })
     };
-    let moved = tx.promote_pseudonyms(2, &rekey).await.expect("promote");
+    let moved = tx
+        .promote_pseudonyms(2, &rekey, &own)
+        .await
+        .expect("promote");
     assert!(moved >= 2, "the consent and the case moved ({moved})");
     tx.append_key_handover(7, "handover note\n", now())
         .await
@@ -703,6 +713,12 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
         .expect("stored");
     assert_eq!(subject.audit_subject, ps("audit-subject-k@a2"));
     drop(tx);
+    let held = store
+        .consent(&org("ss-a"), "c-promote")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(held.subject_pseudonym, "own-subject-k@ss-a");
     let case = store
         .find_case(&org("ss-a"), &case_ref)
         .await
