@@ -430,6 +430,20 @@ async fn a_renewal_supersedes_the_consent_and_keeps_the_delivery_history() {
         .await
         .expect_err("no renewal");
     assert_eq!(bad_fields(&err), ["renewal"]);
+    // Every bad field at once, the id included, before any lookup.
+    let err = a
+        .renew_consent(proto::RenewConsentRequest {
+            consent_id: hetu.clone(),
+            renewal: Some(proto::ConsentRenewal {
+                notice_version: "\u{200b}".into(),
+                ..renewal("x", 365)
+            }),
+        })
+        .await
+        .expect_err("bad id and notice");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&err), ["consent_id", "renewal.notice_version"]);
+    assert!(!err.message().contains(&hetu), "the code came back");
     let err = b
         .renew_consent(proto::RenewConsentRequest {
             consent_id: old.consent_id.clone(),

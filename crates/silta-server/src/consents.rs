@@ -288,25 +288,48 @@ impl Gateway {
         mut v: Violations,
     ) -> Result<Renewal, ApiError> {
         self.authorize(ctx, Role::SocialServices).await?;
-        let Some(renewal) = renewal else {
-            v.add("renewal", "is required");
+        let now = to_millis(OffsetDateTime::now_utc());
+        let policies = self.policies.get();
+        // Every bad field at once, as EnrolClient reports them, before the consent is looked
+        // up: the terms a renewal keeps (purpose, sharing) are the stored consent's, so its
+        // fields are checked here against any purpose consents are given for.
+        let bad_id = uuid::Uuid::try_parse(consent_id).is_err();
+        if bad_id {
+            v.add(
+                "consent_id",
+                "must be a consent id as EnrolClient returns it (a UUID)",
+            );
+        }
+        let any_purpose = policies.consent_purposes().into_iter().next();
+        let checked = match &renewal {
+            Some(r) => {
+                let input = ConsentInput {
+                    purpose: any_purpose.as_deref().unwrap_or_default(),
+                    given_at: r.given_at,
+                    valid_until: r.valid_until,
+                    evidence_ref: r.evidence_ref,
+                    notice_version: r.notice_version,
+                    share_outcome_with_landlord: false,
+                };
+                validate_consent(&input, "renewal", now, &policies, &mut v)
+            }
+            None => {
+                v.add("renewal", "is required");
+                None
+            }
+        };
+        let (Some(mut consent), false) = (checked, bad_id || !v.0.is_empty()) else {
             return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await);
         };
         let old = self.own_consent(ctx, consent_id).await?;
-        let now = to_millis(OffsetDateTime::now_utc());
-        let policies = self.policies.get();
-        let input = ConsentInput {
-            purpose: &old.record.purpose,
-            given_at: renewal.given_at,
-            valid_until: renewal.valid_until,
-            evidence_ref: renewal.evidence_ref,
-            notice_version: renewal.notice_version,
-            share_outcome_with_landlord: old.record.covers_landlord,
-        };
-        let Some(mut consent) = validate_consent(&input, "renewal", now, &policies, &mut v) else {
-            let subject = Some(old.audit_subject.clone());
-            return Err(self.deny(ctx, ApiError::InvalidArgument(v), subject).await);
-        };
+        if !policies.consent_purposes().contains(&old.record.purpose) {
+            let err = ApiError::FailedPrecondition(
+                "the policy no longer declares this consent's purpose; it cannot be renewed",
+            );
+            return Err(self.deny(ctx, err, Some(old.audit_subject)).await);
+        }
+        consent.purpose.clone_from(&old.record.purpose);
+        consent.covers_landlord = old.record.covers_landlord;
         consent.given_at = to_millis(consent.given_at);
         consent.valid_until = to_millis(consent.valid_until);
         if old.subject_pseudonym.is_empty() {
