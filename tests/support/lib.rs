@@ -134,7 +134,7 @@ impl TestGateway {
     /// Promotes the keyring's newest version from a second process's view of the database,
     /// as `silta keys promote` does while the gateway runs.
     pub async fn promote_keys(&self) -> silta_server::keys::Promotion {
-        let store = silta_server::open_store(&self.config.store.url)
+        let store = silta_server::open_store(&self.config.store)
             .await
             .expect("open store");
         let p = silta_core::Pseudonymiser::with_keyring(self.keyring());

@@ -62,6 +62,13 @@ impl Default for Config {
 impl Config {
     /// Checks values that parse but cannot work, naming the key.
     pub fn validate(&self) -> Result<(), String> {
+        if self.store.allow_permissive_file_modes && self.store.url.starts_with("postgres") {
+            return Err(
+                "store.allow_permissive_file_modes applies to a SQLite store's files only; \
+                 remove it for PostgreSQL"
+                    .into(),
+            );
+        }
         let t = &self.tuning;
         if !(1..=10_000).contains(&t.max_batch) {
             return Err("tuning.max_batch must be between 1 and 10000".into());
@@ -121,14 +128,20 @@ impl Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (created if missing). PostgreSQL URLs come with the cluster issue.
+    /// `sqlite://PATH` (created if missing, mode 0600) or `postgres://USER@HOST/DB` (several
+    /// nodes sharing one database; docs/operations.md, "PostgreSQL roles").
     pub url: String,
+    /// SQLite only: start on a database file (or `-wal`, `-shm`, `-journal`) that group or
+    /// others may read or write. Off by default: such a file is refused, naming the
+    /// `chmod 600` that fixes it.
+    pub allow_permissive_file_modes: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "sqlite://silta.db".into(),
+            allow_permissive_file_modes: false,
         }
     }
 }
@@ -502,7 +515,11 @@ mod tests {
     fn defaults_are_valid_and_unworkable_values_name_their_key() {
         assert_eq!(Config::default().validate(), Ok(()));
         type Breaker = fn(&mut Config);
-        let cases: [(&str, Breaker); 8] = [
+        let cases: [(&str, Breaker); 9] = [
+            ("store.allow_permissive_file_modes", |c| {
+                c.store.url = "postgres://silta@db/silta".into();
+                c.store.allow_permissive_file_modes = true;
+            }),
             ("limits.max_pending_handshakes_per_source", |c| {
                 c.limits.max_pending_handshakes_per_source = 0
             }),

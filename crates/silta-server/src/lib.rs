@@ -40,13 +40,13 @@ use std::time::Duration;
 
 use silta_core::consent::ReceiptSigner;
 use silta_core::{HetuRules, Keyring, Pseudonymiser};
-use silta_store::{PostgresStore, SqliteStore, Store, StoreError};
+use silta_store::{PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, StoreConfig};
 
 /// How long shutdown waits for open connections, and then for the last commits.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -201,11 +201,14 @@ impl RunningGateway {
     }
 }
 
-/// Opens the store named by `url`: `sqlite://PATH` (one node) or `postgres://…` (several
-/// nodes sharing one database).
-pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
+/// Opens the store that `[store]` names: `url` is `sqlite://PATH` (one node) or
+/// `postgres://…` (several nodes sharing one database).
+pub async fn open_store(store: &StoreConfig) -> Result<Arc<dyn Store>, ServeError> {
+    let url = store.url.as_str();
     if sqlite_file(url).is_some() {
-        Ok(Arc::new(SqliteStore::open_url(url).await?))
+        let options =
+            SqliteOptions::default().allow_permissive_file_modes(store.allow_permissive_file_modes);
+        Ok(Arc::new(SqliteStore::open_url_with(url, options).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
@@ -214,6 +217,49 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, ServeError> {
             url.split("://").next().unwrap_or_default()
         )))
     }
+}
+
+/// `silta db migrate`: applies the store's pending migrations as the schema's owner and, on
+/// PostgreSQL, grants `runtime_role` the gateway's runtime privileges (docs/operations.md,
+/// "PostgreSQL roles"). Returns what to tell the operator. A SQLite store has no roles: it is
+/// migrated (the gateway would do it at start-up too) and a runtime role is refused.
+pub async fn migrate_store(url: &str, runtime_role: Option<&str>) -> Result<String, ServeError> {
+    if sqlite_file(url).is_some() {
+        if runtime_role.is_some() {
+            return Err(ServeError::Config(
+                "--runtime-role: a SQLite store has no roles; its file's mode (0600) is its \
+                 access control"
+                    .into(),
+            ));
+        }
+        let store = StoreConfig {
+            url: url.to_owned(),
+            ..StoreConfig::default()
+        };
+        open_store(&store).await?.close().await;
+        return Ok("SQLite store migrated".into());
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ServeError::Config(
+            "--url: expected postgres://OWNER@HOST/DB or sqlite://PATH".into(),
+        ));
+    }
+    let done = PostgresStore::migrate_as_owner(url, runtime_role).await?;
+    Ok(match (&done.runtime_role, done.created_role) {
+        (None, _) => format!(
+            "schema at version {}; no runtime role granted (--runtime-role ROLE to grant one)",
+            done.schema_version
+        ),
+        (Some(role), false) => format!(
+            "schema at version {}; runtime privileges granted to {role}",
+            done.schema_version
+        ),
+        (Some(role), true) => format!(
+            "schema at version {}; created the NOLOGIN role {role} and granted it the runtime \
+             privileges; make the gateway's login role a member: GRANT {role} TO <login role>",
+            done.schema_version
+        ),
+    })
 }
 
 /// The file of a SQLite store URL (`sqlite://PATH` or a bare path), `None` for another store.
@@ -250,10 +296,13 @@ fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, ServeError> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let name = std::path::PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // Private like the database beside it: another user who could open it could hold the lock
+    // and keep the gateway from starting.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(&name)
         .map_err(|e| ServeError::Config(format!("store.url: lock file {}: {e}", name.display())))?;
     match file.try_lock() {
@@ -302,7 +351,7 @@ pub async fn start(
         None => None,
     };
     let lock = lock_sqlite(&config.store.url)?;
-    let store = open_store(&config.store.url).await?;
+    let store = open_store(&config.store).await?;
     let pseudonymiser = Pseudonymiser::with_keyring(keyring.into());
     // A node without the key version the store has in use could write nothing correct.
     {

@@ -13,6 +13,7 @@
 
 mod ledger;
 mod postgres;
+mod postgres_roles;
 mod read_ahead;
 mod sqlite;
 mod tail;
@@ -29,8 +30,9 @@ use time::OffsetDateTime;
 
 pub use ledger::ledger_entry;
 pub use postgres::PostgresStore;
+pub use postgres_roles::{Migrated, RUNTIME_PRIVILEGES, RUNTIME_SEQUENCES};
 pub use silta_ledger::Hash;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 pub use time_conv::to_ms as unix_ms;
 
 /// A store failure. Callers map it to `UNAVAILABLE`: the request may be retried.
@@ -52,6 +54,10 @@ pub enum StoreError {
     /// The write connection stayed busy for longer than a writer waits for it.
     #[error("the database's write connection stayed busy for {0:?}")]
     WriterBusy(std::time::Duration),
+    /// The database cannot serve the gateway as it is set up (schema behind and not ours to
+    /// migrate, missing privileges, file modes): the message says what to run or change.
+    #[error("{0}")]
+    Setup(String),
     /// Stored data could not be read back (corruption or a newer schema).
     #[error("stored data is not readable: {0}")]
     Corrupt(String),

@@ -30,6 +30,7 @@ use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
 use crate::ledger::ledger_entry;
+use crate::postgres_roles::{self, Migrated};
 use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
@@ -50,28 +51,43 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` (`postgres://…`) and applies pending migrations
-    /// (sqlx serialises concurrent migrators with its own lock, so nodes may start together).
+    /// Connects to the database at `url` (`postgres://…`) and readies its schema: a role that
+    /// owns the schema applies pending migrations (sqlx serialises concurrent migrators, so
+    /// nodes may start together); any other role starts only on a current schema and with the
+    /// privileges of [`crate::RUNTIME_PRIVILEGES`], and otherwise fails naming
+    /// `silta db migrate` (see `postgres_roles`).
     pub async fn open(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?
-            .application_name("silta")
-            // A node that stalls inside a transaction (holding the write lock) is cut off, so
-            // the other nodes do not wait on it for long.
-            .options([("idle_in_transaction_session_timeout", "10s")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        // Migrations keep the previous version's queries working (they add tables, columns
-        // and indexes, or drop only indexes no query names), so a node of the previous version
-        // may restart after a newer node migrated the shared database (a rolling upgrade or a
-        // rollback): it ignores the migrations it does not know instead of refusing to start.
-        let mut migrator = sqlx::migrate!("./migrations/postgres");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+        let pool = connect(url, "silta", 16).await?;
+        if let Err(e) = postgres_roles::prepare_for_gateway(&pool).await {
+            pool.close().await;
+            return Err(e);
+        }
         Ok(PostgresStore { pool })
     }
+
+    /// `silta db migrate`: connects to `owner_url` as the schema's owner, applies pending
+    /// migrations and, if `runtime_role` is given, grants that role exactly the gateway's
+    /// runtime privileges (creating it `NOLOGIN` if missing). See [`crate::Migrated`].
+    pub async fn migrate_as_owner(owner_url: &str, runtime_role: Option<&str>) -> Result<Migrated> {
+        let pool = connect(owner_url, "silta-migrate", 2).await?;
+        let migrated = postgres_roles::migrate(&pool, runtime_role).await;
+        pool.close().await;
+        migrated
+    }
+}
+
+/// A pool on `url`. Errors carry sqlx's message, which never repeats the URL's password.
+async fn connect(url: &str, application: &str, max_connections: u32) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)?
+        .application_name(application)
+        // A node that stalls inside a transaction (holding the write lock) is cut off, so
+        // the other nodes do not wait on it for long.
+        .options([("idle_in_transaction_session_timeout", "10s")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options)
+        .await?)
 }
 
 #[async_trait]

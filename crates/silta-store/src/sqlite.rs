@@ -45,9 +45,35 @@ pub struct SqliteStore {
     tail: Arc<Tail>,
 }
 
+/// How [`SqliteStore::open_with`] treats the database's files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// Open a database whose files group or others may read or write (mode 0644 and the
+    /// like). Off by default: the files hold the ledger and pseudonymised case data, and the
+    /// store refuses them with the `chmod 600` that fixes it.
+    pub allow_permissive_file_modes: bool,
+}
+
+impl SqliteOptions {
+    /// The options with `allow_permissive_file_modes` set as given.
+    pub fn allow_permissive_file_modes(mut self, allow: bool) -> Self {
+        self.allow_permissive_file_modes = allow;
+        self
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed, mode 0600) the database at `path` and applies pending
+    /// migrations, with the default [`SqliteOptions`]: a database file (or its `-wal`,
+    /// `-shm`, `-journal`) that group or others may read or write is refused.
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with `options`.
+    pub async fn open_with(path: &Path, options: SqliteOptions) -> Result<Self> {
+        private_files(path, options)?;
         let base = SqliteConnectOptions::new()
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
@@ -89,11 +115,79 @@ impl SqliteStore {
 
     /// Opens the database named by a `sqlite://PATH` URL or a plain path.
     pub async fn open_url(url: &str) -> Result<Self> {
+        Self::open_url_with(url, SqliteOptions::default()).await
+    }
+
+    /// [`SqliteStore::open_url`] with `options`.
+    pub async fn open_url_with(url: &str, options: SqliteOptions) -> Result<Self> {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         // Validate the URL form the way sqlx would, without relying on its query options.
         SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?;
-        Self::open(Path::new(path)).await
+        Self::open_with(Path::new(path), options).await
     }
+}
+
+/// The files SQLite keeps beside the database (`-journal` only outside WAL mode).
+const COMPANION_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Creates the database file 0600 if it is missing, and refuses (unless `options` allow it)
+/// a database or companion file that group or others may read or write. SQLite creates the
+/// `-wal`, `-shm` and `-journal` files with the database file's mode, so they follow it.
+fn private_files(path: &Path, options: SqliteOptions) -> Result<()> {
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            // An empty file is an empty SQLite database: SQLite writes its header.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::Setup(format!(
+                    "cannot create the database file {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        if options.allow_permissive_file_modes {
+            return Ok(());
+        }
+        let mut files = vec![path.to_path_buf()];
+        for suffix in COMPANION_SUFFIXES {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(name.into());
+        }
+        for file in files {
+            let mode = match std::fs::metadata(&file) {
+                Ok(meta) => meta.permissions().mode(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(StoreError::Setup(format!("{}: {e}", file.display())));
+                }
+            };
+            if mode & 0o066 != 0 {
+                return Err(StoreError::Setup(format!(
+                    "the SQLite file {path} has mode {mode:04o}: group or others may read or \
+                     write the ledger and case data. Fix it with `chmod 600 {path}` (and the \
+                     same for any -wal, -shm or -journal file beside it), or set \
+                     store.allow_permissive_file_modes = true to accept it",
+                    path = file.display(),
+                    mode = mode & 0o7777,
+                )));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = options;
+    Ok(())
 }
 
 #[async_trait]

@@ -88,12 +88,91 @@ impl TempDatabase {
         }
     }
 
+    /// Splits the database's roles as production runs them (docs/operations.md, "PostgreSQL
+    /// roles"): a new login role owns the database (and so its `public` schema) and may create
+    /// roles, and a second login role is for the gateway. Neither is a superuser. The names are
+    /// the database's, suffixed; [`TempRoles::drop_now`] drops them (after the database).
+    ///
+    /// # Panics
+    /// When the server refuses to create the roles.
+    pub async fn split_roles(&self) -> TempRoles {
+        let roles = TempRoles {
+            admin_url: self.admin_url.clone(),
+            owner: format!("{}_owner", self.name),
+            gateway: format!("{}_gw", self.name),
+            group: format!("{}_runtime", self.name),
+            db_url: self.url.clone(),
+        };
+        let mut admin = PgConnection::connect(&self.admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR}: cannot connect: {e}"));
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE {owner} LOGIN CREATEROLE;
+             CREATE ROLE {gateway} LOGIN;
+             ALTER DATABASE {db} OWNER TO {owner};",
+            owner = roles.owner,
+            gateway = roles.gateway,
+            db = self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create the test's roles: {e}"));
+        let _ = admin.close().await;
+        roles
+    }
+
     /// Drops the database, closing any connection still open to it.
     pub async fn drop_now(self) {
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
             let _ = sqlx::raw_sql(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
+            ))
+            .execute(&mut admin)
+            .await;
+            let _ = admin.close().await;
+        }
+    }
+}
+
+/// The roles of [`TempDatabase::split_roles`].
+#[derive(Debug)]
+pub struct TempRoles {
+    admin_url: String,
+    db_url: String,
+    /// The login role that owns the database and migrates it.
+    pub owner: String,
+    /// The gateway's login role.
+    pub gateway: String,
+    /// A free name for a `NOLOGIN` group role (created by whoever needs it).
+    pub group: String,
+}
+
+impl TempRoles {
+    /// The test database's URL, connecting as `role` (with `password` if given: the test
+    /// server's trust authentication ignores it, which lets tests check errors never show it).
+    pub fn url_as(&self, role: &str, password: Option<&str>) -> String {
+        let userinfo = match password {
+            Some(p) => format!("{role}:{p}@"),
+            None => format!("{role}@"),
+        };
+        let (scheme, rest) = self
+            .db_url
+            .split_once("://")
+            .unwrap_or(("postgres", &self.db_url));
+        // Replace whatever user the server URL named: the host starts after the last '@'
+        // before the path.
+        let path_start = rest.find('/').unwrap_or(rest.len());
+        let host_start = rest[..path_start].rfind('@').map_or(0, |at| at + 1);
+        format!("{scheme}://{userinfo}{}", &rest[host_start..])
+    }
+
+    /// Drops the roles; call after [`TempDatabase::drop_now`], which drops what they own.
+    pub async fn drop_now(self) {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::raw_sql(&format!(
+                "DROP ROLE IF EXISTS {}; DROP ROLE IF EXISTS {}; DROP ROLE IF EXISTS {};",
+                self.gateway, self.group, self.owner
             ))
             .execute(&mut admin)
             .await;

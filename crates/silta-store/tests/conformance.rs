@@ -1004,6 +1004,26 @@ async fn postgres_store_conforms() {
     db.drop_now().await;
 }
 
+/// The whole suite as production runs the gateway: its role holds only the runtime privileges
+/// the owner granted (`silta db migrate --runtime-role`), so a query needing more fails here.
+#[tokio::test]
+async fn postgres_store_conforms_as_a_runtime_role() {
+    let Some(db) = TempDatabase::create("postgres_store_conforms_as_a_runtime_role").await else {
+        return;
+    };
+    let roles = db.split_roles().await;
+    PostgresStore::migrate_as_owner(&roles.url_as(&roles.owner, None), Some(&roles.gateway))
+        .await
+        .expect("the owner migrates and grants");
+    let store = PostgresStore::open(&roles.url_as(&roles.gateway, None))
+        .await
+        .expect("open as the runtime role");
+    suite(&store).await;
+    store.close().await;
+    db.drop_now().await;
+    roles.drop_now().await;
+}
+
 #[tokio::test]
 async fn postgres_audit_rows_cannot_be_changed_or_deleted() {
     let Some(db) = TempDatabase::create("postgres_audit_rows_cannot_be_changed_or_deleted").await

@@ -177,8 +177,11 @@ async fn export(out: &Path, conn: &Connection) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut w = BufWriter::new(file);
+    // The export lists every subject's pseudonyms: written 0600 beside `out`, renamed over it
+    // once complete, so no one else can read it and no half-written export is left under its
+    // name.
+    let tmp = crate::private_file_beside(out)?;
+    let mut w = BufWriter::new(tmp);
     let header = Line {
         format: Some(FORMAT.into()),
         origin: Some(latest.origin.clone()),
@@ -212,7 +215,10 @@ async fn export(out: &Path, conn: &Connection) -> anyhow::Result<()> {
         };
         writeln!(w, "{}", serde_json::to_string(&line)?)?;
     }
-    w.flush()?;
+    let tmp = w.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     println!(
         "wrote {entries} entries and {checkpoints} checkpoints of {} to {}",
         latest.origin,

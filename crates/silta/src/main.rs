@@ -64,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: policy_cli::PolicyCommand,
     },
+    /// The database: `db migrate` applies the schema as its owner and grants the gateway's role.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Manages the master secret and shows derived public keys.
     Keys {
         #[command(subcommand)]
@@ -82,6 +87,24 @@ enum DevPkiAction {
         /// The organisations whose client certificates (`<org>.pem`) to revoke.
         #[arg(required = true, value_name = "ORG")]
         orgs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Applies pending schema migrations as the schema's owner and grants the runtime role
+    /// exactly the privileges the gateway needs (PostgreSQL; docs/operations.md, "PostgreSQL
+    /// roles"). Idempotent: run it before starting an upgraded gateway. The gateway itself
+    /// migrates only a schema its own role owns.
+    Migrate {
+        /// The owner's database URL, postgres://OWNER@HOST/DB (or sqlite://PATH). Prefer the
+        /// environment variable: a password on the command line is visible to other users.
+        #[arg(long, env = "SILTA_MIGRATE_URL", hide_env_values = true)]
+        url: String,
+        /// The role the gateway runs as (or a NOLOGIN group role its login role is a member
+        /// of; created NOLOGIN if missing). Without it, only the migrations run.
+        #[arg(long, env = "SILTA_MIGRATE_RUNTIME_ROLE")]
+        runtime_role: Option<String>,
     },
 }
 
@@ -175,6 +198,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Db {
+            command: DbCommand::Migrate { url, runtime_role },
+        } => {
+            init_logging("pretty", "warn");
+            let done =
+                runtime()?.block_on(silta_server::migrate_store(&url, runtime_role.as_deref()))?;
+            println!("{done}");
+            Ok(())
+        }
         Command::Keys { command } => match command {
             KeysCommand::Generate { out } => generate_secret(&out),
             KeysCommand::Show { config } => {
@@ -198,7 +230,7 @@ fn main() -> anyhow::Result<()> {
                     p.latest_version()
                 );
                 let in_use = runtime()?.block_on(async {
-                    let store = silta_server::open_store(&config.store.url).await?;
+                    let store = silta_server::open_store(&config.store).await?;
                     let v = silta_server::keys::version_in_use(&*store, &p).await?;
                     store.close().await;
                     anyhow::Ok(v)
@@ -232,7 +264,7 @@ fn main() -> anyhow::Result<()> {
                 let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
                 let to = to.unwrap_or_else(|| p.latest_version());
                 let done = runtime()?.block_on(async {
-                    let store = silta_server::open_store(&config.store.url).await?;
+                    let store = silta_server::open_store(&config.store).await?;
                     let done =
                         silta_server::keys::promote(&*store, &p, to, &config.ledger.origin).await;
                     store.close().await;
@@ -438,15 +470,7 @@ fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
     writeln!(text, "v{next} {}", hex.as_str())?;
     // Checked before it replaces anything.
     Keyring::parse(&text, 1).context("the rotated keyring")?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write beside {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
+    let mut tmp = private_file_beside(path)?;
     tmp.write_all(text.as_bytes())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path)
@@ -457,6 +481,26 @@ fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// A new file in `path`'s directory, mode 0600, to write and then `persist(path)`: a file
+/// that replaces `path` whole, readable by its owner only from the start, whatever the umask
+/// or the mode of the file it replaces.
+pub(crate) fn private_file_beside(path: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write beside {}", path.display()))?;
+    // tempfile creates it 0600 already; set here so this does not rest on that.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(tmp)
 }
 
 /// Whether `path` is one of this service's systemd credentials (`LoadCredential=`). systemd

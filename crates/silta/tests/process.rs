@@ -318,3 +318,93 @@ fn uuid_like() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
 }
+
+/// The gateway's SQLite files and the DPO's ledger export are readable by their owner only
+/// (0600, whatever the umask), and a database that others may read stops `silta serve` with
+/// the fix, until `store.allow_permissive_file_modes` accepts it.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_and_the_ledger_export_are_private_and_a_readable_database_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_tmp, dir) = setup();
+    let mode = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let port = free_port();
+    let mut server = serve(&dir, port);
+    wait_listening(port).await;
+    let url = format!("https://127.0.0.1:{port}");
+    // A fresh ledger has no checkpoint until the first interval (500 ms here) has passed.
+    let mut exported = false;
+    for _ in 0..40 {
+        let out = silta(
+            &[
+                "audit",
+                "export",
+                "--out",
+                "ledger.jsonl",
+                "--url",
+                &url,
+                "--ca",
+                "pki/ca.pem",
+                "--cert",
+                "pki/dpo-office.pem",
+                "--cert-key",
+                "pki/dpo-office.key",
+            ],
+            &dir,
+        );
+        if out.status.success() {
+            exported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(exported, "the export never succeeded");
+    for name in [
+        "ledger.jsonl",
+        "silta.db",
+        "silta.db-wal",
+        "silta.db-shm",
+        "silta.db.lock",
+    ] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+    server.child.kill().expect("stop");
+    let _ = server.child.wait();
+
+    // As an older release left it.
+    std::fs::set_permissions(dir.join("silta.db"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let mut refused = serve(&dir, port);
+    let status = (0..600)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            refused.child.try_wait().expect("wait")
+        })
+        .expect("silta serve exits on a readable database");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.join(format!("serve-{port}.log"))).expect("log");
+    assert!(
+        log.contains("chmod 600") && log.contains("silta.db"),
+        "{log}"
+    );
+
+    let accepted = Command::new(BIN)
+        .args(["serve", "--config", "silta.toml"])
+        .current_dir(&dir)
+        .env("SILTA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SILTA_STORE__ALLOW_PERMISSIVE_FILE_MODES", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn silta serve");
+    let mut accepted = Server { child: accepted };
+    wait_listening(port).await;
+    accepted.child.kill().expect("stop");
+    let _ = accepted.child.wait();
+}
