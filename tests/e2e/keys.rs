@@ -88,6 +88,21 @@ async fn a_promoted_key_version_moves_stored_subjects_while_serving() {
     assert!(a3.subject_pseudonym.starts_with("ps2."), "{a3:?}");
     assert_ne!(a3.subject_pseudonym, v1);
     assert_eq!(a3.case_ref, a1.case_ref, "the same case");
+    // The social worker finds the consent by the pseudonym the alerts now carry, not the old.
+    let mut social = gw.social(SOCIAL_A).await;
+    let by = |pseudonym: &str| proto::ListConsentsRequest {
+        subject_pseudonym: pseudonym.to_owned(),
+        ..Default::default()
+    };
+    let found = social
+        .list_consents(by(&a3.subject_pseudonym))
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!(found.consents.len(), 1);
+    assert_eq!(found.consents[0].subject_pseudonym, a3.subject_pseudonym);
+    let old = social.list_consents(by(&v1)).await.expect("listed");
+    assert!(old.into_inner().consents.is_empty());
     // A retry from before the promotion is still recognised.
     let retried = landlord
         .report_rent_arrears(report("k-1", RESIDENT))

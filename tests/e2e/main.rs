@@ -2,6 +2,7 @@
 //! a real SQLite file. One test binary, so it links once.
 
 mod actor;
+mod consents;
 mod delivery;
 mod flows;
 mod identity;

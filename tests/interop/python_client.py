@@ -225,6 +225,8 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
     check("a retry with the same key returns the same receipt", again == receipt)
 
     alert = first(social.SubscribeAlerts, ss.SubscribeAlertsRequest(after_sequence=0))
+    check("the alert names the landlord organisation that reported",
+          alert.HasField("reporting_organisation") and alert.reporting_organisation == LANDLORD)
     check("the alert carries the enrolment pseudonym and consent",
           alert.subject_pseudonym == enrolled.subject_pseudonym and alert.consent_id == enrolled.consent_id)
     check("the alert names its flow, purpose and legal basis",
@@ -396,6 +398,37 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
     services = set(ProtoReflectionDescriptorDatabase(channel(port, pki, SOCIAL)).get_services())
     check("server reflection lists both services",
           {"silta.v1.Landlord", "silta.v1.SocialServices"} <= services)
+
+    # --- The consents a social worker holds: list, read with the receipt, renew.
+    held = social.ListConsents(ss.ListConsentsRequest(subject_pseudonym=enrolled.subject_pseudonym), timeout=10)
+    check("ListConsents finds the consent by the client's pseudonym",
+          [c.consent_id for c in held.consents] == [enrolled.consent_id]
+          and held.consents[0].state == ss.CONSENT_STATE_ACTIVE and not held.next_page_token)
+    mine = social.ListConsents(ss.ListConsentsRequest(state=ss.CONSENT_STATE_UNSPECIFIED), timeout=10)
+    check("ListConsents never lists another organisation's consent",
+          other.consent_id not in [c.consent_id for c in mine.consents])
+    err = refused(social.ListConsents, ss.ListConsentsRequest(state=99))
+    check("ListConsents with an unknown state: INVALID_ARGUMENT naming state",
+          err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT and bad_request_fields(err) == ["state"])
+    err = refused(social.ListConsents, ss.ListConsentsRequest(page_token="not-a-token", page_size=501))
+    check("ListConsents with a bad page token and page size: both named",
+          err is not None and bad_request_fields(err) == ["page_size", "page_token"])
+    got = social.GetConsent(ss.GetConsentRequest(consent_id=enrolled.consent_id), timeout=10)
+    check("GetConsent returns the receipt EnrolClient returned",
+          got.receipt == enrolled.receipt and got.consent.consent_id == enrolled.consent_id)
+    err = refused(other_social.GetConsent, ss.GetConsentRequest(consent_id=enrolled.consent_id))
+    check("GetConsent of another organisation's consent: NOT_FOUND",
+          err is not None and err.code() == grpc.StatusCode.NOT_FOUND)
+    renewal = ss.ConsentRenewal(evidence_ref="SOS-2", notice_version="v2")
+    renewal.given_at.FromDatetime(now - timedelta(minutes=1))
+    renewal.valid_until.FromDatetime(now + timedelta(days=730))
+    renewed = other_social.RenewConsent(ss.RenewConsentRequest(consent_id=other.consent_id, renewal=renewal), timeout=10)
+    check("RenewConsent records a new consent that renews the old one",
+          renewed.consent_id != other.consent_id and renewed.renewed_consent_id == other.consent_id
+          and renewed.subject_pseudonym == other.subject_pseudonym and len(renewed.receipt.signature) == 64)
+    err = refused(other_social.RenewConsent, ss.RenewConsentRequest(consent_id=other.consent_id, renewal=renewal))
+    check("renewing a superseded consent: FAILED_PRECONDITION",
+          err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION)
 
     withdrawn = social.WithdrawConsent(ss.WithdrawConsentRequest(consent_id=enrolled.consent_id), timeout=10)
     check("WithdrawConsent withdraws the consent", list(withdrawn.withdrawn_consent_ids) == [enrolled.consent_id])

@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 
 /// The landlord organisation of the tests.
 pub const LANDLORD: &str = "city-housing";
+/// A second landlord organisation, for alerts from several landlords.
+pub const LANDLORD_B: &str = "kodit-landlord";
 /// Two social-services organisations.
 pub const SOCIAL_A: &str = "social-a";
 /// The second social-services organisation.
@@ -42,6 +44,7 @@ pub struct TestGateway {
 fn callers() -> Vec<Caller> {
     [
         (LANDLORD, Role::Landlord),
+        (LANDLORD_B, Role::Landlord),
         (SOCIAL_A, Role::SocialServices),
         (SOCIAL_B, Role::SocialServices),
         (MUNICIPAL, Role::SocialServices),

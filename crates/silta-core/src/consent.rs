@@ -46,6 +46,57 @@ impl ConsentState {
     }
 }
 
+/// How a consent stands for its holder at a moment: its stored state, and for one still active,
+/// whether it is in force, ends soon, or has ended. `ListConsents` filters and reports by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentStanding {
+    /// Active and in force beyond the "expiring" window.
+    Active,
+    /// Active and in force, but ending within the window: time to renew it.
+    Expiring,
+    /// Active, but its validity has ended: nothing crosses under it.
+    Expired,
+    /// Withdrawn by the client.
+    Withdrawn,
+    /// Replaced by a newer consent (a renewal or a new enrolment).
+    Superseded,
+}
+
+/// How far ahead a consent counts as expiring when the caller does not say.
+pub const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 30;
+/// The longest "expiring" window a caller may ask for.
+pub const MAX_EXPIRING_WITHIN_DAYS: u32 = 366;
+
+impl ConsentStanding {
+    /// The status at `now` of a consent in `state` valid until `valid_until` (exclusive), where
+    /// one ending before `expiring_before` counts as expiring.
+    pub fn of(
+        state: ConsentState,
+        valid_until: OffsetDateTime,
+        now: OffsetDateTime,
+        expiring_before: OffsetDateTime,
+    ) -> Self {
+        match state {
+            ConsentState::Withdrawn => ConsentStanding::Withdrawn,
+            ConsentState::Superseded => ConsentStanding::Superseded,
+            ConsentState::Active if valid_until <= now => ConsentStanding::Expired,
+            ConsentState::Active if valid_until <= expiring_before => ConsentStanding::Expiring,
+            ConsentState::Active => ConsentStanding::Active,
+        }
+    }
+
+    /// A stable name (the store's query filter uses it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentStanding::Active => "active",
+            ConsentStanding::Expiring => "expiring",
+            ConsentStanding::Expired => "expired",
+            ConsentStanding::Withdrawn => "withdrawn",
+            ConsentStanding::Superseded => "superseded",
+        }
+    }
+}
+
 /// A consent as the store keeps it: under a lookup pseudonym, never the identity code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentRecord {
@@ -226,6 +277,30 @@ impl ReceiptBody {
         policies: &Policies,
         issued_at: OffsetDateTime,
     ) -> Self {
+        let categories = policies.consent_categories(&consent.purpose, consent.covers_landlord);
+        Self::with_categories(
+            consent_id,
+            org,
+            subject.as_str(),
+            consent,
+            categories,
+            policies,
+            issued_at,
+        )
+    }
+
+    /// The receipt of a stored consent, issued again: `categories` are the flows it was given
+    /// for (as stored), `issued_at` when it was recorded. Signed with the same key, the same
+    /// body gives the very bytes the first receipt carried.
+    pub fn with_categories(
+        consent_id: &str,
+        org: &OrgId,
+        subject: &str,
+        consent: &NewConsent,
+        categories: Vec<String>,
+        policies: &Policies,
+        issued_at: OffsetDateTime,
+    ) -> Self {
         let flows: Vec<_> = policies
             .flows()
             .iter()
@@ -241,10 +316,10 @@ impl ReceiptBody {
             jurisdiction: "FI",
             controller: org.to_string(),
             recipient: org.to_string(),
-            subject_pseudonym: subject.to_string(),
+            subject_pseudonym: subject.to_owned(),
             purpose: consent.purpose.clone(),
             legal_basis,
-            data_categories: policies.consent_categories(&consent.purpose, consent.covers_landlord),
+            data_categories: categories,
             share_outcome_with_landlord: consent.covers_landlord,
             valid_from: consent.given_at,
             valid_until: consent.valid_until,
@@ -382,6 +457,34 @@ mod tests {
             );
             assert!(v.names(field), "{field}: {v:?}");
         }
+    }
+
+    #[test]
+    fn status_follows_state_then_validity_at_the_given_time() {
+        let until = NOW + Duration::days(10);
+        let window = |days| NOW + Duration::days(days);
+        let of = |state, now, before| ConsentStanding::of(state, until, now, before);
+        assert_eq!(
+            of(ConsentState::Active, NOW, window(5)),
+            ConsentStanding::Active
+        );
+        assert_eq!(
+            of(ConsentState::Active, NOW, window(10)),
+            ConsentStanding::Expiring
+        );
+        assert_eq!(
+            of(ConsentState::Active, until, until + Duration::days(30)),
+            ConsentStanding::Expired
+        );
+        // A withdrawn or replaced consent says so, whatever its validity.
+        assert_eq!(
+            of(ConsentState::Withdrawn, until, until),
+            ConsentStanding::Withdrawn
+        );
+        assert_eq!(
+            of(ConsentState::Superseded, NOW, window(30)),
+            ConsentStanding::Superseded
+        );
     }
 
     #[test]

@@ -616,7 +616,8 @@ mod tests {
         let flow = policies.flow("rent-arrears").expect("declared");
         let report = validate_rent_arrears(&input(), RULES).expect("valid input");
         let at = time::macros::datetime!(2026-11-23 10:00 UTC);
-        let alert = minimise(flow, &report, at);
+        let landlord = crate::OrgId::new("city-housing").expect("valid org id");
+        let alert = minimise(flow, &report, at, &landlord);
         let mut keys: Vec<_> = alert.keys().cloned().collect();
         let mut declared = flow.field_names();
         keys.sort();
@@ -628,6 +629,8 @@ mod tests {
         }
         assert_eq!(alert["report_month"], "2026-11");
         assert_eq!(alert["arrears_band"], "from_500_to_1500");
+        // The sender comes from its certificate, never from the report.
+        assert_eq!(alert["reporting_organisation"], "city-housing");
     }
 
     #[test]

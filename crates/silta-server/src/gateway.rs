@@ -277,7 +277,10 @@ impl Gateway {
         parts.extend_from_slice(body);
         let fingerprint = self.pseudonymiser.fingerprint(Some(&header.hetu), &parts);
         let received_at = now_millis();
-        let (payload, fields) = outbox_payload(kind, minimise(flow, &*message, received_at));
+        let (payload, fields) = outbox_payload(
+            kind,
+            minimise(flow, &*message, received_at, &ctx.caller.org),
+        );
         let flow_id = flow.id.clone();
         let eviction_stage = message.eviction_stage();
         drop(message);
@@ -369,7 +372,7 @@ impl Gateway {
         let received_at = now_millis();
         let (payload, fields) = outbox_payload(
             MessageKind::SupportNotice,
-            minimise(flow, &notice, received_at),
+            minimise(flow, &notice, received_at, &ctx.caller.org),
         );
         let job = MessageJob {
             ctx: ctx.clone(),
@@ -515,7 +518,7 @@ impl Gateway {
         mut v: Violations,
     ) -> Result<Enrolment, ApiError> {
         self.authorize(ctx, Role::SocialServices).await?;
-        let now = OffsetDateTime::now_utc();
+        let now = now_millis();
         let policies = self.policies.get();
         let hetu = self.parse_hetu(&mut v, "hetu", hetu);
         let consent = match &consent {
@@ -525,9 +528,12 @@ impl Gateway {
                 None
             }
         };
-        let (Some(hetu), Some(consent), true) = (hetu, consent, v.0.is_empty()) else {
+        let (Some(hetu), Some(mut consent), true) = (hetu, consent, v.0.is_empty()) else {
             return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await);
         };
+        // Kept as the store keeps them, so GetConsent issues this very receipt again.
+        consent.given_at = to_millis(consent.given_at);
+        consent.valid_until = to_millis(consent.valid_until);
 
         // The consent opens exactly the flows its receipt lists; a flow declared later needs a
         // new consent.
@@ -561,6 +567,8 @@ impl Gateway {
             notice_version: &consent.notice_version,
             covers_landlord: consent.covers_landlord,
             flows: &flows,
+            subject_pseudonym: &subject_pseudonym,
+            renews: None,
             now,
         })
         .await?;
@@ -898,7 +906,12 @@ fn outbox_payload(
 
 /// Now, to the millisecond: the precision the store keeps, so a retry's receipt is identical.
 fn now_millis() -> OffsetDateTime {
-    let t = OffsetDateTime::now_utc();
+    to_millis(OffsetDateTime::now_utc())
+}
+
+/// `t` to the millisecond: the precision the store keeps, so what is answered from a stored
+/// row (a receipt issued again) is what was answered when it was written.
+pub(crate) fn to_millis(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
         .unwrap_or(t)
 }

@@ -9,7 +9,7 @@
 //! retiring key and its successor lets an auditor who trusts the old key follow to the new.
 
 use silta_core::audit::{AuditRecord, Outcome};
-use silta_core::{Domain, Pseudonym, Pseudonymiser};
+use silta_core::{Domain, OrgId, Pseudonym, Pseudonymiser};
 use silta_ledger::checkpoint::KeyHandover;
 use silta_store::{Store, StoreError, SubjectColumn};
 use time::OffsetDateTime;
@@ -97,7 +97,14 @@ pub async fn promote(
                 .to_string(),
         )
     };
-    let rows = tx.promote_pseudonyms(to, &rekey).await?;
+    let rekey_own = |recipient: &OrgId, stored: &str| {
+        let domain = Domain::Org(recipient.clone());
+        Some(
+            p.translate(&Pseudonym::parse(stored)?, &domain, to)?
+                .to_string(),
+        )
+    };
+    let rows = tx.promote_pseudonyms(to, &rekey, &rekey_own).await?;
     let gateway = crate::gateway::gateway_caller();
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let record = AuditRecord::new(

@@ -17,6 +17,7 @@ pub mod codec;
 mod commit;
 pub mod config;
 pub mod connections;
+pub mod consents;
 mod delivery;
 pub mod devpki;
 pub mod gateway;

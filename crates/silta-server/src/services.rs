@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use silta_core::Role;
-use silta_core::consent::ConsentInput;
+use silta_core::consent::{
+    ConsentInput, ConsentStanding, ConsentState, ReceiptBody, SignedReceipt,
+};
 use silta_core::policy::MessageKind;
 use silta_core::report::{
     self, DisturbanceCategory, DisturbanceInput, EvictionStageInput, RentArrearsInput, ReportHeader,
@@ -15,6 +17,7 @@ use silta_store::StoredAlert;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::consents::{HeldConsent, ListRequest, RenewalInput};
 use crate::gateway::{Gateway, Receipt, RequestContext, WithdrawTarget};
 use crate::proto;
 use crate::proto::landlord_server::Landlord;
@@ -326,6 +329,7 @@ pub fn alert_to_proto(a: StoredAlert) -> Result<proto::Alert, ApiError> {
         case_ref: a.case_ref,
         report_month: p.text("report_month"),
         landlord_contact_office: p.text("landlord_contact_office"),
+        reporting_organisation: p.text("reporting_organisation"),
         details,
     })
 }
@@ -350,6 +354,73 @@ pub fn notice_to_proto(a: StoredAlert) -> Result<proto::SupportNotice, ApiError>
             .map(|b| band_to_proto(b).into()),
         commitment_month: p.text("commitment_month"),
     })
+}
+
+/// A signed consent receipt and its fields, as EnrolClient, GetConsent and RenewConsent
+/// return it.
+fn consent_receipt_to_proto(receipt: SignedReceipt, body: ReceiptBody) -> proto::ConsentReceipt {
+    proto::ConsentReceipt {
+        payload: receipt.payload,
+        signature: receipt.signature,
+        signing_public_key: receipt.public_key,
+        receipt_id: body.receipt_id,
+        controller: body.controller,
+        recipient: body.recipient,
+        subject_pseudonym: body.subject_pseudonym,
+        purpose: body.purpose,
+        legal_basis: body.legal_basis,
+        data_categories: body.data_categories,
+        share_outcome_with_landlord: body.share_outcome_with_landlord,
+        valid_from: Some(timestamp(body.valid_from)),
+        valid_until: Some(timestamp(body.valid_until)),
+        notice_version: body.notice_version,
+    }
+}
+
+/// The filter a `ConsentState` asks for: `Some(None)` for every state, `None` for a value the
+/// contract does not define.
+fn consent_state_from_proto(value: i32) -> Option<Option<ConsentStanding>> {
+    use proto::ConsentState as P;
+    Some(match P::try_from(value).ok()? {
+        P::Unspecified => None,
+        P::Active => Some(ConsentStanding::Active),
+        P::Expiring => Some(ConsentStanding::Expiring),
+        P::Expired => Some(ConsentStanding::Expired),
+        P::Withdrawn => Some(ConsentStanding::Withdrawn),
+        P::Superseded => Some(ConsentStanding::Superseded),
+    })
+}
+
+fn consent_state_to_proto(s: ConsentStanding) -> proto::ConsentState {
+    use proto::ConsentState as P;
+    match s {
+        ConsentStanding::Active => P::Active,
+        ConsentStanding::Expiring => P::Expiring,
+        ConsentStanding::Expired => P::Expired,
+        ConsentStanding::Withdrawn => P::Withdrawn,
+        ConsentStanding::Superseded => P::Superseded,
+    }
+}
+
+fn consent_to_proto(c: HeldConsent) -> proto::ConsentSummary {
+    let s = c.stored;
+    let withdrawn = s.record.state == ConsentState::Withdrawn;
+    proto::ConsentSummary {
+        consent_id: s.record.consent_id,
+        state: consent_state_to_proto(c.status).into(),
+        subject_pseudonym: s.subject_pseudonym,
+        purpose: s.record.purpose,
+        flows: s.record.flows,
+        valid_from: Some(timestamp(s.record.valid_from)),
+        valid_until: Some(timestamp(s.record.valid_until)),
+        recorded_at: Some(timestamp(s.created_at)),
+        // A withdrawn consent's state changes no more: its last change is the withdrawal.
+        withdrawn_at: withdrawn.then(|| timestamp(s.changed_at)),
+        share_outcome_with_landlord: s.record.covers_landlord,
+        renews_consent_id: s.renews.unwrap_or_default(),
+        evidence_ref: s.evidence_ref,
+        notice_version: s.notice_version,
+    }
 }
 
 fn receipt_to_proto(receipt: Receipt) -> proto::ReportReceipt {
@@ -592,22 +663,87 @@ impl SocialServices for SocialServicesService {
             .map(|e| proto::EnrolClientResponse {
                 subject_pseudonym: e.subject_pseudonym.to_string(),
                 consent_id: e.consent_id,
-                receipt: Some(proto::ConsentReceipt {
-                    payload: e.receipt.payload,
-                    signature: e.receipt.signature,
-                    signing_public_key: e.receipt.public_key,
-                    receipt_id: e.body.receipt_id,
-                    controller: e.body.controller,
-                    recipient: e.body.recipient,
-                    subject_pseudonym: e.body.subject_pseudonym,
-                    purpose: e.body.purpose,
-                    legal_basis: e.body.legal_basis,
-                    data_categories: e.body.data_categories,
-                    share_outcome_with_landlord: e.body.share_outcome_with_landlord,
-                    valid_from: Some(timestamp(e.body.valid_from)),
-                    valid_until: Some(timestamp(e.body.valid_until)),
-                    notice_version: e.body.notice_version,
-                }),
+                receipt: Some(consent_receipt_to_proto(e.receipt, e.body)),
+            });
+        finish(&self.gw.metrics, &ctx, started, result)
+    }
+
+    async fn list_consents(
+        &self,
+        req: Request<proto::ListConsentsRequest>,
+    ) -> Result<Response<proto::ListConsentsResponse>, Status> {
+        let started = Instant::now();
+        let ctx = context(&self.gw, &req, "SocialServices.ListConsents").await?;
+        let r = req.get_ref();
+        let mut v = Violations::default();
+        let status = consent_state_from_proto(r.state).unwrap_or_else(|| {
+            v.add(
+                "state",
+                "is not a ConsentState value (UNSPECIFIED lists every state)",
+            );
+            None
+        });
+        let input = ListRequest {
+            status,
+            expiring_within_days: r.expiring_within_days,
+            subject_pseudonym: &r.subject_pseudonym,
+            page_size: r.page_size,
+            page_token: &r.page_token,
+        };
+        let result =
+            self.gw
+                .list_consents(&ctx, input, v)
+                .await
+                .map(|page| proto::ListConsentsResponse {
+                    consents: page.consents.into_iter().map(consent_to_proto).collect(),
+                    next_page_token: page.next_page_token,
+                });
+        finish(&self.gw.metrics, &ctx, started, result)
+    }
+
+    async fn get_consent(
+        &self,
+        req: Request<proto::GetConsentRequest>,
+    ) -> Result<Response<proto::GetConsentResponse>, Status> {
+        let started = Instant::now();
+        let ctx = context(&self.gw, &req, "SocialServices.GetConsent").await?;
+        let result = self
+            .gw
+            .get_consent(&ctx, &req.get_ref().consent_id)
+            .await
+            .map(|c| proto::GetConsentResponse {
+                consent: Some(consent_to_proto(c.consent)),
+                receipt: Some(consent_receipt_to_proto(c.receipt, c.body)),
+            });
+        finish(&self.gw.metrics, &ctx, started, result)
+    }
+
+    async fn renew_consent(
+        &self,
+        req: Request<proto::RenewConsentRequest>,
+    ) -> Result<Response<proto::RenewConsentResponse>, Status> {
+        let started = Instant::now();
+        let ctx = context(&self.gw, &req, "SocialServices.RenewConsent").await?;
+        let r = req.get_ref();
+        let mut times = Violations::default();
+        let renewal = r.renewal.as_ref().map(|n| RenewalInput {
+            given_at: from_timestamp(&mut times, "renewal.given_at", n.given_at.as_ref()),
+            valid_until: from_timestamp(&mut times, "renewal.valid_until", n.valid_until.as_ref()),
+            evidence_ref: &n.evidence_ref,
+            notice_version: &n.notice_version,
+        });
+        let result = self
+            .gw
+            .renew_consent(&ctx, &r.consent_id, renewal, times)
+            .await
+            .map(|n| proto::RenewConsentResponse {
+                consent_id: n.enrolment.consent_id,
+                renewed_consent_id: n.renewed,
+                subject_pseudonym: n.enrolment.subject_pseudonym.to_string(),
+                receipt: Some(consent_receipt_to_proto(
+                    n.enrolment.receipt,
+                    n.enrolment.body,
+                )),
             });
         finish(&self.gw.metrics, &ctx, started, result)
     }

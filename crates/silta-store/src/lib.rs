@@ -23,7 +23,7 @@ mod time_conv;
 use async_trait::async_trait;
 use silta_core::OrgId;
 use silta_core::audit::AuditRecord;
-use silta_core::consent::{ConsentRecord, ConsentState};
+use silta_core::consent::{ConsentRecord, ConsentStanding, ConsentState};
 use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
 use time::OffsetDateTime;
@@ -127,8 +127,52 @@ pub struct NewConsentRow<'a> {
     pub covers_landlord: bool,
     /// The flows the consent opens (its receipt's data categories).
     pub flows: &'a [String],
+    /// The subject's pseudonym in the recipient's own domain, as its receipt carries it.
+    pub subject_pseudonym: &'a Pseudonym,
+    /// The consent this one renews, if it is a renewal.
+    pub renews: Option<&'a str>,
     /// Creation time.
     pub now: OffsetDateTime,
+}
+
+/// A consent as its holder reads it back (`ListConsents`, `GetConsent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConsent {
+    /// Its terms and state.
+    pub record: ConsentRecord,
+    /// The subject's pseudonym in the recipient's domain, under the key version in use (a
+    /// promotion moves it); empty for a consent recorded before schema v8 (SQLite; v7 on
+    /// PostgreSQL) with no alert left to tell it.
+    pub subject_pseudonym: String,
+    /// The subject in the audit domain, for the ledger record of the read.
+    pub audit_subject: Pseudonym,
+    /// Evidence reference.
+    pub evidence_ref: String,
+    /// Notice version.
+    pub notice_version: String,
+    /// When it was recorded.
+    pub created_at: OffsetDateTime,
+    /// When its state last changed (for a withdrawn consent: when it was withdrawn).
+    pub changed_at: OffsetDateTime,
+    /// The consent it renewed, if any.
+    pub renews: Option<String>,
+}
+
+/// Which of one organisation's consents to list, one page at a time, in consent id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentQuery<'a> {
+    /// Only consents with this status at `now`; `None`: every one.
+    pub status: Option<ConsentStanding>,
+    /// Only consents of the subject with this pseudonym (in the recipient's domain).
+    pub subject_pseudonym: Option<&'a str>,
+    /// The moment the status is judged at.
+    pub now: OffsetDateTime,
+    /// An active consent ending before this is expiring.
+    pub expiring_before: OffsetDateTime,
+    /// Only consents whose id sorts after this one (the previous page's last).
+    pub after: Option<&'a str>,
+    /// Most consents.
+    pub limit: u32,
 }
 
 /// A message to put in a recipient's outbox: an alert to social services, or a support notice
@@ -301,6 +345,18 @@ pub trait Store: Send + Sync + 'static {
     /// The case `case_ref` of `recipient`: `None` when it does not exist or is another
     /// organisation's.
     async fn find_case(&self, recipient: &OrgId, case_ref: &str) -> Result<Option<CaseRow>>;
+
+    /// `recipient`'s consent `consent_id`; `None` when it does not exist or is another
+    /// organisation's (the caller cannot tell which).
+    async fn consent(&self, recipient: &OrgId, consent_id: &str) -> Result<Option<StoredConsent>>;
+
+    /// `recipient`'s consents matching `query`, in consent id order. Never another
+    /// organisation's.
+    async fn list_consents(
+        &self,
+        recipient: &OrgId,
+        query: &ConsentQuery<'_>,
+    ) -> Result<Vec<StoredConsent>>;
 
     /// Outbox messages (alerts and support notices) not yet acknowledged, all recipients.
     async fn undelivered(&self) -> Result<u64>;
@@ -498,7 +554,14 @@ pub trait WriteTx: Send {
     /// `rekey`, and records `version` as the one in use. Returns how many rows changed. The
     /// audit ledger is not touched: its entries are immutable and keep the version they were
     /// written under.
-    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64>;
+    /// Each consent's pseudonym in its recipient's own domain moves too, with `rekey_own`, so
+    /// the recipient finds it by the pseudonym its alerts carry from then on.
+    async fn promote_pseudonyms(
+        &mut self,
+        version: u32,
+        rekey: &Rekey<'_>,
+        rekey_own: &RekeyOwn<'_>,
+    ) -> Result<u64>;
 
     /// Commits durably.
     async fn commit(self: Box<Self>) -> Result<()>;
@@ -516,6 +579,26 @@ pub enum SubjectColumn {
 /// Maps a stored pseudonym to the promoted version; `None` if it cannot (the promotion is then
 /// abandoned and nothing changes).
 pub type Rekey<'a> = dyn Fn(SubjectColumn, &str) -> Option<String> + Send + Sync + 'a;
+
+/// Maps a consent's stored pseudonym in its recipient's domain (the recipient given) to the
+/// promoted version; `None` if it cannot (the promotion is then abandoned).
+pub type RekeyOwn<'a> = dyn Fn(&OrgId, &str) -> Option<String> + Send + Sync + 'a;
+
+/// The new own-domain pseudonym of a consent, or `None` if it does not change. Consents stored
+/// before schema v7 without one keep it empty.
+fn rekey_own_row(rekey: &RekeyOwn<'_>, recipient: &str, stored: &str) -> Result<Option<String>> {
+    if stored.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = || {
+        StoreError::Corrupt(
+            "a stored recipient pseudonym cannot be moved to the promoted key version".into(),
+        )
+    };
+    let org = OrgId::new(recipient).map_err(|_| corrupt())?;
+    let moved = rekey(&org, stored).ok_or_else(corrupt)?;
+    Ok((moved != stored).then_some(moved))
+}
 
 /// The new `(subject_key, audit_subject)` of a row, or `None` if they do not change. Rows from
 /// schema v1 hold empty subjects and keep them.
@@ -543,6 +626,56 @@ fn version_from_row(v: Option<i64>) -> Result<Option<u32>> {
             .map_err(|_| StoreError::Corrupt("key_state.pseudonym_version out of range".into()))
     })
     .transpose()
+}
+
+/// The columns [`StoredConsent`] is read from, in the order `consent_query` binds.
+pub(crate) const CONSENT_COLUMNS: &str = "consent_id, recipient_org, purpose, valid_from, \
+    valid_until, state, covers_landlord, flows, subject_pseudonym, audit_subject, evidence_ref, \
+    notice_version, created_at, changed_at, renews_consent_id";
+
+/// The filter of `list_consents`, with `?N` placeholders (PostgreSQL turns them into `$N`):
+/// 1 recipient, 2 pseudonym or '', 3 after id or '', 4 status or 'all', 5 now, 6 the expiring
+/// bound (unix ms), 7 limit. One statement text for every filter, so it is prepared once; the
+/// index by (recipient_org, consent_id) serves the order and the paging.
+pub(crate) const LIST_CONSENTS_WHERE: &str = "recipient_org = ?1
+      AND (?2 = '' OR subject_pseudonym = ?2)
+      AND consent_id > ?3
+      AND (?4 = 'all'
+           OR (?4 = 'withdrawn' AND state = 'withdrawn')
+           OR (?4 = 'superseded' AND state = 'superseded')
+           OR (?4 = 'expired' AND state = 'active' AND valid_until <= ?5)
+           OR (?4 = 'expiring' AND state = 'active' AND valid_until > ?5 AND valid_until <= ?6)
+           OR (?4 = 'active' AND state = 'active' AND valid_until > ?6))
+    ORDER BY consent_id
+    LIMIT ?7";
+
+/// The status filter's bound value.
+pub(crate) fn status_filter(status: Option<ConsentStanding>) -> &'static str {
+    status.map_or("all", ConsentStanding::as_str)
+}
+
+/// A consent from its stored columns, checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stored_consent(
+    record: ConsentRecord,
+    subject_pseudonym: String,
+    audit_subject: String,
+    evidence_ref: String,
+    notice_version: String,
+    created_at: i64,
+    changed_at: i64,
+    renews: String,
+) -> Result<StoredConsent> {
+    Ok(StoredConsent {
+        record,
+        subject_pseudonym,
+        audit_subject: Pseudonym::from_stored(audit_subject),
+        evidence_ref,
+        notice_version,
+        created_at: time_conv::from_ms(created_at)?,
+        changed_at: time_conv::from_ms(changed_at)?,
+        renews: (!renews.is_empty()).then_some(renews),
+    })
 }
 
 /// The distinct flow ids of the outbox, one index probe per flow (`alerts_by_flow`), not a scan

@@ -34,9 +34,9 @@ use crate::postgres_roles::{self, Migrated};
 use crate::read_ahead::ReadAhead;
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert, NewCase,
-    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert,
-    StoredCheckpoint, StoredReport, Wakeup, Withdrawal, WriteTx,
+    AuditFilter, CaseRow, ConsentQuery, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert,
+    NewCase, NewConsentRow, NewReport, Rekey, RekeyOwn, ReportPosition, Result, Store, StoreError,
+    StoredAlert, StoredCheckpoint, StoredConsent, StoredReport, Wakeup, Withdrawal, WriteTx,
 };
 
 /// The advisory lock key that serialises write transactions (ASCII "silta-wr").
@@ -179,6 +179,40 @@ impl Store for PostgresStore {
         }
         let (rows, oldest, due) = q.fetch_one(&self.pool).await?;
         crate::kind_count(rows, oldest, due)
+    }
+
+    async fn consent(&self, recipient: &OrgId, consent_id: &str) -> Result<Option<StoredConsent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM consents WHERE consent_id = $1 AND recipient_org = $2",
+            crate::CONSENT_COLUMNS
+        ))
+        .bind(consent_id)
+        .bind(recipient.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(stored_consent_from_row).transpose()
+    }
+
+    async fn list_consents(
+        &self,
+        recipient: &OrgId,
+        q: &ConsentQuery<'_>,
+    ) -> Result<Vec<StoredConsent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM consents WHERE {}",
+            crate::CONSENT_COLUMNS,
+            crate::LIST_CONSENTS_WHERE.replace('?', "$")
+        ))
+        .bind(recipient.as_str())
+        .bind(q.subject_pseudonym.unwrap_or(""))
+        .bind(q.after.unwrap_or(""))
+        .bind(crate::status_filter(q.status))
+        .bind(to_ms(q.now))
+        .bind(to_ms(q.expiring_before))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_consent_from_row).collect()
     }
 
     async fn outbox_flows(&self) -> Result<Vec<String>> {
@@ -511,6 +545,20 @@ fn consent_from_row(r: &sqlx::postgres::PgRow) -> Result<ConsentRecord> {
     })
 }
 
+/// A consent in `CONSENT_COLUMNS`.
+fn stored_consent_from_row(r: &sqlx::postgres::PgRow) -> Result<StoredConsent> {
+    crate::stored_consent(
+        consent_from_row(r)?,
+        r.try_get("subject_pseudonym")?,
+        r.try_get("audit_subject")?,
+        r.try_get("evidence_ref")?,
+        r.try_get("notice_version")?,
+        r.try_get("created_at")?,
+        r.try_get("changed_at")?,
+        r.try_get("renews_consent_id")?,
+    )
+}
+
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
     let v: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
     // A list of strings always serialises.
@@ -717,8 +765,10 @@ impl WriteTx for PgTx {
         sqlx::query(
             "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
                                    valid_from, valid_until, evidence_ref, notice_version, state,
-                                   created_at, changed_at, covers_landlord, flows)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13)",
+                                   created_at, changed_at, covers_landlord, flows,
+                                   subject_pseudonym, renews_consent_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13, $14,
+                     $15)",
         )
         .bind(c.consent_id)
         .bind(c.subject_key.as_str())
@@ -733,6 +783,8 @@ impl WriteTx for PgTx {
         .bind(to_ms(c.now))
         .bind(c.covers_landlord)
         .bind(json_list(c.flows))
+        .bind(c.subject_pseudonym.as_str())
+        .bind(c.renews.unwrap_or(""))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -995,7 +1047,12 @@ impl WriteTx for PgTx {
         crate::version_from_row(v)
     }
 
-    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
+    async fn promote_pseudonyms(
+        &mut self,
+        version: u32,
+        rekey: &Rekey<'_>,
+        rekey_own: &RekeyOwn<'_>,
+    ) -> Result<u64> {
         self.prefetched.forget_consents();
         // Every writer holds the same advisory lock (see `begin`): no node writes a record
         // under the old version once this commits, nor under the new one before.
@@ -1034,6 +1091,32 @@ impl WriteTx for PgTx {
                 .await?
                 .rows_affected();
             }
+        }
+        let owned: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT consent_id, recipient_org, subject_pseudonym FROM consents
+             WHERE subject_pseudonym <> ''",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut ids = Vec::new();
+        let mut owns = Vec::new();
+        for (id, recipient, own) in owned {
+            if let Some(own) = crate::rekey_own_row(rekey_own, &recipient, &own)? {
+                ids.push(id);
+                owns.push(own);
+            }
+        }
+        for (ids, owns) in ids.chunks(5_000).zip(owns.chunks(5_000)) {
+            changed += sqlx::query(
+                "UPDATE consents AS t SET subject_pseudonym = v.o
+                 FROM UNNEST($1::text[], $2::text[]) AS v(id, o)
+                 WHERE t.consent_id = v.id",
+            )
+            .bind(ids)
+            .bind(owns)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
         }
         sqlx::query(
             "INSERT INTO key_state (id, pseudonym_version) VALUES (1, $1)

@@ -27,9 +27,9 @@ use crate::ledger::ledger_entry;
 use crate::tail::{Tail, TailChanges};
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
-    AuditFilter, CaseRow, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
-    NewConsentRow, NewReport, Rekey, ReportPosition, Result, Store, StoreError, StoredAlert,
-    StoredCheckpoint, StoredReport, Withdrawal, WriteTx,
+    AuditFilter, CaseRow, ConsentQuery, ConsentSubject, LedgerEntry, LedgerHead, NewAlert, NewCase,
+    NewConsentRow, NewReport, Rekey, RekeyOwn, ReportPosition, Result, Store, StoreError,
+    StoredAlert, StoredCheckpoint, StoredConsent, StoredReport, Withdrawal, WriteTx,
 };
 
 /// The embedded SQLite store.
@@ -250,6 +250,40 @@ impl Store for SqliteStore {
         }
         let (rows, oldest, due) = q.fetch_one(&self.read).await?;
         crate::kind_count(rows, oldest, due)
+    }
+
+    async fn consent(&self, recipient: &OrgId, consent_id: &str) -> Result<Option<StoredConsent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM consents WHERE consent_id = ? AND recipient_org = ?",
+            crate::CONSENT_COLUMNS
+        ))
+        .bind(consent_id)
+        .bind(recipient.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(stored_consent_from_row).transpose()
+    }
+
+    async fn list_consents(
+        &self,
+        recipient: &OrgId,
+        q: &ConsentQuery<'_>,
+    ) -> Result<Vec<StoredConsent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM consents WHERE {}",
+            crate::CONSENT_COLUMNS,
+            crate::LIST_CONSENTS_WHERE
+        ))
+        .bind(recipient.as_str())
+        .bind(q.subject_pseudonym.unwrap_or(""))
+        .bind(q.after.unwrap_or(""))
+        .bind(crate::status_filter(q.status))
+        .bind(to_ms(q.now))
+        .bind(to_ms(q.expiring_before))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(stored_consent_from_row).collect()
     }
 
     async fn outbox_flows(&self) -> Result<Vec<String>> {
@@ -619,6 +653,30 @@ fn consent_record(raw: RawConsent) -> Result<ConsentRecord> {
     })
 }
 
+/// A consent read through the read pool, in `CONSENT_COLUMNS`.
+fn stored_consent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredConsent> {
+    let record = consent_record((
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get(5)?,
+        r.try_get(6)?,
+        r.try_get(7)?,
+    ))?;
+    crate::stored_consent(
+        record,
+        r.try_get(8)?,
+        r.try_get(9)?,
+        r.try_get(10)?,
+        r.try_get(11)?,
+        r.try_get(12)?,
+        r.try_get(13)?,
+        r.try_get(14)?,
+    )
+}
+
 /// Each recipient's last committed sequence number, for the tail to start from.
 fn last_alert_seqs(conn: &rusqlite::Connection) -> Result<Vec<(String, u64)>> {
     let rows = conn
@@ -842,8 +900,9 @@ impl WriteTx for SqliteTx {
                 "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org,
                                        purpose, valid_from, valid_until, evidence_ref,
                                        notice_version, state, created_at, changed_at,
-                                       covers_landlord, flows)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)",
+                                       covers_landlord, flows, subject_pseudonym,
+                                       renews_consent_id)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
             )?
             .execute(params![
                 c.consent_id,
@@ -859,6 +918,8 @@ impl WriteTx for SqliteTx {
                 to_ms(c.now),
                 i64::from(c.covers_landlord),
                 json_list(c.flows),
+                c.subject_pseudonym.as_str(),
+                c.renews.unwrap_or(""),
             ])?;
         Ok(())
     }
@@ -1170,7 +1231,12 @@ impl WriteTx for SqliteTx {
         crate::version_from_row(v)
     }
 
-    async fn promote_pseudonyms(&mut self, version: u32, rekey: &Rekey<'_>) -> Result<u64> {
+    async fn promote_pseudonyms(
+        &mut self,
+        version: u32,
+        rekey: &Rekey<'_>,
+        rekey_own: &RekeyOwn<'_>,
+    ) -> Result<u64> {
         // Possibly many rows: off the async worker, as a commit is.
         off_runtime(|| -> Result<u64> {
             let mut changed = 0;
@@ -1199,6 +1265,30 @@ impl WriteTx for SqliteTx {
                     changed += 1;
                 }
             }
+            let owned = self
+                .conn
+                .prepare(
+                    "SELECT consent_id, recipient_org, subject_pseudonym FROM consents
+                     WHERE subject_pseudonym <> ''",
+                )?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut update = self
+                .conn
+                .prepare("UPDATE consents SET subject_pseudonym = ? WHERE consent_id = ?")?;
+            for (id, recipient, own) in owned {
+                if let Some(own) = crate::rekey_own_row(rekey_own, &recipient, &own)? {
+                    update.execute(params![own, id])?;
+                    changed += 1;
+                }
+            }
+            drop(update);
             self.conn.execute(
                 "INSERT INTO key_state (id, pseudonym_version) VALUES (1, ?)
                  ON CONFLICT (id) DO UPDATE SET pseudonym_version = excluded.pseudonym_version",

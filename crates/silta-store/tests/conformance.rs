@@ -3,14 +3,15 @@
 //! names a server; CI sets it).
 
 use silta_core::audit::{AuditRecord, Outcome};
+use silta_core::consent::ConsentStanding;
 use silta_core::consent::ConsentState;
 use silta_core::policy::{ConsentView, DecisionInput, Permit, Policies};
 use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
 use silta_store::{
-    Due, Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore, ReportPosition,
-    SqliteStore, Store, SubjectColumn, WriteTx,
+    ConsentQuery, Due, Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore,
+    ReportPosition, SqliteStore, Store, SubjectColumn, WriteTx,
 };
 
 const PURPOSE: &str = "eviction-prevention";
@@ -44,6 +45,8 @@ async fn enrol(store: &dyn Store, id: &str, subject: &str, recipient: &str) {
         notice_version: "v1",
         covers_landlord: false,
         flows: &[FLOW.to_owned()],
+        subject_pseudonym: &ps(&format!("own-{subject}")),
+        renews: None,
         now: now(),
     })
     .await
@@ -421,6 +424,8 @@ async fn old_consent(
         notice_version: "v1",
         covers_landlord: false,
         flows: &[FLOW.to_owned()],
+        subject_pseudonym: subject,
+        renews: None,
         now: from,
     })
     .await
@@ -809,6 +814,8 @@ async fn prefetched_lookups_answer_as_without_prefetch(store: &dyn Store) {
         notice_version: "v1",
         covers_landlord: false,
         flows: &[FLOW.to_owned()],
+        subject_pseudonym: &ps("own-prefetch"),
+        renews: None,
         now: at,
     })
     .await
@@ -853,7 +860,14 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
     // One value that cannot move abandons the whole promotion.
     let mut tx = store.begin().await.expect("begin");
     let refuse = |_: SubjectColumn, v: &str| (v != "subject-k").then(|| format!("{v}@2"));
-    assert!(tx.promote_pseudonyms(2, &refuse).await.is_err());
+    let own = |o: &OrgId, v: &str| Some(format!("{v}@{o}"));
+    assert!(tx.promote_pseudonyms(2, &refuse, &own).await.is_err());
+    drop(tx);
+    // A recipient's own pseudonym that cannot move abandons it as well.
+    let mut tx = store.begin().await.expect("begin");
+    let all = |_: SubjectColumn, v: &str| Some(format!("{v}@2"));
+    let refuse_own = |o: &OrgId, v: &str| (v != "own-subject-k").then(|| format!("{v}@{o}"));
+    assert!(tx.promote_pseudonyms(2, &all, &refuse_own).await.is_err());
     drop(tx);
     let mut tx = store.begin().await.expect("begin");
     assert_eq!(tx.pseudonym_version().await.expect("version"), None);
@@ -873,7 +887,10 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
             SubjectColumn::Audit => format!("{v}@a2"),
         })
     };
-    let moved = tx.promote_pseudonyms(2, &rekey).await.expect("promote");
+    let moved = tx
+        .promote_pseudonyms(2, &rekey, &own)
+        .await
+        .expect("promote");
     assert!(moved >= 2, "the consent and the case moved ({moved})");
     tx.append_key_handover(7, "handover note\n", now())
         .await
@@ -907,6 +924,12 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
         .expect("stored");
     assert_eq!(subject.audit_subject, ps("audit-subject-k@a2"));
     drop(tx);
+    let held = store
+        .consent(&org("ss-a"), "c-promote")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(held.subject_pseudonym, "own-subject-k@ss-a");
     let case = store
         .find_case(&org("ss-a"), &case_ref)
         .await
@@ -915,6 +938,178 @@ async fn a_key_promotion_moves_every_subject_or_none(store: &dyn Store) {
     assert_eq!(
         (case.subject_key, case.audit_subject),
         (ps("subject-k@2"), ps("audit-subject-k@a2"))
+    );
+}
+
+/// Stores a consent of `holder` for `subject` valid until `until`, as of `at`.
+async fn hold(
+    store: &dyn Store,
+    id: &str,
+    holder: &str,
+    subject: &str,
+    until: OffsetDateTime,
+    renews: Option<&str>,
+    at: OffsetDateTime,
+) {
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_consent(&NewConsentRow {
+        consent_id: id,
+        subject_key: &ps(&format!("key-{subject}")),
+        audit_subject: &ps(&format!("audit-{subject}")),
+        recipient: &org(holder),
+        purpose: PURPOSE,
+        valid_from: at - Duration::hours(1),
+        valid_until: until,
+        evidence_ref: "E-L",
+        notice_version: "v1",
+        covers_landlord: subject == "s2",
+        flows: &[FLOW.to_owned()],
+        subject_pseudonym: &ps(&format!("own-{holder}-{subject}")),
+        renews,
+        now: at,
+    })
+    .await
+    .expect("insert consent");
+    tx.commit().await.expect("commit");
+}
+
+/// Lists `holder`'s consents ids; the status is judged at `now` with a 30-day window.
+async fn listed(
+    store: &dyn Store,
+    holder: &str,
+    status: Option<ConsentStanding>,
+    subject: Option<&str>,
+    now: OffsetDateTime,
+    after: Option<&str>,
+    limit: u32,
+) -> Vec<String> {
+    let query = ConsentQuery {
+        status,
+        subject_pseudonym: subject,
+        now,
+        expiring_before: now + Duration::days(30),
+        after,
+        limit,
+    };
+    store
+        .list_consents(&org(holder), &query)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.record.consent_id)
+        .collect()
+}
+
+async fn consents_are_listed_by_holder_status_subject_and_page(store: &dyn Store) {
+    let t = now();
+    let days = Duration::days;
+    hold(store, "lc-1", "holder-1", "s1", t + days(100), None, t).await;
+    hold(store, "lc-2", "holder-1", "s2", t + days(10), None, t).await;
+    hold(store, "lc-3", "holder-1", "s3", t + days(1), None, t).await;
+    hold(store, "lc-4", "holder-1", "s4", t + days(100), None, t).await;
+    // A renewal of lc-1: lc-1 is superseded, and lc-5 says what it renewed.
+    hold(
+        store,
+        "lc-5",
+        "holder-1",
+        "s1",
+        t + days(200),
+        Some("lc-1"),
+        t,
+    )
+    .await;
+    // Another organisation's consent for the same person.
+    hold(store, "lc-6", "holder-2", "s1", t + days(100), None, t).await;
+    let mut tx = store.begin().await.expect("begin");
+    let withdrawn = tx
+        .withdraw(&org("holder-1"), &ps("key-s4"), PURPOSE, t + days(1))
+        .await
+        .expect("withdraw");
+    assert_eq!(withdrawn.withdrawn, vec!["lc-4".to_owned()]);
+    tx.commit().await.expect("commit");
+
+    let all = |s| async move { listed(store, "holder-1", s, None, t, None, 100).await };
+    assert_eq!(all(None).await, ["lc-1", "lc-2", "lc-3", "lc-4", "lc-5"]);
+    assert_eq!(all(Some(ConsentStanding::Active)).await, ["lc-5"]);
+    assert_eq!(all(Some(ConsentStanding::Expiring)).await, ["lc-2", "lc-3"]);
+    assert!(all(Some(ConsentStanding::Expired)).await.is_empty());
+    assert_eq!(all(Some(ConsentStanding::Withdrawn)).await, ["lc-4"]);
+    assert_eq!(all(Some(ConsentStanding::Superseded)).await, ["lc-1"]);
+    // Judged two days later (an explicit time, no waiting): lc-3 has ended.
+    let later = t + days(2);
+    let at_later = |s| async move { listed(store, "holder-1", s, None, later, None, 100).await };
+    assert_eq!(at_later(Some(ConsentStanding::Expired)).await, ["lc-3"]);
+    assert_eq!(at_later(Some(ConsentStanding::Expiring)).await, ["lc-2"]);
+
+    // By the holder's own pseudonym of the subject: both of s1's, never the other holder's.
+    let s1 = Some("own-holder-1-s1");
+    assert_eq!(
+        listed(store, "holder-1", None, s1, t, None, 100).await,
+        ["lc-1", "lc-5"]
+    );
+    let foreign = Some("own-holder-2-s1");
+    assert!(
+        listed(store, "holder-1", None, foreign, t, None, 100)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        listed(store, "holder-2", None, None, t, None, 100).await,
+        ["lc-6"]
+    );
+    // Pages continue after the previous page's last id.
+    assert_eq!(
+        listed(store, "holder-1", None, None, t, None, 2).await,
+        ["lc-1", "lc-2"]
+    );
+    assert_eq!(
+        listed(store, "holder-1", None, None, t, Some("lc-2"), 2).await,
+        ["lc-3", "lc-4"]
+    );
+    assert_eq!(
+        listed(store, "holder-1", None, None, t, Some("lc-4"), 2).await,
+        ["lc-5"]
+    );
+
+    // One consent by id: the holder's only.
+    let c5 = store
+        .consent(&org("holder-1"), "lc-5")
+        .await
+        .expect("read")
+        .expect("lc-5 is holder-1's");
+    assert_eq!(c5.renews.as_deref(), Some("lc-1"));
+    assert_eq!(c5.subject_pseudonym, "own-holder-1-s1");
+    assert_eq!(c5.audit_subject, ps("audit-s1"));
+    assert_eq!(c5.record.valid_until, t + days(200));
+    assert_eq!(c5.created_at, t);
+    let c4 = store
+        .consent(&org("holder-1"), "lc-4")
+        .await
+        .expect("read")
+        .expect("lc-4 is holder-1's");
+    assert_eq!(c4.record.state, ConsentState::Withdrawn);
+    assert_eq!(c4.changed_at, t + days(1));
+    assert!(c4.renews.is_none());
+    let c2 = store
+        .consent(&org("holder-1"), "lc-2")
+        .await
+        .expect("read")
+        .expect("lc-2");
+    assert!(c2.record.covers_landlord);
+    assert_eq!(c2.evidence_ref, "E-L");
+    assert!(
+        store
+            .consent(&org("holder-2"), "lc-5")
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        store
+            .consent(&org("holder-1"), "lc-6")
+            .await
+            .expect("read")
+            .is_none()
     );
 }
 
@@ -928,6 +1123,7 @@ async fn suite(store: &dyn Store) {
     retention_purges_one_flow_at_a_time(store).await;
     prefetched_lookups_answer_as_without_prefetch(store).await;
     every_kind_of_record_expires(store).await;
+    consents_are_listed_by_holder_status_subject_and_page(store).await;
     // Last: it rewrites every stored subject.
     a_key_promotion_moves_every_subject_or_none(store).await;
 }

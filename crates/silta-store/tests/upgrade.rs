@@ -64,6 +64,15 @@ async fn a_v1_database_is_upgraded_in_place() {
     assert_eq!(payload["fields"]["arrears_band"], "from_500_to_1500");
     assert_eq!(payload["fields"]["months_overdue"], 2);
 
+    // The consent takes its holder's pseudonym of the client from the alert delivered under it.
+    let held = store
+        .consent(&OrgId::new("social-a").expect("valid"), "c1")
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(held.subject_pseudonym, "ps1.x");
+    assert!(held.renews.is_none());
+
     let mut tx = store.begin().await.expect("begin");
     let consents = tx
         .consents_for(

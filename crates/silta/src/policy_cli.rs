@@ -158,7 +158,9 @@ fn fields(f: &silta_core::policy::Flow) -> Vec<String> {
     f.fields
         .iter()
         .map(|c| match c.form {
-            Form::Pass => c.output.to_owned(),
+            Form::Pass if c.source == c.output => c.output.to_owned(),
+            // Named otherwise on the recipient's side: say so, as flows.toml names the source.
+            Form::Pass => format!("{} → {}", c.source, c.output),
             Form::Band | Form::Month => {
                 format!("{} → {} ({})", c.source, c.output, c.form.as_str())
             }

@@ -111,7 +111,8 @@ impl Form {
 /// One field of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldSpec {
-    /// The field's name in the request (or `received_at`, the time silta accepted it).
+    /// The field's name in the request (or `received_at`, the time silta accepted it, or
+    /// `sender_org`, the organisation that sent it).
     pub source: &'static str,
     /// The only form it may cross in, or `Err(why)` when it never crosses.
     pub crosses: Result<Form, &'static str>,
@@ -153,6 +154,14 @@ const OFFICE: FieldSpec = crosses(
     "landlord_contact_office",
 );
 const RECEIVED: FieldSpec = crosses("received_at", Form::Month, "report_month");
+/// The landlord organisation that sent the report, as its client certificate proves (no
+/// request field: silta fills it in). With many landlords, the recipient needs to know whose
+/// tenant it is and whom to answer.
+const SENDER: FieldSpec = crosses(SENDER_ORG, Form::Pass, "reporting_organisation");
+
+/// The source name of the sending organisation, which [`crate::policy::minimise`] fills in
+/// from the caller's certificate rather than from the message.
+pub const SENDER_ORG: &str = "sender_org";
 
 const RENT_ARREARS: &[FieldSpec] = &[
     RECEIVED,
@@ -160,6 +169,7 @@ const RENT_ARREARS: &[FieldSpec] = &[
     crosses("months_overdue", Form::Pass, "months_overdue"),
     crosses("eviction_stage", Form::Pass, "eviction_stage"),
     OFFICE,
+    SENDER,
     HETU,
     KEY,
     TENANCY,
@@ -171,6 +181,7 @@ const EVICTION_STAGE: &[FieldSpec] = &[
     crosses("eviction_stage", Form::Pass, "eviction_stage"),
     crosses("stage_date", Form::Month, "stage_month"),
     OFFICE,
+    SENDER,
     HETU,
     KEY,
     TENANCY,
@@ -182,6 +193,7 @@ const DISTURBANCE: &[FieldSpec] = &[
     crosses("count_in_period", Form::Pass, "count_in_period"),
     crosses("period_month", Form::Pass, "period_month"),
     OFFICE,
+    SENDER,
     HETU,
     KEY,
     TENANCY,

@@ -586,16 +586,23 @@ impl Policies {
 
 /// What crosses to a recipient of `message` on `flow`: exactly the fields the flow declares,
 /// each in its declared form, under the name the recipient sees. A field the message does not
-/// carry (an optional one left empty) is left out.
+/// carry (an optional one left empty) is left out. `sender` is the organisation that sent the
+/// message, as its certificate proves: the value of the `sender_org` field.
 pub fn minimise(
     flow: &Flow,
     message: &dyn Message,
     received_at: time::OffsetDateTime,
+    sender: &crate::OrgId,
 ) -> serde_json::Map<String, serde_json::Value> {
     flow.fields
         .iter()
         .filter_map(|f| {
-            let value = message.value(f.source, received_at)?.generalise(f.form)?;
+            let value = if f.source == catalogue::SENDER_ORG {
+                FieldValue::Text(sender.to_string())
+            } else {
+                message.value(f.source, received_at)?
+            };
+            let value = value.generalise(f.form)?;
             Some((f.output.to_owned(), value))
         })
         .collect()
