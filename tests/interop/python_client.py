@@ -3,7 +3,7 @@
 
 Generates a Python client from proto/silta/v1/*.proto with grpcio-tools, mints dev
 certificates with `silta dev-pki`, runs `silta serve`, and exercises every Landlord and
-SocialServices RPC over mTLS: reports of each kind on their declared flows, alerts read through
+SocialServices RPC, and the DPO's Audit/GetRetention, over mTLS: reports of each kind on their declared flows, alerts read through
 the `details` oneof, a support notice round trip back to the landlord, policy refusals and bad
 input, decoding google.rpc error details with the standard library.
 
@@ -34,6 +34,7 @@ UNENROLLED = "020464-911D"  # a resident nobody enrolled: only a statutory flow 
 LANDLORD = "city-housing"
 SOCIAL = "helsinki-social"
 OTHER_SOCIAL = "espoo-social"
+DPO = "dpo-office"
 
 PURPOSE = "eviction-prevention"
 CONSENT_BASIS = "gdpr-6-1-a-consent"
@@ -102,15 +103,16 @@ def main():
     gen = os.path.join(work, "gen")
     os.makedirs(gen)
     proto_dir = os.path.join(ROOT, "proto")
-    files = [os.path.join("silta/v1", f) for f in ("common.proto", "landlord.proto", "social_services.proto")]
+    files = [os.path.join("silta/v1", f) for f in ("common.proto", "landlord.proto", "social_services.proto", "audit.proto")]
     wkt = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     rc = protoc.main(["protoc", f"-I{proto_dir}", f"-I{wkt}", f"--python_out={gen}", f"--grpc_python_out={gen}", *files])
     check("client generated from the .proto with grpcio-tools", rc == 0)
     sys.path.insert(0, gen)
     from silta.v1 import common_pb2, landlord_pb2, landlord_pb2_grpc, social_services_pb2 as ss, social_services_pb2_grpc
+    from silta.v1 import audit_pb2, audit_pb2_grpc
 
     pki = os.path.join(work, "pki")
-    clients = [f"{LANDLORD}:landlord", f"{SOCIAL}:social_services", f"{OTHER_SOCIAL}:social_services"]
+    clients = [f"{LANDLORD}:landlord", f"{SOCIAL}:social_services", f"{OTHER_SOCIAL}:social_services", f"{DPO}:dpo"]
     subprocess.run([silta, "dev-pki", "--out", pki, *(a for c in clients for a in ("--client", c))],
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([silta, "keys", "generate", "--out", os.path.join(pki, "master.key")], check=True, stdout=subprocess.DEVNULL)
@@ -133,6 +135,7 @@ allow_temporary = true
     server = subprocess.Popen([silta, "serve", "--config", config], stderr=log, stdout=log)
     try:
         run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, social_services_pb2_grpc)
+        dpo(port, pki, audit_pb2, audit_pb2_grpc)
     finally:
         server.terminate()
         try:
@@ -437,6 +440,22 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
         outcome=common_pb2.SUPPORT_OUTCOME_CASE_CLOSED))
     check("a support notice after the withdrawal: POLICY_DENIED naming consent-withdrawn",
           is_policy_denied(err, "consent-withdrawn"))
+
+
+def dpo(port, pki, audit_pb2, audit_pb2_grpc):
+    """The DPO's view of retention: every kind of record, with counts only."""
+    audit = audit_pb2_grpc.AuditStub(channel(port, pki, DPO))
+    report = audit.GetRetention(audit_pb2.GetRetentionRequest(), timeout=10)
+    kinds = {(k.kind, k.flow_id): k for k in report.kinds}
+    check("GetRetention lists reports, consents and cases, and the messages of each flow",
+          {("reports", ""), ("consents", ""), ("cases", "")} <= set(kinds)
+          and any(kind == "messages" and flow for kind, flow in kinds))
+    check("GetRetention counts the rows this run stored, none due yet",
+          kinds[("reports", "")].rows > 0 and all(k.due == 0 for k in report.kinds)
+          and kinds[("reports", "")].kept_for_seconds == 7 * 86400)
+    err = refused(audit_pb2_grpc.AuditStub(channel(port, pki, LANDLORD)).GetRetention, audit_pb2.GetRetentionRequest())
+    check("GetRetention is the DPO's only: PERMISSION_DENIED for a landlord",
+          err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED)
 
 
 if __name__ == "__main__":
