@@ -65,6 +65,10 @@ async fn every_kind_of_record_expires_and_the_ledger_still_answers_for_it() {
     for table in ["reports", "consents", "cases"] {
         assert_eq!(count(&gw, table).await, "1", "{table} before the purge");
     }
+    let case_ref = gw
+        .query_strings("SELECT case_ref FROM cases")
+        .await
+        .concat();
     assert!(
         !files_holding(&gw, TENANCY).is_empty(),
         "the case's tenancy reference is stored before the purge"
@@ -110,6 +114,22 @@ async fn every_kind_of_record_expires_and_the_ledger_still_answers_for_it() {
 
     // The ledger is whole, and still tells the resident who received what.
     gw.restart_after_stop().await;
+    // A support notice on the purged case: not found (were the case still there, the
+    // withdrawn consent would make it a policy refusal instead).
+    let err = gw
+        .social(SOCIAL_A)
+        .await
+        .send_support_notice(proto::SendSupportNoticeRequest {
+            idempotency_key: "ret-notice".into(),
+            case_ref,
+            purpose: "eviction-prevention".into(),
+            legal_basis: silta_tests::CONSENT.into(),
+            outcome: proto::SupportOutcome::SupportEngaged.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the case has ended");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     let mut audit = gw.audit(DPO).await;
     let export: Vec<proto::ExportItem> = audit
         .export(proto::ExportRequest::default())
