@@ -157,7 +157,10 @@ async fn a_consent_based_alert_carries_no_sealed_identity() {
         .expect("accepted");
     let alert = first_alert(&gw, SOCIAL_A).await;
     assert_eq!(alert.flow_id, "rent-arrears");
-    assert_eq!(alert.sealed_identity, None, "a consent covers a pseudonym only");
+    assert_eq!(
+        alert.sealed_identity, None,
+        "a consent covers a pseudonym only"
+    );
     let entries = access_report(&gw).await;
     let disclosure = entries
         .iter()

@@ -45,7 +45,9 @@ pub enum SealError {
     BadKey,
     /// The encapsulated key is malformed, or the ciphertext does not open with this key,
     /// flow, organisation and alert id.
-    #[error("the sealed identity does not open with this key for this flow, organisation and alert")]
+    #[error(
+        "the sealed identity does not open with this key for this flow, organisation and alert"
+    )]
     Open,
     /// HPKE refused to seal.
     #[error("sealing failed")]
@@ -205,7 +207,12 @@ mod tests {
         );
         // Another key, alert, flow or organisation: it does not open.
         for (sk, flow, org, alert) in [
-            (other_private.as_str(), "flow-a", "helsinki-social", "alert-1"),
+            (
+                other_private.as_str(),
+                "flow-a",
+                "helsinki-social",
+                "alert-1",
+            ),
             (private.as_str(), "flow-a", "helsinki-social", "alert-2"),
             (private.as_str(), "flow-b", "helsinki-social", "alert-1"),
             (private.as_str(), "flow-a", "espoo-social", "alert-1"),

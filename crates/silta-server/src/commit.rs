@@ -533,8 +533,11 @@ async fn apply_message(
         received_at: now,
     })
     .await?;
-    for ((permit, alert_id), sealed_payload) in
-        disclosure.permits.iter().zip(&alert_ids).zip(&sealed_payloads)
+    for ((permit, alert_id), sealed_payload) in disclosure
+        .permits
+        .iter()
+        .zip(&alert_ids)
+        .zip(&sealed_payloads)
     {
         let recipient = permit.recipient();
         let (pseudonym, case_ref) = match &job.route {

@@ -280,7 +280,9 @@ impl Payload {
                 let text = |k: &str| s.get(k).and_then(|x| x.as_str());
                 let bytes = |k: &str| text(k).and_then(|x| b64.decode(x).ok());
                 Some(proto::SealedIdentity {
-                    suite: text("suite").ok_or_else(|| unreadable("sealed suite"))?.to_owned(),
+                    suite: text("suite")
+                        .ok_or_else(|| unreadable("sealed suite"))?
+                        .to_owned(),
                     key_id: text("key_id")
                         .ok_or_else(|| unreadable("sealed key id"))?
                         .to_owned(),

@@ -322,7 +322,9 @@ pub async fn run() -> anyhow::Result<bool> {
     s.title(
         "a statutory notice (SHL 35 §, no consent): an eviction's enforcement is set for someone who never enrolled",
     );
-    println!("  helsinki-social made its key pair; silta's configuration holds only the public half:");
+    println!(
+        "  helsinki-social made its key pair; silta's configuration holds only the public half:"
+    );
     for line in recipient_entry.lines() {
         println!("    {line}");
     }
@@ -369,12 +371,21 @@ pub async fn run() -> anyhow::Result<bool> {
             enc: sealed.enc.clone(),
             ciphertext: sealed.ciphertext.clone(),
         };
-        silta_core::sealed::open(&private, &sealed, &n.flow_id, "helsinki-social", &n.alert_id)
-            .ok()
+        silta_core::sealed::open(
+            &private,
+            &sealed,
+            &n.flow_id,
+            "helsinki-social",
+            &n.alert_id,
+        )
+        .ok()
     });
     // The demo's code is synthetic; a real recipient would not print it.
     if let Some(code) = &opened {
-        println!("  helsinki-social opens it with its private key: {}", code.as_str());
+        println!(
+            "  helsinki-social opens it with its private key: {}",
+            code.as_str()
+        );
     }
     s.check(
         "the statutory notice reached helsinki-social without consent",

@@ -314,7 +314,10 @@ fn check_flow(
             ),
         );
     }
-    let discloses_identity = raw.discloses_identity.as_ref().is_some_and(|d| *d.get_ref());
+    let discloses_identity = raw
+        .discloses_identity
+        .as_ref()
+        .is_some_and(|d| *d.get_ref());
     if discloses_identity && requires_consent {
         // A consent covers a pseudonymous alert: the identity crosses only where the law
         // names the recipient and expects it to find the person.
