@@ -110,6 +110,16 @@ async fn the_municipality_opens_the_identity_of_an_unenrolled_resident_and_no_on
         disclosure.fields
     );
 
+    // The ciphertext lives in the alert's own row (its payload), so the retention purge and a
+    // withdrawal's purge, which delete the row, delete it too.
+    assert_eq!(
+        gw.query_strings(
+            "SELECT alert_id FROM alerts WHERE payload LIKE '%\"sealed_identity\"%'"
+        )
+        .await,
+        [alert.alert_id.clone()]
+    );
+
     // At rest: the ciphertext, never the code, in any form, in any of the database's files.
     gw.stop().await;
     let mut read = 0;
@@ -207,4 +217,46 @@ async fn the_gateway_refuses_to_start_when_a_statutory_recipient_has_no_key() {
         err.contains("statutory_recipients[0].hpke_public_key (org helsinki-social)"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_discloses_identity_to_an_organisation_without_a_key_is_refused() {
+    // A set whose statutory flow does not disclose identity runs without any recipient key.
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = TestGateway::copy_policies(root.path());
+    let flows = dir.join("flows.toml");
+    let declared = std::fs::read_to_string(&flows).expect("read flows.toml");
+    assert!(declared.contains("discloses_identity = true\n"));
+    std::fs::write(&flows, declared.replace("discloses_identity = true\n", ""))
+        .expect("write flows.toml");
+    let gw = TestGateway::start_with(|c| {
+        c.policy.dir = Some(dir.clone());
+        c.statutory_recipients.clear();
+    })
+    .await;
+
+    // Declaring the disclosure again, with no key for its recipient, is refused; the old set
+    // keeps serving.
+    std::fs::write(&flows, &declared).expect("write flows.toml");
+    let err = gw
+        .reload_policies()
+        .await
+        .expect_err("no key for the recipient")
+        .to_string();
+    assert!(err.contains(MUNICIPAL), "{err}");
+    assert!(err.contains("statutory_recipients"), "{err}");
+    // The old set serves: the notice crosses, pseudonymous as that set declares.
+    gw.landlord(LANDLORD)
+        .await
+        .report_eviction_stage(eviction(
+            "s-1",
+            RESIDENT,
+            EvictionStage::EnforcementScheduled,
+            STATUTORY,
+        ))
+        .await
+        .expect("accepted");
+    let alert = first_alert(&gw, MUNICIPAL).await;
+    assert_eq!(alert.flow_id, "eviction-enforcement-notice");
+    assert_eq!(alert.sealed_identity, None);
 }
