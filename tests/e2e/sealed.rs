@@ -113,11 +113,9 @@ async fn the_municipality_opens_the_identity_of_an_unenrolled_resident_and_no_on
     // The ciphertext lives in the alert's own row (its payload), so the retention purge and a
     // withdrawal's purge, which delete the row, delete it too.
     assert_eq!(
-        gw.query_strings(
-            "SELECT alert_id FROM alerts WHERE payload LIKE '%\"sealed_identity\"%'"
-        )
-        .await,
-        [alert.alert_id.clone()]
+        gw.query_strings("SELECT alert_id FROM alerts WHERE payload LIKE '%\"sealed_identity\"%'")
+            .await,
+        std::slice::from_ref(&alert.alert_id)
     );
 
     // At rest: the ciphertext, never the code, in any form, in any of the database's files.
