@@ -12,3 +12,4 @@ mod limits;
 mod privacy;
 mod reports;
 mod retention;
+mod sealed;

@@ -8,7 +8,7 @@ the `details` oneof, a support notice round trip back to the landlord, policy re
 input, decoding google.rpc error details with the standard library.
 
 Usage: python_client.py PATH/TO/silta
-(needs: grpcio grpcio-tools grpcio-status grpcio-reflection)
+(needs: grpcio grpcio-tools grpcio-status grpcio-reflection cryptography)
 Exits non-zero on the first unexpected behaviour. Loopback only; stops its server.
 """
 
@@ -23,6 +23,9 @@ from datetime import datetime, timedelta, timezone
 import grpc
 from grpc_status import rpc_status
 from grpc_tools import protoc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hpke_open import open_sealed_identity  # noqa: E402  (beside this file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Synthetic codes: individual numbers 900-999, which no real person has (tests/fixtures).
@@ -130,6 +133,10 @@ client_ca = "{pki}/ca.pem"
 master_secret_file = "{pki}/master.key"
 [hetu]
 allow_temporary = true
+# The statutory flow discloses identity to helsinki-social: dev-pki made its key pair.
+[[statutory_recipients]]
+org = "{SOCIAL}"
+hpke_public_key_file = "{pki}/{SOCIAL}.hpke-public.key"
 """)
     log = open(os.path.join(work, "serve.log"), "w")
     server = subprocess.Popen([silta, "serve", "--config", config], stderr=log, stdout=log)
@@ -324,6 +331,37 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
     check("the statutory notice reaches the municipal social services without consent",
           notified.flow_id == "eviction-enforcement-notice" and notified.legal_basis == STATUTORY_BASIS
           and notified.consent_id == "" and notified.eviction_stage_change.stage_month == "2026-12")
+    # It says whom it concerns: the code, sealed (HPKE) to helsinki-social's own key.
+    check("the statutory notice carries a sealed identity; the consent-based alerts do not",
+          notified.HasField("sealed_identity") and not alert.HasField("sealed_identity")
+          and not step.HasField("sealed_identity"))
+    with open(os.path.join(pki, f"{SOCIAL}.hpke-private.key")) as f:
+        private_key = f.read()
+    check("the recipient opens the sealed identity with its private key: the resident's code",
+          open_sealed_identity(private_key, notified, SOCIAL) == UNENROLLED)
+    try:
+        open_sealed_identity(private_key, notified, OTHER_SOCIAL)
+        bound = False
+    except Exception:
+        bound = True
+    check("opened as another organisation, it does not open (info binds the recipient)", bound)
+    with open(os.path.join(pki, f"{OTHER_SOCIAL}.hpke-private.key")) as f:
+        other_key = f.read()
+    try:
+        open_sealed_identity(other_key, notified, SOCIAL)
+        sealed_to_one = False
+    except Exception:
+        sealed_to_one = True
+    check("another organisation's private key does not open it", sealed_to_one)
+    moved = ss.Alert()
+    moved.CopyFrom(notified)
+    moved.alert_id = alert.alert_id
+    try:
+        open_sealed_identity(private_key, moved, SOCIAL)
+        aad_bound = False
+    except Exception:
+        aad_bound = True
+    check("moved to another alert, it does not open (the AAD binds the alert id)", aad_bound)
     social.AckAlerts(ss.AckAlertsRequest(up_to_sequence=notified.sequence), timeout=10)
 
     # --- Policy refusals: independent of the resident, so the landlord is told.

@@ -36,6 +36,9 @@ pub struct TestGateway {
     pub config: Config,
     /// The verifier key of the ledger's checkpoints.
     pub checkpoint_key: String,
+    /// MUNICIPAL's HPKE private key (base64): the statutory recipient's, which opens the
+    /// identity sealed to it. silta is given only the public half.
+    pub municipal_private_key: String,
     /// The keyring's secrets, version 1 first.
     secrets: Vec<[u8; 32]>,
     running: Option<RunningGateway>,
@@ -80,6 +83,15 @@ impl TestGateway {
         config.tls.client_ca = dir.path().join("ca.pem");
         config.hetu.allow_temporary = true;
         config.tuning.delivery_poll_ms = 200;
+        // The statutory flow discloses identity to MUNICIPAL: without its key no gateway starts.
+        let (municipal_private_key, municipal_public) = silta_core::sealed::generate_keypair();
+        config
+            .statutory_recipients
+            .push(silta_server::config::StatutoryRecipient {
+                org: MUNICIPAL.to_owned(),
+                hpke_public_key: Some(municipal_public),
+                hpke_public_key_file: None,
+            });
         adjust(&mut config);
         let mut secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
@@ -89,6 +101,7 @@ impl TestGateway {
             pki,
             config,
             secrets: vec![secret],
+            municipal_private_key: municipal_private_key.to_string(),
             checkpoint_key: String::new(),
             running: None,
         };
@@ -375,6 +388,26 @@ pub fn eviction(
         stage_date: "2026-12-15".into(),
         landlord_contact_office: "Kallio office".into(),
     }
+}
+
+/// Opens the identity sealed in `alert` as `org` with its `private_key` (base64).
+pub fn open_sealed(
+    alert: &proto::Alert,
+    org: &str,
+    private_key: &str,
+) -> Result<String, silta_core::sealed::SealError> {
+    let s = alert
+        .sealed_identity
+        .as_ref()
+        .ok_or(silta_core::sealed::SealError::Open)?;
+    let sealed = silta_core::sealed::SealedIdentity {
+        suite: s.suite.clone(),
+        key_id: s.key_id.clone(),
+        enc: s.enc.clone(),
+        ciphertext: s.ciphertext.clone(),
+    };
+    silta_core::sealed::open(private_key, &sealed, &alert.flow_id, org, &alert.alert_id)
+        .map(|code| code.to_string())
 }
 
 /// A disturbance notice for `hetu` under `key`.

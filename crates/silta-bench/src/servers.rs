@@ -115,6 +115,14 @@ pub(crate) async fn run_gateway(
     config.tls.client_ca = pki.join("ca.pem");
     config.hetu.allow_temporary = true; // the benchmark's codes are synthetic (900–999)
     config.admin.listen = Some(admin);
+    // The statutory flow must be able to seal the identity to its recipient.
+    config
+        .statutory_recipients
+        .push(silta_server::config::StatutoryRecipient {
+            org: "helsinki-social".to_owned(),
+            hpke_public_key: None,
+            hpke_public_key_file: Some(pki.join("helsinki-social.hpke-public.key")),
+        });
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
         .map_err(|_| anyhow::anyhow!("system random generator failed"))?;

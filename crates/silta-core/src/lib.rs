@@ -14,6 +14,7 @@ pub mod org;
 pub mod policy;
 pub mod pseudonym;
 pub mod report;
+pub mod sealed;
 pub mod secret;
 pub mod support;
 pub mod validate;

@@ -315,6 +315,18 @@ fn broken_sets_are_refused_with_file_line_and_reason() {
             "unknown purpose \"marketing\"",
         ),
         (
+            // The first flow, rent-arrears, is on consent: it may not disclose identity.
+            builtin_with("flows.toml", |t| {
+                t.replacen(
+                    "retention_days = 90",
+                    "discloses_identity = true\nretention_days = 90",
+                    1,
+                )
+            }),
+            "p/flows.toml:",
+            "`discloses_identity` is only allowed on a legal basis without consent",
+        ),
+        (
             builtin_with("support-notices.cedar", |t| {
                 t.replacen("@id(\"support-notice-on-consent\")", "", 1)
             }),

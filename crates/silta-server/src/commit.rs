@@ -12,6 +12,8 @@ use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::policy::{ConsentView, DecisionInput, Policies};
 use silta_core::report::EvictionStage;
 use silta_core::{Domain, Hetu, OrgId, PseudonymSet, Pseudonymiser};
+
+use crate::sealing::RecipientKeys;
 use silta_store::{Lookups, NewAlert, NewCase, NewReport, Store, StoreError, WriteTx};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -66,7 +68,12 @@ pub(crate) struct Answered {
 pub(crate) enum Route {
     /// A landlord's report, to social services: about the resident with this identity code
     /// (kept only to derive each recipient's pseudonym) in this tenancy.
-    ToSocialServices { hetu: Hetu, tenancy_ref: String },
+    /// For a flow that discloses identity, the code is also sealed to each recipient's key.
+    ToSocialServices {
+        hetu: Hetu,
+        tenancy_ref: String,
+        recipient_keys: Arc<RecipientKeys>,
+    },
     /// A support notice, to the landlord of a case, under its own tenancy reference.
     ToLandlord {
         landlord: OrgId,
@@ -475,6 +482,49 @@ async fn apply_message(
     }
 
     let report_id = uuid::Uuid::now_v7().to_string();
+    // A support notice has one recipient: its receipt and the delivered notice carry the
+    // same id, so the sender can match them.
+    let alert_ids: Vec<String> = disclosure
+        .permits
+        .iter()
+        .map(|_| match job.route {
+            Route::ToLandlord { .. } => report_id.clone(),
+            Route::ToSocialServices { .. } => uuid::Uuid::now_v7().to_string(),
+        })
+        .collect();
+    // For a flow that discloses identity, the code sealed in memory to each recipient's public
+    // key and bound to its alert, before anything is written: only the ciphertext is stored,
+    // and it goes with the alert when that is purged. Start-up and every reload refuse a set
+    // with a recipient lacking a key, so a failure here is a bug, not the client's.
+    let mut sealed_payloads: Vec<Option<String>> = vec![None; alert_ids.len()];
+    if let Route::ToSocialServices {
+        hetu,
+        recipient_keys,
+        ..
+    } = &job.route
+        && flow.discloses_identity
+    {
+        for ((permit, alert_id), slot) in disclosure
+            .permits
+            .iter()
+            .zip(&alert_ids)
+            .zip(&mut sealed_payloads)
+        {
+            let recipient = permit.recipient();
+            let payload = recipient_keys
+                .get(recipient)
+                .and_then(|key| {
+                    silta_core::sealed::seal(hetu, key, &flow.id, recipient, alert_id).ok()
+                })
+                .and_then(|sealed| crate::sealing::with_sealed(&job.payload, &sealed));
+            let Some(payload) = payload else {
+                tracing::error!(flow = %flow.id, %recipient, "the identity could not be sealed to this recipient");
+                return Ok(Err(ApiError::Unavailable));
+            };
+            *slot = Some(payload);
+        }
+    }
+    let sealed_any = sealed_payloads.iter().any(Option::is_some);
     tx.insert_report(&NewReport {
         report_id: &report_id,
         landlord: sender,
@@ -483,10 +533,17 @@ async fn apply_message(
         received_at: now,
     })
     .await?;
-    for permit in &disclosure.permits {
+    for ((permit, alert_id), sealed_payload) in disclosure
+        .permits
+        .iter()
+        .zip(&alert_ids)
+        .zip(&sealed_payloads)
+    {
         let recipient = permit.recipient();
         let (pseudonym, case_ref) = match &job.route {
-            Route::ToSocialServices { hetu, tenancy_ref } => {
+            Route::ToSocialServices {
+                hetu, tenancy_ref, ..
+            } => {
                 let pseudonym = p
                     .pseudonym_at(hetu, &Domain::Org(recipient.clone()), version)
                     .ok_or_else(|| lacks_version(p, version))?;
@@ -507,24 +564,19 @@ async fn apply_message(
             // The landlord learns no pseudonym, and the case under its own reference.
             Route::ToLandlord { tenancy_ref, .. } => (String::new(), tenancy_ref.clone()),
         };
-        // A support notice has one recipient: its receipt and the delivered notice carry the
-        // same id, so the sender can match them.
-        let alert_id = match job.route {
-            Route::ToLandlord { .. } => report_id.clone(),
-            Route::ToSocialServices { .. } => uuid::Uuid::now_v7().to_string(),
-        };
+
         let seq = tx
             .insert_alert(
                 permit,
                 &NewAlert {
-                    alert_id: &alert_id,
+                    alert_id,
                     flow_id: &flow.id,
                     purpose: &flow.purpose,
                     legal_basis: &flow.legal_basis,
                     report_id: &report_id,
                     subject_pseudonym: &pseudonym,
                     case_ref: &case_ref,
-                    payload: &job.payload,
+                    payload: sealed_payload.as_deref().unwrap_or(&job.payload),
                     now,
                 },
             )
@@ -544,6 +596,11 @@ async fn apply_message(
         .collect();
     if !record.recipients.is_empty() {
         record.fields.clone_from(&job.fields);
+        // The access report must show that the resident's identity was disclosed, not only
+        // the fields: the recipient can name the person.
+        if sealed_any {
+            record.fields.push(IDENTITY_SEALED.to_owned());
+        }
     }
     fx.audit(tx, &record).await?;
     Ok(Ok(Receipt {
@@ -552,6 +609,10 @@ async fn apply_message(
         idempotency_key: job.idempotency_key.clone(),
     }))
 }
+
+/// The field name the ledger lists when a disclosure carried the identity code sealed to its
+/// recipients.
+pub const IDENTITY_SEALED: &str = "identity_sealed";
 
 /// A new case reference: `case-` and 32 letters a–p carrying 128 random bits. It holds no
 /// digit, so it can never look like an identity code: the scan every `case_ref` sent back goes

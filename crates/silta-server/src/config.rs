@@ -37,6 +37,26 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// What one caller, connection or source address may hold of the gateway.
     pub limits: LimitsConfig,
+    /// The organisations a statutory flow may tell who the resident is (`discloses_identity`
+    /// in `flows.toml`), each with the public key the identity code is sealed to.
+    pub statutory_recipients: Vec<StatutoryRecipient>,
+}
+
+/// One `[[statutory_recipients]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatutoryRecipient {
+    /// The organisation, as its client certificate names it.
+    pub org: String,
+    /// Its HPKE (X25519) public key, base64 of 32 bytes, as `silta keys recipient-keypair`
+    /// prints it. Only the public half: silta cannot open what it seals. Set this or
+    /// `hpke_public_key_file`.
+    #[serde(default)]
+    pub hpke_public_key: Option<String>,
+    /// A file holding the public key, base64 (`hpke-public.key` as `silta keys
+    /// recipient-keypair` writes it, or `<org>.hpke-public.key` from `silta dev-pki`).
+    #[serde(default)]
+    pub hpke_public_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -55,6 +75,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             jwt: JwtConfig::default(),
             limits: LimitsConfig::default(),
+            statutory_recipients: Vec::new(),
         }
     }
 }

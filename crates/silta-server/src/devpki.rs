@@ -206,6 +206,13 @@ impl DevPki {
         for (caller, pem) in &self.clients {
             put(format!("{}.pem", caller.org), &pem.cert, false)?;
             put(format!("{}.key", caller.org), &pem.key, true)?;
+            // A social-services organisation may be a statutory recipient: its key pair for
+            // sealed identity, the public half for silta's [[statutory_recipients]].
+            if caller.role == silta_core::Role::SocialServices {
+                let (private, public) = silta_core::sealed::generate_keypair();
+                put(format!("{}.hpke-private.key", caller.org), &private, true)?;
+                put(format!("{}.hpke-public.key", caller.org), &public, false)?;
+            }
         }
         Ok(written)
     }

@@ -126,6 +126,8 @@ pub struct Gateway {
     pub(crate) policies: Arc<PolicyHandle>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) actors: crate::actor::ActorVerifier,
+    /// The keys identity codes are sealed to, for flows that disclose identity.
+    pub(crate) recipient_keys: Arc<crate::sealing::RecipientKeys>,
 }
 
 impl Gateway {
@@ -295,6 +297,7 @@ impl Gateway {
             route: Route::ToSocialServices {
                 hetu: header.hetu,
                 tenancy_ref: header.tenancy_ref,
+                recipient_keys: Arc::clone(&self.recipient_keys),
             },
             lookup,
             audit,
@@ -834,7 +837,7 @@ impl Gateway {
     /// Re-reads the policy set; swaps it in only if valid, and records the outcome in the
     /// ledger either way. Returns the new set's digest.
     pub async fn reload_policies(&self) -> Result<String, silta_core::policy::PolicyErrors> {
-        let result = self.policies.reload();
+        let result = self.policies.reload(|p| self.recipient_keys.check(p));
         let (outcome, reason) = match &result {
             Ok(p) => (Outcome::Allow, format!("policy-set-{}", p.digest())),
             Err(_) => (Outcome::Deny, "policy-set-invalid-old-set-kept".to_owned()),

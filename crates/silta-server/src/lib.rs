@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod policy_source;
 mod proto_debug;
 pub mod retention;
+pub mod sealing;
 pub mod services;
 pub mod status;
 pub mod telemetry;
@@ -337,6 +338,14 @@ pub async fn start(
         policy_source::PolicyHandle::open(config.policy.dir.clone())
             .map_err(|e| ServeError::Policy(e.to_string()))?,
     );
+    // A statutory flow that must say whom it concerns cannot run without its recipient's key.
+    let recipient_keys = Arc::new(
+        sealing::RecipientKeys::from_config(&config.statutory_recipients)
+            .map_err(ServeError::Config)?,
+    );
+    recipient_keys
+        .check(&policies.get())
+        .map_err(ServeError::Config)?;
     let actors = actor::ActorVerifier::new(&config.jwt)
         .await
         .map_err(ServeError::Config)?;
@@ -456,6 +465,7 @@ pub async fn start(
         policies: Arc::clone(&policies),
         metrics: Arc::clone(&metrics),
         actors,
+        recipient_keys,
     });
     // Which policy set decides from now on, in the ledger: an auditor can match decisions to
     // the exact files the DPO signed off.

@@ -80,8 +80,22 @@ impl PolicyHandle {
     }
 
     /// Reads and validates the set again; swaps it in only if it is valid.
-    pub fn reload(&self) -> Result<Arc<Policies>, PolicyErrors> {
+    ///
+    /// `check` may refuse a set that is valid on its own but not with this gateway's
+    /// configuration (a flow disclosing identity to an organisation without a key).
+    pub fn reload(
+        &self,
+        check: impl Fn(&Policies) -> Result<(), String>,
+    ) -> Result<Arc<Policies>, PolicyErrors> {
         let fresh = Arc::new(load(self.dir.as_deref())?);
+        check(&fresh).map_err(|message| {
+            PolicyErrors(vec![silta_core::policy::PolicyError {
+                file: "flows.toml".to_owned(),
+                line: None,
+                column: None,
+                message,
+            }])
+        })?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
         Ok(fresh)
     }

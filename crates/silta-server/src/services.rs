@@ -251,6 +251,8 @@ fn outcome_to_proto(o: SupportOutcome) -> proto::SupportOutcome {
 struct Payload {
     kind: MessageKind,
     fields: serde_json::Map<String, serde_json::Value>,
+    /// The identity sealed to the recipient, on a flow that discloses it.
+    sealed: Option<proto::SealedIdentity>,
 }
 
 impl Payload {
@@ -270,7 +272,31 @@ impl Payload {
             Some(serde_json::Value::Object(m)) => m,
             _ => return Err(unreadable("no fields")),
         };
-        Ok(Payload { kind, fields })
+        let sealed = match v.get("sealed_identity") {
+            None => None,
+            Some(s) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let text = |k: &str| s.get(k).and_then(|x| x.as_str());
+                let bytes = |k: &str| text(k).and_then(|x| b64.decode(x).ok());
+                Some(proto::SealedIdentity {
+                    suite: text("suite")
+                        .ok_or_else(|| unreadable("sealed suite"))?
+                        .to_owned(),
+                    key_id: text("key_id")
+                        .ok_or_else(|| unreadable("sealed key id"))?
+                        .to_owned(),
+                    enc: bytes("enc").ok_or_else(|| unreadable("sealed enc"))?,
+                    ciphertext: bytes("ciphertext")
+                        .ok_or_else(|| unreadable("sealed ciphertext"))?,
+                })
+            }
+        };
+        Ok(Payload {
+            kind,
+            fields,
+            sealed,
+        })
     }
 
     fn text(&self, key: &str) -> Option<String> {
@@ -330,6 +356,7 @@ pub fn alert_to_proto(a: StoredAlert) -> Result<proto::Alert, ApiError> {
         report_month: p.text("report_month"),
         landlord_contact_office: p.text("landlord_contact_office"),
         reporting_organisation: p.text("reporting_organisation"),
+        sealed_identity: p.sealed.clone(),
         details,
     })
 }

@@ -70,6 +70,17 @@ pub async fn run() -> anyhow::Result<bool> {
     config.hetu.allow_temporary = true; // the demo's codes are synthetic, from the 900–999 range
     config.tuning.delivery_poll_ms = 200;
     config.ledger.checkpoint_every = 1; // so the DPO step below has a fresh checkpoint at once
+    // helsinki-social is the statutory recipient of eviction-enforcement-notice, which tells it
+    // who the resident is: it makes its key pair, and silta is configured with the public half.
+    let recipient_keys = dir.path().join("helsinki-social-hpke");
+    let recipient_entry = crate::recipient_keypair(&recipient_keys, "helsinki-social")?;
+    config
+        .statutory_recipients
+        .push(silta_server::config::StatutoryRecipient {
+            org: "helsinki-social".to_owned(),
+            hpke_public_key: None,
+            hpke_public_key_file: Some(recipient_keys.join("hpke-public.key")),
+        });
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
         .map_err(|_| anyhow::anyhow!("system random generator failed"))?;
@@ -308,6 +319,95 @@ pub async fn run() -> anyhow::Result<bool> {
     s.check("not forwarded: no valid consent", silent);
     drop(again);
 
+    s.title(
+        "a statutory notice (SHL 35 §, no consent): an eviction's enforcement is set for someone who never enrolled",
+    );
+    println!(
+        "  helsinki-social made its key pair; silta's configuration holds only the public half:"
+    );
+    for line in recipient_entry.lines() {
+        println!("    {line}");
+    }
+    let enforcement_date = (time::OffsetDateTime::now_utc() + time::Duration::days(40)).date();
+    landlord
+        .report_eviction_stage(proto::ReportEvictionStageRequest {
+            idempotency_key: "demo-statutory-1".into(),
+            hetu: NOT_A_CLIENT.into(),
+            tenancy_ref: "VALLILA-3-A-7".into(),
+            purpose: "eviction-prevention".into(),
+            legal_basis: "fi-shl-35-notification".into(),
+            eviction_stage: EvictionStage::EnforcementScheduled.into(),
+            stage_date: enforcement_date.to_string(),
+            landlord_contact_office: "Kallio customer service".into(),
+        })
+        .await?;
+    let mut statutory = social
+        .subscribe_alerts(proto::SubscribeAlertsRequest {
+            after_sequence: alert.sequence,
+        })
+        .await?
+        .into_inner();
+    let notice = tokio::time::timeout(Duration::from_secs(5), statutory.next())
+        .await
+        .ok()
+        .flatten()
+        .transpose()?;
+    drop(statutory);
+    let opened = notice.as_ref().and_then(|n| {
+        let sealed = n.sealed_identity.as_ref()?;
+        println!(
+            "  alert {} ({}): subject {}, sealed identity: {} bytes, key {}, {}",
+            n.alert_id,
+            n.flow_id,
+            n.subject_pseudonym,
+            sealed.ciphertext.len(),
+            sealed.key_id,
+            sealed.suite
+        );
+        let private = std::fs::read_to_string(recipient_keys.join("hpke-private.key")).ok()?;
+        let sealed = silta_core::sealed::SealedIdentity {
+            suite: sealed.suite.clone(),
+            key_id: sealed.key_id.clone(),
+            enc: sealed.enc.clone(),
+            ciphertext: sealed.ciphertext.clone(),
+        };
+        silta_core::sealed::open(
+            &private,
+            &sealed,
+            &n.flow_id,
+            "helsinki-social",
+            &n.alert_id,
+        )
+        .ok()
+    });
+    // The demo's code is synthetic; a real recipient would not print it.
+    if let Some(code) = &opened {
+        println!(
+            "  helsinki-social opens it with its private key: {}",
+            code.as_str()
+        );
+    }
+    s.check(
+        "the statutory notice reached helsinki-social without consent",
+        notice
+            .as_ref()
+            .is_some_and(|n| n.flow_id == "eviction-enforcement-notice"),
+    );
+    s.check(
+        "the recipient opened the sealed identity: it is the resident's code",
+        opened.as_ref().is_some_and(|c| c.as_str() == NOT_A_CLIENT),
+    );
+    if let Some(n) = &notice {
+        let acked = social
+            .ack_alerts(proto::AckAlertsRequest {
+                up_to_sequence: n.sequence,
+                sequences: vec![],
+            })
+            .await?
+            .into_inner();
+        s.check("acknowledged", acked.acknowledged == 1);
+    }
+
     s.title("the DPO answers the resident's access request from the audit ledger");
     let dpo = pem("dpo-office")?;
     let mut audit =
@@ -356,6 +456,35 @@ pub async fn run() -> anyhow::Result<bool> {
     s.check(
         "no ledger entry holds the identity code",
         !format!("{entries:?}").contains(&RESIDENT[..6]),
+    );
+    let disclosed: Vec<proto::AuditEntry> = audit
+        .query(proto::AuditQueryRequest {
+            subject_hetu: NOT_A_CLIENT.into(),
+            flow_id: "eviction-enforcement-notice".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .collect::<Result<_, _>>()
+        .await?;
+    for e in &disclosed {
+        println!(
+            "  the other resident's report: entry {} {} {} to {} on {}, fields: {}",
+            e.index,
+            e.action,
+            e.reason,
+            e.recipients.join(", "),
+            e.flow_id,
+            e.fields.join(", ")
+        );
+    }
+    s.check(
+        "that resident's access report shows their identity disclosed, to whom, on the statutory basis",
+        disclosed.iter().any(|e| {
+            e.reason == "disclosed-statutory"
+                && e.recipients == ["helsinki-social"]
+                && e.fields.iter().any(|f| f == "identity_sealed")
+        }),
     );
     let verified = match checkpoint {
         Some(c) => {

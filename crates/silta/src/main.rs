@@ -116,6 +116,18 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// For a statutory recipient organisation: makes its HPKE key pair for sealed identity.
+    /// Writes the private key to DIR/hpke-private.key (mode 0600, never overwritten; keep it
+    /// with the recipient, never give it to silta) and DIR/hpke-public.key, and prints the
+    /// `[[statutory_recipients]]` entry for silta's configuration.
+    RecipientKeypair {
+        /// Folder to write the two files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The recipient organisation, as its client certificate names it.
+        #[arg(long)]
+        org: String,
+    },
     /// Shows the keyring's versions, the version in use, and the public keys.
     Show {
         /// The TOML configuration file.
@@ -209,6 +221,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Keys { command } => match command {
             KeysCommand::Generate { out } => generate_secret(&out),
+            KeysCommand::RecipientKeypair { out, org } => {
+                print!("{}", recipient_keypair(&out, &org)?);
+                Ok(())
+            }
             KeysCommand::Show { config } => {
                 let config = load_config(config.as_deref())?;
                 let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
@@ -543,6 +559,39 @@ fn generate_secret(out: &Path) -> anyhow::Result<()> {
     writeln!(file, "{}", hex.as_str())?;
     println!("wrote a new master secret to {}", out.display());
     Ok(())
+}
+
+/// Writes a recipient's HPKE key pair into `dir` and returns the configuration entry naming
+/// its public key.
+pub(crate) fn recipient_keypair(dir: &Path, org: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let org = OrgId::new(org).map_err(|e| anyhow::anyhow!("--org {org:?}: {e}"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (private, public) = silta_core::sealed::generate_keypair();
+    let write = |name: &str, text: &str, mode: u32| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        let mut file = options.open(&path).with_context(|| {
+            format!("cannot create {} (it is never overwritten)", path.display())
+        })?;
+        writeln!(file, "{text}")?;
+        Ok(path)
+    };
+    // The private key first and owner-only: if anything fails after, no public key exists
+    // for a private key that was not kept.
+    let private_path = write("hpke-private.key", private.as_str(), 0o600)?;
+    write("hpke-public.key", &public, 0o644)?;
+    Ok(format!(
+        "# private key: {} (keep it with {org}; silta never needs it)\n\
+         [[statutory_recipients]]\norg = \"{org}\"\nhpke_public_key = \"{public}\"\n",
+        private_path.display()
+    ))
 }
 
 /// The three development callers the README and the demo use.

@@ -173,9 +173,15 @@ fn basis(f: &silta_core::policy::Flow) -> String {
         format!("{} (needs consent)", f.legal_basis)
     } else {
         format!(
-            "{} (no consent; to {})",
+            "{} (no consent; to {}{})",
             f.legal_basis,
-            join_orgs(&f.recipients)
+            join_orgs(&f.recipients),
+            // The reader must see that this flow tells the recipient who the resident is.
+            if f.discloses_identity {
+                "; identity sealed to the recipient"
+            } else {
+                ""
+            }
         )
     }
 }

@@ -55,7 +55,8 @@ fn setup(db_url: &str) -> (tempfile::TempDir, PathBuf) {
             "[store]\nurl = \"{db_url}\"\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
              client_ca = \"pki/ca.pem\"\n[secrets]\nmaster_secret_file = \"pki/master.key\"\n[hetu]\n\
              allow_temporary = true\n[ledger]\ncheckpoint_every = 50\ncheckpoint_interval_ms = 500\n\
-             [tuning]\ndelivery_poll_ms = 60000\n"
+             [tuning]\ndelivery_poll_ms = 60000\n\
+             [[statutory_recipients]]\norg = \"helsinki-social\"\nhpke_public_key_file = \"pki/helsinki-social.hpke-public.key\"\n"
         ),
     )
     .expect("config");

@@ -37,7 +37,8 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
         dir.join("silta.toml"),
         "[store]\nurl = \"sqlite://silta.db\"\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
          client_ca = \"pki/ca.pem\"\n[secrets]\nmaster_secret_file = \"pki/master.key\"\n[hetu]\n\
-         allow_temporary = true\n[ledger]\ncheckpoint_every = 10\ncheckpoint_interval_ms = 500\n",
+         allow_temporary = true\n[ledger]\ncheckpoint_every = 10\ncheckpoint_interval_ms = 500\n\
+         [[statutory_recipients]]\norg = \"helsinki-social\"\nhpke_public_key_file = \"pki/helsinki-social.hpke-public.key\"\n",
     )
     .expect("config");
     (tmp, dir)

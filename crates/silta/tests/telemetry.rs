@@ -93,7 +93,8 @@ async fn made_up_paths_holding_identity_codes_reach_neither_the_debug_log_nor_th
             "[store]\nurl = \"sqlite://silta.db\"\n[tls]\ncert = \"pki/server.pem\"\n\
              key = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n[secrets]\n\
              master_secret_file = \"pki/master.key\"\n[log]\nlevel = \"debug\"\n\
-             otlp_endpoint = \"http://{otlp_addr}\"\n"
+             otlp_endpoint = \"http://{otlp_addr}\"\n\
+             [[statutory_recipients]]\norg = \"helsinki-social\"\nhpke_public_key_file = \"pki/helsinki-social.hpke-public.key\"\n"
         ),
     )
     .expect("config");

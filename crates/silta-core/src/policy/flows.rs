@@ -63,6 +63,10 @@ pub struct Flow {
     pub requires_consent: bool,
     /// For a flow without consent: the organisations it goes to.
     pub recipients: Vec<OrgId>,
+    /// Whether the flow's basis lets it tell the recipient who the resident is: the alert then
+    /// carries the identity code sealed to the recipient's key. Only on a basis without
+    /// consent, where the law names the recipient and expects it to identify the person.
+    pub discloses_identity: bool,
     /// Days delivered data is kept before it is deleted.
     pub retention_days: u32,
     /// The fields that cross, in the catalogue's order.
@@ -123,6 +127,7 @@ struct RawFlow {
     purpose: Spanned<String>,
     legal_basis: Spanned<String>,
     recipients: Option<Spanned<Vec<String>>>,
+    discloses_identity: Option<Spanned<bool>>,
     retention_days: Spanned<u32>,
     fields: Spanned<BTreeMap<Spanned<String>, Spanned<String>>>,
 }
@@ -309,6 +314,24 @@ fn check_flow(
             ),
         );
     }
+    let discloses_identity = raw
+        .discloses_identity
+        .as_ref()
+        .is_some_and(|d| *d.get_ref());
+    if discloses_identity && requires_consent {
+        // A consent covers a pseudonymous alert: the identity crosses only where the law
+        // names the recipient and expects it to find the person.
+        push(
+            &mut problems,
+            raw.discloses_identity
+                .as_ref()
+                .map_or(raw.id.span().start, |d| d.span().start),
+            format!(
+                "flow {id:?}: `discloses_identity` is only allowed on a legal basis without consent; {:?} requires consent",
+                raw.legal_basis.get_ref()
+            ),
+        );
+    }
     if !requires_consent && listed.is_empty() {
         push(
             &mut problems,
@@ -408,6 +431,7 @@ fn check_flow(
         legal_basis: raw.legal_basis.into_inner(),
         requires_consent,
         recipients,
+        discloses_identity,
         retention_days,
         fields,
     })
