@@ -220,7 +220,7 @@ pub(crate) async fn purge_once(
                 flow_id: &flow_id,
                 cutoff,
             };
-            purged.messages += in_chunks(store, stop, Some(&flow_id), reason, chunk).await?;
+            purged.messages += in_chunks(store, stop, reason, chunk).await?;
         }
 
         let keep_s = config.report_retry_window_s;
@@ -249,13 +249,13 @@ pub(crate) async fn purge_once(
         let grace_s = config.ended_consent_grace_s;
         let ended = before(now, grace_s);
         let reason = |n| format!("purged-{n}-consents-ended-more-than-{grace_s}s-ago");
-        purged.consents += in_chunks(store, stop, None, reason, Chunk::Consents { ended }).await?;
+        purged.consents += in_chunks(store, stop, reason, Chunk::Consents { ended }).await?;
 
         let idle_s = retentions.case_keep_s(cap_s);
         let idle = before(now, idle_s);
         let reason =
             |n| format!("purged-{n}-cases-idle-{idle_s}s-or-without-consent-for-{grace_s}s");
-        purged.cases += in_chunks(store, stop, None, reason, Chunk::Cases { idle, ended }).await?;
+        purged.cases += in_chunks(store, stop, reason, Chunk::Cases { idle, ended }).await?;
         Ok(())
     }
     .await;
@@ -293,6 +293,14 @@ enum Chunk<'a> {
 }
 
 impl Chunk<'_> {
+    /// The flow the rows belong to, recorded with the purge.
+    fn flow_id(&self) -> Option<&str> {
+        match *self {
+            Chunk::Messages { flow_id, .. } => Some(flow_id),
+            Chunk::Consents { .. } | Chunk::Cases { .. } => None,
+        }
+    }
+
     async fn delete(self, tx: &mut dyn WriteTx) -> Result<u64, StoreError> {
         match self {
             Chunk::Messages { flow_id, cutoff } => {
@@ -309,7 +317,6 @@ impl Chunk<'_> {
 async fn in_chunks(
     store: &dyn Store,
     stop: &CancellationToken,
-    flow_id: Option<&str>,
     reason: impl Fn(u64) -> String,
     chunk: Chunk<'_>,
 ) -> Result<u64, StoreError> {
@@ -318,7 +325,7 @@ async fn in_chunks(
         let mut tx = store.begin().await?;
         let deleted = chunk.delete(&mut *tx).await?;
         if deleted > 0 {
-            record(&mut *tx, &reason(deleted), flow_id).await?;
+            record(&mut *tx, &reason(deleted), chunk.flow_id()).await?;
         }
         tx.commit().await?;
         total += deleted;
