@@ -16,6 +16,7 @@ pub mod pseudonym;
 pub mod report;
 pub mod sealed;
 pub mod secret;
+pub mod stats;
 pub mod support;
 pub mod validate;
 
