@@ -54,6 +54,8 @@ pub enum Role {
     SocialServices,
     /// Reads and verifies the audit ledger.
     Dpo,
+    /// Reads the programme's statistics, and nothing else (a researcher, the steering group).
+    Analyst,
     /// The gateway itself, acting on its own schedule (retention purges). No certificate can
     /// claim it: it is not accepted by `Role::from_str`.
     Gateway,
@@ -66,6 +68,7 @@ impl Role {
             Role::Landlord => "landlord",
             Role::SocialServices => "social_services",
             Role::Dpo => "dpo",
+            Role::Analyst => "analyst",
             Role::Gateway => "gateway",
         }
     }
@@ -79,7 +82,7 @@ impl fmt::Display for Role {
 
 /// A role name that silta does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role (expected landlord, social_services or dpo)")]
+#[error("unknown role (expected landlord, social_services, dpo or analyst)")]
 pub struct UnknownRole;
 
 impl FromStr for Role {
@@ -89,6 +92,7 @@ impl FromStr for Role {
             "landlord" => Ok(Role::Landlord),
             "social_services" => Ok(Role::SocialServices),
             "dpo" => Ok(Role::Dpo),
+            "analyst" => Ok(Role::Analyst),
             _ => Err(UnknownRole),
         }
     }
@@ -127,7 +131,12 @@ mod tests {
 
     #[test]
     fn roles_round_trip() {
-        for r in [Role::Landlord, Role::SocialServices, Role::Dpo] {
+        for r in [
+            Role::Landlord,
+            Role::SocialServices,
+            Role::Dpo,
+            Role::Analyst,
+        ] {
             assert_eq!(r.as_str().parse::<Role>(), Ok(r));
         }
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::policy::{ConsentView, DecisionInput, Policies};
 use silta_core::report::EvictionStage;
+use silta_core::stats::{CellKey, Measure, Month, delay_bucket, months_bucket};
 use silta_core::{Domain, Hetu, OrgId, PseudonymSet, Pseudonymiser};
 
 use crate::sealing::RecipientKeys;
@@ -78,7 +79,19 @@ pub(crate) enum Route {
     ToLandlord {
         landlord: OrgId,
         tenancy_ref: String,
+        /// silta's reference of the case it answers, to count the case's first notice.
+        case_ref: String,
     },
+}
+
+/// What the statistics count about a message beyond its ledger entry: values the ledger, which
+/// keeps field names and never values, does not hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StatFacts {
+    /// A rent-arrears report's months overdue.
+    pub months_overdue: Option<u32>,
+    /// A support notice's outcome code.
+    pub notice_outcome: Option<&'static str>,
 }
 
 /// A message, validated, minimised and pre-checked, ready to decide and commit.
@@ -90,6 +103,7 @@ pub(crate) struct MessageJob {
     pub purpose: String,
     pub legal_basis: String,
     pub eviction_stage: Option<EvictionStage>,
+    pub facts: StatFacts,
     pub idempotency_key: String,
     pub route: Route,
     /// The resident in the lookup domain, under each key version: finds the consents.
@@ -559,10 +573,20 @@ async fn apply_message(
                         now,
                     })
                     .await?;
+                if case_ref == new_ref {
+                    count_first_alert(tx, job, sender, recipient);
+                }
                 (pseudonym.to_string(), case_ref)
             }
             // The landlord learns no pseudonym, and the case under its own reference.
-            Route::ToLandlord { tenancy_ref, .. } => (String::new(), tenancy_ref.clone()),
+            Route::ToLandlord {
+                tenancy_ref,
+                case_ref,
+                ..
+            } => {
+                count_notice(tx, job, sender, recipient, case_ref).await?;
+                (String::new(), tenancy_ref.clone())
+            }
         };
 
         let seq = tx
@@ -574,6 +598,7 @@ async fn apply_message(
                     purpose: &flow.purpose,
                     legal_basis: &flow.legal_basis,
                     report_id: &report_id,
+                    sender,
                     subject_pseudonym: &pseudonym,
                     case_ref: &case_ref,
                     payload: sealed_payload.as_deref().unwrap_or(&job.payload),
@@ -608,6 +633,59 @@ async fn apply_message(
         received_at: now,
         idempotency_key: job.idempotency_key.clone(),
     }))
+}
+
+/// Counts a case's first alert: how many months overdue and at which eviction stage the
+/// warning came.
+fn count_first_alert(tx: &mut dyn WriteTx, job: &MessageJob, landlord: &OrgId, recipient: &OrgId) {
+    let month = Month::of(job.received_at);
+    let cell = |measure, category: &str| CellKey {
+        month,
+        measure,
+        flow: job.flow_id.clone(),
+        landlord: landlord.to_string(),
+        recipient: recipient.to_string(),
+        category: category.to_owned(),
+    };
+    if let Some(months) = job.facts.months_overdue {
+        tx.count(
+            cell(Measure::FirstAlertMonthsOverdue, months_bucket(months)),
+            1,
+        );
+    }
+    if let Some(stage) = job.eviction_stage {
+        tx.count(cell(Measure::FirstAlertStage, stage.as_str()), 1);
+    }
+}
+
+/// Counts a support notice's outcome and, on the case's first notice, the time since the case's
+/// first alert.
+async fn count_notice(
+    tx: &mut dyn WriteTx,
+    job: &MessageJob,
+    social_services: &OrgId,
+    landlord: &OrgId,
+    case_ref: &str,
+) -> Result<(), StoreError> {
+    let now = job.received_at;
+    let cell = |measure, category: &str| CellKey {
+        month: Month::of(now),
+        measure,
+        flow: job.flow_id.clone(),
+        landlord: landlord.to_string(),
+        recipient: social_services.to_string(),
+        category: category.to_owned(),
+    };
+    if let Some(outcome) = job.facts.notice_outcome {
+        tx.count(cell(Measure::NoticeOutcomes, outcome), 1);
+    }
+    if let Some(opened) = tx.first_notice(social_services, case_ref, now).await? {
+        tx.count(
+            cell(Measure::FirstNoticeDelay, delay_bucket(now - opened)),
+            1,
+        );
+    }
+    Ok(())
 }
 
 /// The field name the ledger lists when a disclosure carried the identity code sealed to its

@@ -12,7 +12,9 @@ use silta_core::audit::{AuditRecord, Outcome};
 use silta_core::consent::{
     ConsentInput, ConsentState, ReceiptBody, ReceiptSigner, SignedReceipt, validate_consent,
 };
-use silta_core::policy::{DecisionInput, Flow, Message, MessageKind, Policies, Verdict, minimise};
+use silta_core::policy::{
+    DecisionInput, FieldValue, Flow, Message, MessageKind, Policies, Verdict, minimise,
+};
 use silta_core::report::{
     DisturbanceInput, EvictionStageInput, Header, RentArrearsInput, validate_disturbance,
     validate_eviction_stage, validate_rent_arrears,
@@ -25,7 +27,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Answered, Job, MessageJob, Route};
+use crate::commit::{Answered, Job, MessageJob, Route, StatFacts};
 use crate::config::TuningConfig;
 use crate::delivery::Notifier;
 use crate::policy_source::PolicyHandle;
@@ -285,6 +287,13 @@ impl Gateway {
         );
         let flow_id = flow.id.clone();
         let eviction_stage = message.eviction_stage();
+        let facts = StatFacts {
+            months_overdue: match message.value("months_overdue", received_at) {
+                Some(FieldValue::Count(n)) => Some(n),
+                _ => None,
+            },
+            notice_outcome: None,
+        };
         drop(message);
         let job = MessageJob {
             ctx: ctx.clone(),
@@ -293,6 +302,7 @@ impl Gateway {
             purpose: header.purpose,
             legal_basis: header.legal_basis,
             eviction_stage,
+            facts,
             idempotency_key: header.idempotency_key,
             route: Route::ToSocialServices {
                 hetu: header.hetu,
@@ -384,10 +394,15 @@ impl Gateway {
             purpose: notice.purpose,
             legal_basis: notice.legal_basis,
             eviction_stage: None,
+            facts: StatFacts {
+                months_overdue: None,
+                notice_outcome: Some(notice.outcome.as_str()),
+            },
             idempotency_key: notice.idempotency_key,
             route: Route::ToLandlord {
                 landlord: case.landlord,
                 tenancy_ref: case.tenancy_ref,
+                case_ref: notice.case_ref.clone(),
             },
             // Read outside the commit's transaction: a key promotion may come between.
             lookup: self

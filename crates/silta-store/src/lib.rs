@@ -16,6 +16,7 @@ mod postgres;
 mod postgres_roles;
 mod read_ahead;
 mod sqlite;
+pub mod stats;
 mod tail;
 pub mod testing;
 mod time_conv;
@@ -26,6 +27,7 @@ use silta_core::audit::AuditRecord;
 use silta_core::consent::{ConsentRecord, ConsentStanding, ConsentState};
 use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
+use silta_core::stats::{Cell, CellKey, Month};
 use time::OffsetDateTime;
 
 pub use ledger::ledger_entry;
@@ -189,6 +191,9 @@ pub struct NewAlert<'a> {
     pub legal_basis: &'a str,
     /// The report or notice it comes from.
     pub report_id: &'a str,
+    /// The organisation that sent it: the landlord of an alert, the social-services
+    /// organisation of a support notice.
+    pub sender: &'a OrgId,
     /// The subject's pseudonym in the recipient's domain; empty for a landlord.
     pub subject_pseudonym: &'a str,
     /// The reference the recipient knows the case by: silta's case reference for social
@@ -403,6 +408,9 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Every statistics counter of a month up to and including `until`, in key order.
+    async fn stat_cells(&self, until: Month) -> Result<Vec<Cell>>;
+
     /// Waits for in-flight work and closes connections (flushing SQLite's WAL).
     async fn close(&self);
 }
@@ -562,6 +570,28 @@ pub trait WriteTx: Send {
         rekey: &Rekey<'_>,
         rekey_own: &RekeyOwn<'_>,
     ) -> Result<u64>;
+
+    /// Adds `n` to a statistics counter, with this transaction: counted if and only if the
+    /// event it counts is committed. Counters the ledger entry of an audit append implies are
+    /// counted by [`WriteTx::append_audit`] itself.
+    fn count(&mut self, key: CellKey, n: i64);
+
+    /// Marks the first support notice on `recipient`'s case `case_ref`. Returns when the case
+    /// was opened (its first alert) if this is the case's first notice, `None` otherwise.
+    async fn first_notice(
+        &mut self,
+        recipient: &OrgId,
+        case_ref: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>>;
+
+    /// The ledger's size as this transaction sees it (it holds the write lock: no entry can be
+    /// appended meanwhile by anyone else).
+    async fn ledger_size(&mut self) -> Result<u64>;
+
+    /// Replaces every counter the ledger implies ([`silta_core::stats::Measure::from_ledger`]) with `cells`: the
+    /// rebuild. The others are left as they are.
+    async fn replace_ledger_stats(&mut self, cells: &[Cell]) -> Result<()>;
 
     /// Commits durably.
     async fn commit(self: Box<Self>) -> Result<()>;

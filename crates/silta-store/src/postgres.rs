@@ -21,6 +21,7 @@ use silta_core::audit::AuditRecord;
 use silta_core::consent::{ConsentRecord, ConsentState};
 use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
+use silta_core::stats::{Cell, CellKey, Month};
 use silta_ledger::tree::Frontier;
 use silta_ledger::{Hash, leaf_hash};
 use std::str::FromStr;
@@ -32,6 +33,7 @@ use time::OffsetDateTime;
 use crate::ledger::ledger_entry;
 use crate::postgres_roles::{self, Migrated};
 use crate::read_ahead::ReadAhead;
+use crate::stats::{self, Tally};
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
     AuditFilter, CaseRow, ConsentQuery, ConsentSubject, LedgerEntry, LedgerHead, Lookups, NewAlert,
@@ -114,6 +116,7 @@ impl Store for PostgresStore {
             audit: Vec::new(),
             nodes: Vec::new(),
             prefetched: ReadAhead::default(),
+            tally: Tally::default(),
         }))
     }
 
@@ -403,9 +406,50 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn stat_cells(&self, until: Month) -> Result<Vec<Cell>> {
+        let rows: Vec<(String, String, String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT month, measure, flow_id, landlord_org, recipient_org, category, n
+             FROM stat_cells WHERE month <= $1
+             ORDER BY month, measure, flow_id, landlord_org, recipient_org, category",
+        )
+        .bind(until.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(month, measure, flow, landlord, recipient, category, n)| {
+                stats::stored_cell(&month, &measure, flow, landlord, recipient, category, n)
+            })
+            .collect()
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Adds to statistics counters, creating them at zero: one statement for a whole batch.
+async fn upsert_cells(tx: &mut Transaction<'static, Postgres>, cells: &[Cell]) -> Result<()> {
+    if cells.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Cell) -> String| cells.iter().map(f).collect::<Vec<String>>();
+    sqlx::query(
+        "INSERT INTO stat_cells (month, measure, flow_id, landlord_org, recipient_org, category, n)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::bigint[])
+         ON CONFLICT (month, measure, flow_id, landlord_org, recipient_org, category)
+         DO UPDATE SET n = stat_cells.n + EXCLUDED.n",
+    )
+    .bind(column(|c| c.key.month.to_string()))
+    .bind(column(|c| c.key.measure.as_str().to_owned()))
+    .bind(column(|c| c.key.flow.clone()))
+    .bind(column(|c| c.key.landlord.clone()))
+    .bind(column(|c| c.key.recipient.clone()))
+    .bind(column(|c| c.key.category.clone()))
+    .bind(cells.iter().map(|c| c.n).collect::<Vec<i64>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 struct PgTx {
@@ -423,6 +467,8 @@ struct PgTx {
     nodes: Vec<(u32, u64, Hash)>,
     /// What `prefetch` read for this transaction's batch.
     prefetched: ReadAhead,
+    /// Statistics counted in this transaction, written at commit in one statement.
+    tally: Tally,
 }
 
 /// An audit row waiting for commit.
@@ -728,8 +774,8 @@ impl WriteTx for PgTx {
              )
              INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
                                  consent_id, report_id, subject_pseudonym, case_ref, payload,
-                                 created_at)
-             SELECT $1, $2, next.last_seq, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM next
+                                 created_at, sender_org)
+             SELECT $1, $2, next.last_seq, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM next
              RETURNING seq",
         )
         .bind(alert.alert_id)
@@ -743,6 +789,7 @@ impl WriteTx for PgTx {
         .bind(alert.case_ref)
         .bind(alert.payload)
         .bind(to_ms(alert.now))
+        .bind(alert.sender.as_str())
         .fetch_one(&mut *self.tx)
         .await?;
         let seq = seq_from_i64(seq)?;
@@ -752,16 +799,26 @@ impl WriteTx for PgTx {
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
         self.prefetched.forget_consents();
-        sqlx::query(
+        let superseded: Vec<i64> = sqlx::query_scalar(
             "UPDATE consents SET state = 'superseded', changed_at = $1
-             WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'",
+             WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'
+             RETURNING valid_until",
         )
         .bind(to_ms(c.now))
         .bind(c.subject_key.as_str())
         .bind(c.recipient.as_str())
         .bind(c.purpose)
-        .execute(&mut *self.tx)
+        .fetch_all(&mut *self.tx)
         .await?;
+        for until in superseded {
+            stats::consent_ended(
+                &mut self.tally,
+                c.recipient.as_str(),
+                from_ms(until)?,
+                c.now,
+            );
+        }
+        stats::consent_recorded(&mut self.tally, c.recipient.as_str(), c.valid_until);
         sqlx::query(
             "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org, purpose,
                                    valid_from, valid_until, evidence_ref, notice_version, state,
@@ -822,10 +879,10 @@ impl WriteTx for PgTx {
         now: OffsetDateTime,
     ) -> Result<Withdrawal> {
         self.prefetched.forget_consents();
-        let withdrawn: Vec<String> = sqlx::query_scalar(
+        let ended: Vec<(String, i64)> = sqlx::query_as(
             "UPDATE consents SET state = 'withdrawn', changed_at = $1
              WHERE subject_key = $2 AND recipient_org = $3 AND purpose = $4 AND state = 'active'
-             RETURNING consent_id",
+             RETURNING consent_id, valid_until",
         )
         .bind(to_ms(now))
         .bind(subject_key.as_str())
@@ -833,6 +890,11 @@ impl WriteTx for PgTx {
         .bind(purpose)
         .fetch_all(&mut *self.tx)
         .await?;
+        let mut withdrawn = Vec::with_capacity(ended.len());
+        for (id, until) in ended {
+            stats::consent_ended(&mut self.tally, recipient.as_str(), from_ms(until)?, now);
+            withdrawn.push(id);
+        }
         // Every undelivered message under these consents: alerts to the organisation itself
         // and support notices it sent to a landlord alike.
         let purged = sqlx::query(
@@ -860,19 +922,33 @@ impl WriteTx for PgTx {
         now: OffsetDateTime,
     ) -> Result<u64> {
         let listed: Vec<i64> = seqs.iter().map(|&s| seq_to_i64(s)).collect();
-        let done = sqlx::query(
+        // Each alert's flow, sender and age, for the statistics of delays; a support notice
+        // (to a landlord: no pseudonym) is acknowledged but not counted as an alert.
+        let done: Vec<(String, String, i64, bool)> = sqlx::query_as(
             "UPDATE alerts SET acked_at = $1
              WHERE recipient_org = $2 AND acked_at IS NULL
-               AND (seq <= $3 OR seq = ANY($4))",
+               AND (seq <= $3 OR seq = ANY($4))
+             RETURNING flow_id, sender_org, created_at, subject_pseudonym <> ''",
         )
         .bind(to_ms(now))
         .bind(recipient.as_str())
         .bind(seq_to_i64(up_to))
         .bind(listed)
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        Ok(done)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for (flow, sender, created, is_alert) in &done {
+            if *is_alert {
+                stats::alert_acked(
+                    &mut self.tally,
+                    flow,
+                    sender,
+                    recipient.as_str(),
+                    from_ms(*created)?,
+                    now,
+                );
+            }
+        }
+        Ok(u64::try_from(done.len()).unwrap_or(u64::MAX))
     }
 
     async fn purge_alerts_before(
@@ -968,7 +1044,9 @@ impl WriteTx for PgTx {
     }
 
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {
-        let entry = ledger_entry(r).encode()?;
+        let entry = ledger_entry(r);
+        stats::count_entry(&entry, |key, n| self.tally.add(key, n));
+        let entry = entry.encode()?;
         let leaf = leaf_hash(&entry);
         if self.frontier.is_none() {
             self.frontier = Some(load_frontier(&mut self.tx).await?);
@@ -1128,8 +1206,49 @@ impl WriteTx for PgTx {
         Ok(changed)
     }
 
+    fn count(&mut self, key: CellKey, n: i64) {
+        self.tally.add(key, n);
+    }
+
+    async fn first_notice(
+        &mut self,
+        recipient: &OrgId,
+        case_ref: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>> {
+        let opened: Option<i64> = sqlx::query_scalar(
+            "UPDATE cases SET first_notice_at = $1
+             WHERE case_ref = $2 AND recipient_org = $3 AND first_notice_at IS NULL
+             RETURNING created_at",
+        )
+        .bind(to_ms(now))
+        .bind(case_ref)
+        .bind(recipient.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        opened.map(from_ms).transpose()
+    }
+
+    async fn ledger_size(&mut self) -> Result<u64> {
+        self.flush_ledger().await?;
+        let size: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit")
+            .fetch_one(&mut *self.tx)
+            .await?;
+        seq_from_i64(size)
+    }
+
+    async fn replace_ledger_stats(&mut self, cells: &[Cell]) -> Result<()> {
+        sqlx::query("DELETE FROM stat_cells WHERE measure = ANY($1)")
+            .bind(stats::ledger_measures())
+            .execute(&mut *self.tx)
+            .await?;
+        upsert_cells(&mut self.tx, cells).await
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.flush_ledger().await?;
+        let cells = self.tally.drain();
+        upsert_cells(&mut self.tx, &cells).await?;
         // Sent with the transaction: delivered to every node's listener only if it commits.
         // One notification per organisation, for its highest new sequence.
         self.notified.sort();

@@ -36,6 +36,9 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
     // The pseudonym key version in use, set by an upsert on promotion.
     ("key_state", &["SELECT", "INSERT", "UPDATE"]),
     ("key_handovers", &["SELECT", "INSERT"]),
+    // Statistics counters: upserted with each event; `silta stats rebuild` replaces the ones
+    // the ledger implies (DELETE).
+    ("stat_cells", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
     // Start-up compares the schema's applied migrations with the ones it knows.
     ("_sqlx_migrations", &["SELECT"]),
 ];

@@ -15,6 +15,7 @@ use silta_core::audit::AuditRecord;
 use silta_core::consent::{ConsentRecord, ConsentState};
 use silta_core::policy::Permit;
 use silta_core::pseudonym::Pseudonym;
+use silta_core::stats::{Cell, CellKey, Month};
 use silta_ledger::tree::Frontier;
 use silta_ledger::{Hash, leaf_hash};
 use sqlx::sqlite::{
@@ -24,6 +25,7 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use crate::ledger::ledger_entry;
+use crate::stats::{self, Tally};
 use crate::tail::{Tail, TailChanges};
 use crate::time_conv::{from_ms, seq_from_i64, seq_to_i64, to_ms};
 use crate::{
@@ -214,6 +216,7 @@ impl Store for SqliteStore {
             alert_seqs: HashMap::new(),
             tail: Arc::clone(&self.tail),
             tail_changes: TailChanges::default(),
+            tally: Tally::default(),
         }))
     }
 
@@ -460,6 +463,30 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn stat_cells(&self, until: Month) -> Result<Vec<Cell>> {
+        let rows = sqlx::query(
+            "SELECT month, measure, flow_id, landlord_org, recipient_org, category, n
+             FROM stat_cells WHERE month <= ?
+             ORDER BY month, measure, flow_id, landlord_org, recipient_org, category",
+        )
+        .bind(until.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                stats::stored_cell(
+                    &r.try_get::<String, _>(0)?,
+                    &r.try_get::<String, _>(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                )
+            })
+            .collect()
+    }
+
     async fn close(&self) {
         self.read.close().await;
         self.wal.close().await;
@@ -598,6 +625,8 @@ struct SqliteTx {
     /// committed.
     tail: Arc<Tail>,
     tail_changes: TailChanges,
+    /// Statistics counted in this transaction, written at commit.
+    tally: Tally,
 }
 
 impl Drop for SqliteTx {
@@ -710,6 +739,27 @@ fn writer_frontier(conn: &rusqlite::Connection) -> Result<Frontier> {
         );
     }
     Frontier::from_edge(size, &edge).ok_or_else(|| StoreError::Corrupt("ledger edge".into()))
+}
+
+/// Adds to a statistics counter, creating it at zero.
+const UPSERT_CELL: &str = "INSERT INTO stat_cells (month, measure, flow_id, landlord_org,
+                                        recipient_org, category, n)
+     VALUES (?, ?, ?, ?, ?, ?, ?)
+     ON CONFLICT (month, measure, flow_id, landlord_org, recipient_org, category)
+     DO UPDATE SET n = n + excluded.n";
+
+fn upsert_cell(st: &mut rusqlite::CachedStatement<'_>, c: &Cell) -> Result<()> {
+    let k = &c.key;
+    st.execute(params![
+        k.month.to_string(),
+        k.measure.as_str(),
+        k.flow,
+        k.landlord,
+        k.recipient,
+        k.category,
+        c.n
+    ])?;
+    Ok(())
 }
 
 fn json_list<T: AsRef<str>>(items: &[T]) -> String {
@@ -848,8 +898,8 @@ impl WriteTx for SqliteTx {
             .prepare_cached(
                 "INSERT INTO alerts (alert_id, recipient_org, seq, flow_id, purpose, legal_basis,
                                      consent_id, report_id, subject_pseudonym, case_ref, payload,
-                                     created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                     created_at, sender_org)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?
             .execute(params![
                 alert.alert_id,
@@ -864,6 +914,7 @@ impl WriteTx for SqliteTx {
                 alert.case_ref,
                 alert.payload,
                 to_ms(alert.now),
+                alert.sender.as_str(),
             ])?;
         let seq = seq_from_i64(seq)?;
         self.tail_changes.added(
@@ -884,17 +935,32 @@ impl WriteTx for SqliteTx {
     }
 
     async fn insert_consent(&mut self, c: &NewConsentRow<'_>) -> Result<()> {
-        self.conn
+        let superseded = self
+            .conn
             .prepare_cached(
                 "UPDATE consents SET state = 'superseded', changed_at = ?
-                 WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'",
+                 WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
+                 RETURNING valid_until",
             )?
-            .execute(params![
-                to_ms(c.now),
-                c.subject_key.as_str(),
+            .query_map(
+                params![
+                    to_ms(c.now),
+                    c.subject_key.as_str(),
+                    c.recipient.as_str(),
+                    c.purpose,
+                ],
+                |r| r.get::<_, i64>(0),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for until in superseded {
+            stats::consent_ended(
+                &mut self.tally,
                 c.recipient.as_str(),
-                c.purpose,
-            ])?;
+                from_ms(until)?,
+                c.now,
+            );
+        }
+        stats::consent_recorded(&mut self.tally, c.recipient.as_str(), c.valid_until);
         self.conn
             .prepare_cached(
                 "INSERT INTO consents (consent_id, subject_key, audit_subject, recipient_org,
@@ -965,12 +1031,12 @@ impl WriteTx for SqliteTx {
     ) -> Result<Withdrawal> {
         // Possibly many rows: off the async worker, as a commit is.
         off_runtime(|| -> Result<Withdrawal> {
-            let withdrawn = self
+            let ended = self
                 .conn
                 .prepare_cached(
                     "UPDATE consents SET state = 'withdrawn', changed_at = ?
                      WHERE subject_key = ? AND recipient_org = ? AND purpose = ? AND state = 'active'
-                     RETURNING consent_id",
+                     RETURNING consent_id, valid_until",
                 )?
                 .query_map(
                     params![
@@ -979,9 +1045,14 @@ impl WriteTx for SqliteTx {
                         recipient.as_str(),
                         purpose
                     ],
-                    |r| r.get(0),
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
                 )?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut withdrawn = Vec::with_capacity(ended.len());
+            for (id, until) in ended {
+                stats::consent_ended(&mut self.tally, recipient.as_str(), from_ms(until)?, now);
+                withdrawn.push(id);
+            }
             // Every undelivered message under these consents: alerts to the organisation itself
             // and support notices it sent to a landlord alike. Found in the index of undelivered
             // alerts, which carries the consent id (schema v5), without reading the table.
@@ -1018,21 +1089,42 @@ impl WriteTx for SqliteTx {
         off_runtime(|| -> Result<u64> {
             let listed: Vec<i64> = seqs.iter().map(|&s| seq_to_i64(s)).collect();
             let listed = serde_json::to_string(&listed).expect("a list of integers serialises");
+            // Each alert's flow, sender and age, for the statistics of delays; a support notice
+            // (to a landlord: no pseudonym) is acknowledged but not counted as an alert.
             let done = self
                 .conn
                 .prepare_cached(
                     "UPDATE alerts SET acked_at = ?
                      WHERE recipient_org = ? AND acked_at IS NULL
-                       AND (seq <= ? OR seq IN (SELECT value FROM json_each(?)))",
+                       AND (seq <= ? OR seq IN (SELECT value FROM json_each(?)))
+                     RETURNING flow_id, sender_org, created_at, subject_pseudonym <> ''",
                 )?
-                .execute(params![
-                    to_ms(now),
-                    recipient.as_str(),
-                    seq_to_i64(up_to),
-                    listed
-                ])?;
+                .query_map(
+                    params![to_ms(now), recipient.as_str(), seq_to_i64(up_to), listed],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, bool>(3)?,
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (flow, sender, created, is_alert) in &done {
+                if *is_alert {
+                    stats::alert_acked(
+                        &mut self.tally,
+                        flow,
+                        sender,
+                        recipient.as_str(),
+                        from_ms(*created)?,
+                        now,
+                    );
+                }
+            }
             self.tail_changes.acked(recipient.as_str(), up_to, seqs);
-            Ok(changed(done))
+            Ok(changed(done.len()))
         })
     }
 
@@ -1142,7 +1234,9 @@ impl WriteTx for SqliteTx {
     }
 
     async fn append_audit(&mut self, r: &AuditRecord) -> Result<u64> {
-        let entry = ledger_entry(r).encode()?;
+        let entry = ledger_entry(r);
+        stats::count_entry(&entry, |key, n| self.tally.add(key, n));
+        let entry = entry.encode()?;
         let leaf = leaf_hash(&entry);
         if self.frontier.is_none() {
             self.frontier = Some(writer_frontier(&self.conn)?);
@@ -1298,7 +1392,62 @@ impl WriteTx for SqliteTx {
         })
     }
 
+    fn count(&mut self, key: CellKey, n: i64) {
+        self.tally.add(key, n);
+    }
+
+    async fn first_notice(
+        &mut self,
+        recipient: &OrgId,
+        case_ref: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>> {
+        let opened: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "UPDATE cases SET first_notice_at = ?
+                 WHERE case_ref = ? AND recipient_org = ? AND first_notice_at IS NULL
+                 RETURNING created_at",
+            )?
+            .query_row(params![to_ms(now), case_ref, recipient.as_str()], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        opened.map(from_ms).transpose()
+    }
+
+    async fn ledger_size(&mut self) -> Result<u64> {
+        let size: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit")?
+            .query_row([], |r| r.get(0))?;
+        seq_from_i64(size)
+    }
+
+    async fn replace_ledger_stats(&mut self, cells: &[Cell]) -> Result<()> {
+        off_runtime(|| -> Result<()> {
+            let measures = json_list(&stats::ledger_measures());
+            self.conn
+                .prepare(
+                    "DELETE FROM stat_cells WHERE measure IN (SELECT value FROM json_each(?))",
+                )?
+                .execute(params![measures])?;
+            let mut st = self.conn.prepare_cached(UPSERT_CELL)?;
+            for c in cells {
+                upsert_cell(&mut st, c)?;
+            }
+            Ok(())
+        })
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<()> {
+        let cells = self.tally.drain();
+        if !cells.is_empty() {
+            let mut st = self.conn.prepare_cached(UPSERT_CELL)?;
+            for c in &cells {
+                upsert_cell(&mut st, c)?;
+            }
+        }
         if !self.alert_seqs.is_empty() {
             let mut st = self.conn.prepare_cached(
                 "INSERT INTO alert_sequences (recipient_org, last_seq) VALUES (?, ?)

@@ -7,16 +7,21 @@ use silta_core::consent::ConsentStanding;
 use silta_core::consent::ConsentState;
 use silta_core::policy::{ConsentView, DecisionInput, Permit, Policies};
 use silta_core::report::EvictionStage;
+use silta_core::stats::{Cell, CellKey, Measure, Month};
 use silta_core::{Caller, OrgId, Pseudonym, Role};
 use silta_store::testing::TempDatabase;
 use silta_store::{
     ConsentQuery, Due, Lookups, NewAlert, NewCase, NewConsentRow, NewReport, PostgresStore,
     ReportPosition, SqliteStore, Store, SubjectColumn, WriteTx,
 };
+use std::collections::{BTreeMap, HashMap};
 
 const PURPOSE: &str = "eviction-prevention";
 const FLOW: &str = "rent-arrears";
 use time::{Duration, OffsetDateTime};
+
+/// The landlord every test alert comes from.
+static SENDER: std::sync::LazyLock<OrgId> = std::sync::LazyLock::new(|| org("landlord-1"));
 
 fn org(s: &str) -> OrgId {
     OrgId::new(s).expect("valid org")
@@ -87,6 +92,7 @@ fn test_alert(alert_id: &str) -> NewAlert<'_> {
         purpose: PURPOSE,
         legal_basis: "gdpr-6-1-a-consent",
         report_id: "r",
+        sender: &SENDER,
         subject_pseudonym: "recipient-ps",
         case_ref: "case-1",
         payload: "{}",
@@ -1113,6 +1119,226 @@ async fn consents_are_listed_by_holder_status_subject_and_page(store: &dyn Store
     );
 }
 
+/// Every counter, as a map, to compare before and after.
+async fn counters(store: &dyn Store) -> HashMap<CellKey, i64> {
+    let until = Month::of(now() + Duration::days(400));
+    store
+        .stat_cells(until)
+        .await
+        .expect("read statistics")
+        .into_iter()
+        .map(|c| (c.key, c.n))
+        .collect()
+}
+
+/// What changed between two readings, zeros left out.
+fn changes(before: &HashMap<CellKey, i64>, after: &HashMap<CellKey, i64>) -> BTreeMap<String, i64> {
+    after
+        .iter()
+        .map(|(k, n)| (k, n - before.get(k).copied().unwrap_or(0)))
+        .chain(
+            before
+                .iter()
+                .filter(|(k, _)| !after.contains_key(*k))
+                .map(|(k, n)| (k, -n)),
+        )
+        .filter(|(_, n)| *n != 0)
+        .map(|(k, n)| {
+            (
+                format!(
+                    "{} {} {} {} {} {}",
+                    k.month,
+                    k.measure.as_str(),
+                    k.flow,
+                    k.landlord,
+                    k.recipient,
+                    k.category
+                ),
+                n,
+            )
+        })
+        .collect()
+}
+
+async fn statistics_count_with_the_events_they_count(store: &dyn Store) {
+    let t = now();
+    let m = Month::of(t);
+    let landlord = Caller {
+        org: org("landlord-st"),
+        role: Role::Landlord,
+    };
+    let mut report = AuditRecord::new(
+        t,
+        "rq-st",
+        &landlord,
+        "Landlord.ReportRentArrears",
+        Outcome::Allow,
+        "disclosed",
+    );
+    report.flow_id = Some(FLOW.to_owned());
+    report.recipients = vec![org("ss-st-a"), org("ss-st-b")];
+    let custom = CellKey {
+        month: m,
+        measure: Measure::FirstAlertStage,
+        flow: FLOW.to_owned(),
+        landlord: "landlord-st".to_owned(),
+        recipient: "ss-st-a".to_owned(),
+        category: "warning".to_owned(),
+    };
+
+    // Rolled back: nothing counted.
+    let before = counters(store).await;
+    let mut tx = store.begin().await.expect("begin");
+    tx.append_audit(&report).await.expect("append");
+    tx.count(custom.clone(), 5);
+    drop(tx);
+    assert_eq!(changes(&before, &counters(store).await), BTreeMap::new());
+
+    // Committed: counted once, from the ledger entry and as asked.
+    let mut tx = store.begin().await.expect("begin");
+    tx.append_audit(&report).await.expect("append");
+    tx.count(custom.clone(), 5);
+    tx.count(custom.clone(), -1);
+    tx.commit().await.expect("commit");
+    let expect = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+        pairs
+            .iter()
+            .map(|(k, n)| (k.replace("{m}", &m.to_string()), *n))
+            .collect()
+    };
+    assert_eq!(
+        changes(&before, &counters(store).await),
+        expect(&[
+            ("{m} reports rent-arrears landlord-st  forwarded", 1),
+            ("{m} alerts_sent rent-arrears landlord-st ss-st-a ", 1),
+            ("{m} alerts_sent rent-arrears landlord-st ss-st-b ", 1),
+            (
+                "{m} first_alert_stage rent-arrears landlord-st ss-st-a warning",
+                4
+            ),
+        ])
+    );
+
+    // A consent expires in the month its validity ends, unless it ends early.
+    let before = counters(store).await;
+    let until = Month::of(now() + Duration::days(30));
+    enrol(store, "c-st-1", "subject-st", "ss-st-a").await;
+    let recorded = changes(&before, &counters(store).await);
+    assert_eq!(
+        recorded,
+        BTreeMap::from([(format!("{until} consents_expiring   ss-st-a "), 1)])
+    );
+    // Superseded by a new one: the first ends early, the second will expire.
+    enrol(store, "c-st-2", "subject-st", "ss-st-a").await;
+    let mut tx = store.begin().await.expect("begin");
+    let withdrawal = tx
+        .withdraw(&org("ss-st-a"), &ps("subject-st"), PURPOSE, now())
+        .await
+        .expect("withdraw");
+    tx.commit().await.expect("commit");
+    assert_eq!(withdrawal.withdrawn, ["c-st-2"]);
+    let m_now = Month::of(now());
+    assert_eq!(
+        changes(&before, &counters(store).await),
+        BTreeMap::from([(format!("{m_now} consents_ended_early   ss-st-a "), 2)]),
+        "two recorded, two ended early, none left to expire"
+    );
+
+    // An acknowledged alert counts its delay under its flow and both organisations; a support
+    // notice to a landlord (no pseudonym) is acknowledged but is not an alert.
+    enrol(store, "c-st-3", "subject-st3", "ss-st-c").await;
+    let permit = permits(store, "subject-st3").await.remove(0);
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_alert(&permit, &test_alert("st-alert"))
+        .await
+        .expect("alert");
+    tx.insert_alert(
+        &permit,
+        &NewAlert {
+            subject_pseudonym: "",
+            ..test_alert("st-notice")
+        },
+    )
+    .await
+    .expect("notice");
+    tx.commit().await.expect("commit");
+    let before = counters(store).await;
+    let mut tx = store.begin().await.expect("begin");
+    let acked = tx
+        .ack_alerts(&org("ss-st-c"), u64::MAX, &[], now() + Duration::hours(5))
+        .await
+        .expect("ack");
+    tx.commit().await.expect("commit");
+    assert_eq!(acked, 2);
+    let m_ack = Month::of(now() + Duration::hours(5));
+    assert_eq!(
+        changes(&before, &counters(store).await),
+        BTreeMap::from([(
+            format!("{m_ack} ack_delay {FLOW} landlord-1 ss-st-c 4h_1d"),
+            1
+        )])
+    );
+
+    // A case's first notice is marked once and tells when the case was opened.
+    let opened = now() - Duration::days(3);
+    let mut tx = store.begin().await.expect("begin");
+    let case_ref = tx
+        .case_ref(&old_case(&ps("subject-st4"), "case-st-4", opened))
+        .await
+        .expect("case");
+    let recipient = RECIPIENT_RET.clone();
+    assert_eq!(
+        tx.first_notice(&recipient, &case_ref, now())
+            .await
+            .expect("first"),
+        Some(opened)
+    );
+    assert_eq!(
+        tx.first_notice(&recipient, &case_ref, now())
+            .await
+            .expect("second"),
+        None
+    );
+    assert_eq!(
+        tx.first_notice(&org("someone-else"), &case_ref, now())
+            .await
+            .expect("other"),
+        None,
+        "another organisation's case is not marked"
+    );
+    tx.commit().await.expect("commit");
+
+    // A rebuild replaces what the ledger implies and keeps the rest.
+    let before = counters(store).await;
+    let mut tx = store.begin().await.expect("begin");
+    let size = tx.ledger_size().await.expect("size");
+    assert_eq!(size, store.ledger_head().await.expect("head").size);
+    let only = CellKey {
+        month: m,
+        measure: Measure::Reports,
+        flow: FLOW.to_owned(),
+        landlord: "landlord-rebuilt".to_owned(),
+        recipient: String::new(),
+        category: "forwarded".to_owned(),
+    };
+    tx.replace_ledger_stats(&[Cell {
+        key: only.clone(),
+        n: 7,
+    }])
+    .await
+    .expect("replace");
+    tx.commit().await.expect("commit");
+    let after = counters(store).await;
+    assert_eq!(after.get(&only), Some(&7));
+    for (k, n) in &before {
+        if k.measure.from_ledger() {
+            assert!(!after.contains_key(k), "{k:?} left by the rebuild");
+        } else {
+            assert_eq!(after.get(k), Some(n), "{k:?} changed by the rebuild");
+        }
+    }
+}
+
 async fn suite(store: &dyn Store) {
     audit_appends_build_a_ledger_that_survives_rollbacks(store).await;
     consents_are_superseded_and_withdrawn_with_their_undelivered_alerts(store).await;
@@ -1124,6 +1350,7 @@ async fn suite(store: &dyn Store) {
     prefetched_lookups_answer_as_without_prefetch(store).await;
     every_kind_of_record_expires(store).await;
     consents_are_listed_by_holder_status_subject_and_page(store).await;
+    statistics_count_with_the_events_they_count(store).await;
     // Last: it rewrites every stored subject.
     a_key_promotion_moves_every_subject_or_none(store).await;
 }

@@ -49,8 +49,9 @@ enum Command {
         /// Trust domain of the client identities.
         #[arg(long, default_value = "silta.local")]
         trust_domain: String,
-        /// A client to mint, as ORG:ROLE (role: landlord, social_services or dpo). Repeatable.
-        /// Default: city-housing:landlord, helsinki-social:social_services, dpo-office:dpo.
+        /// A client to mint, as ORG:ROLE (role: landlord, social_services, dpo or analyst).
+        /// Repeatable. Default: city-housing:landlord, helsinki-social:social_services,
+        /// dpo-office:dpo, programme-research:analyst.
         #[arg(long = "client", value_name = "ORG:ROLE")]
         clients: Vec<String>,
     },
@@ -594,12 +595,13 @@ pub(crate) fn recipient_keypair(dir: &Path, org: &str) -> anyhow::Result<String>
     ))
 }
 
-/// The three development callers the README and the demo use.
+/// The development callers the README and the demo use.
 pub(crate) fn default_callers() -> Vec<Caller> {
     [
         ("city-housing", Role::Landlord),
         ("helsinki-social", Role::SocialServices),
         ("dpo-office", Role::Dpo),
+        ("programme-research", Role::Analyst),
     ]
     .into_iter()
     .map(|(org, role)| Caller {

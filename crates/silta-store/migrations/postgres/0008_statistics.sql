@@ -1,0 +1,22 @@
+-- silta schema v8 (PostgreSQL): programme statistics.
+
+-- Monthly counters (silta_core::stats): a Helsinki month, what is counted, the flow, the two
+-- organisations and a category chosen by silta (a bucket, an outcome, a reason code). No
+-- pseudonym, no case reference, no time finer than a month. Updated in the transaction of the
+-- event counted, under the write lock, so two nodes count each event once; never purged.
+CREATE TABLE stat_cells (
+    month         TEXT NOT NULL,
+    measure       TEXT NOT NULL,
+    flow_id       TEXT NOT NULL,
+    landlord_org  TEXT NOT NULL,
+    recipient_org TEXT NOT NULL,
+    category      TEXT NOT NULL,
+    n             BIGINT NOT NULL,
+    PRIMARY KEY (month, measure, flow_id, landlord_org, recipient_org, category)
+);
+
+-- The organisation a message came from, so an acknowledgement counts under both organisations.
+ALTER TABLE alerts ADD COLUMN sender_org TEXT NOT NULL DEFAULT '';
+
+-- When the case's first support notice was sent (unix ms).
+ALTER TABLE cases ADD COLUMN first_notice_at BIGINT;
