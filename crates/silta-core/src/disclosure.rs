@@ -417,18 +417,18 @@ mod tests {
 
     /// True values with margins, computed here independently of [`Grid`].
     fn truth(t: &Table) -> Vec<Vec<u64>> {
-        let (rows, cols) = (t.rows.len(), t.columns.len());
-        let mut out = vec![vec![0u64; cols + 1]; rows + 1];
-        for r in 0..rows {
-            for c in 0..cols {
-                out[r][c] = t.cells[r][c];
-            }
-            out[r][cols] = t.cells[r].iter().sum();
-        }
-        for c in 0..cols {
-            out[rows][c] = t.cells.iter().map(|row| row[c]).sum();
-        }
-        out[rows][cols] = t.cells.iter().flatten().sum();
+        let cols = t.columns.len();
+        let mut out: Vec<Vec<u64>> = t
+            .cells
+            .iter()
+            .map(|row| row.iter().copied().chain([row.iter().sum()]).collect())
+            .collect();
+        let column_totals = (0..cols).map(|c| t.cells.iter().map(|row| row[c]).sum());
+        out.push(
+            column_totals
+                .chain([t.cells.iter().flatten().sum()])
+                .collect(),
+        );
         out
     }
 
@@ -578,7 +578,12 @@ mod tests {
         use Shown::{Suppressed as S, Value as V};
         // The zero stays: the other eight entries already form a graph without a bridge.
         assert_eq!(r.cells, vec![vec![S, S], vec![S, V(0)]]);
-        assert!(r.row_totals.iter().chain(&r.column_totals).all(|s| s.is_suppressed()));
+        assert!(
+            r.row_totals
+                .iter()
+                .chain(&r.column_totals)
+                .all(|s| s.is_suppressed())
+        );
         assert!(r.total.is_suppressed());
         check_release(&t, DEFAULT_THRESHOLD);
     }
