@@ -657,6 +657,30 @@ mod tests {
     }
 
     #[test]
+    fn svg_escapes_markup_and_drops_control_characters_in_labels() {
+        let mut c = chart();
+        c.title = "<script>alert(1)</script>".into();
+        c.panels[0].series[0].label = "a<b & \u{7}c".into();
+        let out = svg(&c);
+        assert!(!out.contains("<script"));
+        assert!(out.contains("<title>&lt;script&gt;alert(1)&lt;/script&gt;</title>"));
+        assert!(out.contains("a&lt;b &amp; \u{FFFD}c"));
+        assert!(!out.contains('\u{7}'));
+    }
+
+    #[test]
+    fn an_empty_chart_is_still_a_document() {
+        let out = svg(&Chart {
+            title: "Nothing yet".into(),
+            months: vec![],
+            threshold: 5,
+            panels: vec![],
+        });
+        assert!(out.starts_with("<svg") && out.trim_end().ends_with("</svg>"));
+        assert!(out.contains("<title>Nothing yet</title>"));
+    }
+
+    #[test]
     fn svg_never_shows_a_suppressed_count() {
         // The true count behind the suppressed bar was 3; it is not in the input, and no
         // text of the chart may be 3 (the footnote's threshold is 5).
