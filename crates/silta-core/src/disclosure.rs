@@ -599,6 +599,24 @@ mod tests {
     }
 
     #[test]
+    fn complements_prefer_a_non_zero_count_to_a_zero() {
+        // The zero beside the 2 would be the cheapest partner, but a hidden zero bounds the 2
+        // to [0, 2]; the 10 beside it is taken instead.
+        let t = table(&[&[2, 0, 10], &[10, 10, 10]]);
+        let r = release(&t, DEFAULT_THRESHOLD);
+        use Shown::{Suppressed as S, Value as V};
+        assert_eq!(r.cells, vec![vec![S, V(0), S], vec![S, V(10), S]]);
+        check_release(&t, DEFAULT_THRESHOLD);
+    }
+
+    #[test]
+    fn an_empty_table_releases_an_empty_table() {
+        let r = release(&table(&[]), DEFAULT_THRESHOLD);
+        assert!(r.cells.is_empty() && r.row_totals.is_empty() && r.column_totals.is_empty());
+        assert_eq!(r.total, Shown::Value(0));
+    }
+
+    #[test]
     fn a_threshold_below_the_minimum_is_raised() {
         let t = table(&[&[2, 10], &[10, 10]]);
         assert_eq!(release(&t, 0).threshold, MIN_THRESHOLD);
