@@ -327,10 +327,7 @@ fn draw(chart: &Chart, out: &mut String, height: u32) -> DrawResult {
         draw_panel(&root, chart, panel, top)?;
         top += i32::try_from(PANEL_HEIGHT).unwrap_or(0);
     }
-    let note = format!(
-        "{SUPPRESSED} suppressed (confidential): fewer than {}, or a count that would reveal one",
-        chart.threshold
-    );
+    let note = legend(&BTreeSet::from([chart.threshold]));
     root.draw(&Text::new(
         note,
         (LEFT, top + 12),
