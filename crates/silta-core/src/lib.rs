@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod consent;
+pub mod disclosure;
 pub mod hetu;
 pub mod org;
 pub mod policy;

@@ -31,6 +31,7 @@ mod proto_debug;
 pub mod retention;
 pub mod sealing;
 pub mod services;
+pub mod stats_render;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
