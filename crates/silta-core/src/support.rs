@@ -22,6 +22,14 @@ pub enum SupportOutcome {
 }
 
 impl SupportOutcome {
+    /// Every outcome, in the order statistics show them.
+    pub const ALL: [SupportOutcome; 4] = [
+        SupportOutcome::SupportEngaged,
+        SupportOutcome::PaymentCommitment,
+        SupportOutcome::ClientNotReached,
+        SupportOutcome::CaseClosed,
+    ];
+
     /// The stable name that crosses.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -36,6 +36,7 @@ pub const RPCS: &[&str] = &[
     "Audit.GetConsistencyProof",
     "Audit.Export",
     "Audit.GetRetention",
+    "Audit.Statistics",
 ];
 
 /// The only algorithms accepted: asymmetric, so a public key can never be used as an HMAC

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use silta_core::audit::Outcome;
+use silta_core::disclosure::Shown;
+use silta_core::stats::{Month, MonthError};
 use silta_core::validate::Violations;
 use silta_core::{Domain, Hetu, Pseudonym, Role};
 use silta_ledger::Hash;
@@ -570,6 +572,47 @@ impl Audit for AuditService {
         finish(&self.gw.metrics, &ctx, started, result)
     }
 
+    async fn statistics(
+        &self,
+        req: Request<proto::StatisticsRequest>,
+    ) -> Result<Response<proto::StatisticsRelease>, Status> {
+        let started = Instant::now();
+        let ctx = context(&self.gw, &req, "Audit.Statistics").await?;
+        let result = async {
+            // The analyst may read the statistics and nothing else: every other RPC of this
+            // service asks for the DPO.
+            if ctx.caller.role != Role::Analyst {
+                self.gw.authorize(&ctx, Role::Dpo).await?;
+            }
+            let month: Month = req.get_ref().month.parse().map_err(|e: MonthError| {
+                let mut v = Violations::default();
+                v.add("month", e.to_string());
+                ApiError::InvalidArgument(v)
+            })?;
+            let now = OffsetDateTime::now_utc();
+            let release = crate::statistics::read_month(
+                &*self.gw.store,
+                month,
+                self.gw.statistics.threshold,
+                now,
+            )
+            .await
+            .map_err(|e| match e {
+                crate::statistics::StatsError::NotClosed(_) => ApiError::FailedPrecondition(
+                    "the month has not ended: only closed months are released; ask for an \
+                     earlier month",
+                ),
+                crate::statistics::StatsError::Store(e) => unavailable(e),
+            })?;
+            self.gw
+                .record(&ctx, Outcome::Allow, "statistics-read", None)
+                .await?;
+            Ok(to_proto_release(&release))
+        }
+        .await;
+        finish(&self.gw.metrics, &ctx, started, result)
+    }
+
     type ExportStream = ExportStream;
 
     async fn export(
@@ -677,5 +720,57 @@ impl Audit for AuditService {
         }
         .await;
         finish(&self.gw.metrics, &ctx, started, result)
+    }
+}
+
+fn to_proto_value(v: Shown) -> proto::StatisticsValue {
+    match v {
+        Shown::Value(count) => proto::StatisticsValue {
+            count,
+            suppressed: false,
+        },
+        Shown::Suppressed => proto::StatisticsValue {
+            count: 0,
+            suppressed: true,
+        },
+    }
+}
+
+fn to_proto_release(r: &crate::statistics::MonthRelease) -> proto::StatisticsRelease {
+    proto::StatisticsRelease {
+        month: r.month.to_string(),
+        threshold: u32::try_from(r.threshold).unwrap_or(u32::MAX),
+        tables: r
+            .tables
+            .iter()
+            .map(|t| proto::StatisticsTable {
+                id: t.id.clone(),
+                title: t.title.clone(),
+                columns: t.columns.clone(),
+                rows: t
+                    .rows
+                    .iter()
+                    .zip(&t.cells)
+                    .zip(&t.row_totals)
+                    .map(|((label, cells), total)| proto::StatisticsRow {
+                        label: label.clone(),
+                        values: cells.iter().copied().map(to_proto_value).collect(),
+                        total: Some(to_proto_value(*total)),
+                    })
+                    .collect(),
+                column_totals: t.column_totals.iter().copied().map(to_proto_value).collect(),
+                total: Some(to_proto_value(t.total)),
+            })
+            .collect(),
+        quantiles: r
+            .quantiles
+            .iter()
+            .map(|q| proto::DelayQuantiles {
+                table: q.table.clone(),
+                row: q.row.clone(),
+                median: q.median.unwrap_or_default().to_owned(),
+                p90: q.p90.unwrap_or_default().to_owned(),
+            })
+            .collect(),
     }
 }

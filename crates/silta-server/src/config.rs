@@ -27,6 +27,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// How long data is kept.
     pub retention: RetentionConfig,
+    /// The programme's statistics.
+    pub statistics: StatisticsConfig,
     /// Group commit and delivery tuning.
     pub tuning: TuningConfig,
     /// Logging.
@@ -70,6 +72,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             ledger: LedgerConfig::default(),
             retention: RetentionConfig::default(),
+            statistics: StatisticsConfig::default(),
             tuning: TuningConfig::default(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
@@ -138,6 +141,15 @@ impl Config {
         }
         if !(100..=86_400_000).contains(&self.retention.purge_interval_ms) {
             return Err("retention.purge_interval_ms must be between 100 and 86400000".into());
+        }
+        if self.statistics.threshold < silta_core::disclosure::MIN_THRESHOLD
+            || self.statistics.threshold > 1_000
+        {
+            return Err(format!(
+                "statistics.threshold must be between {} and 1000: a smaller count can single a \
+                 person out",
+                silta_core::disclosure::MIN_THRESHOLD
+            ));
         }
         self.limits.validate()?;
         if self.log.format != "pretty" && self.log.format != "json" {
@@ -357,6 +369,24 @@ impl Default for RetentionConfig {
             report_retry_window_s: 7 * 86_400,
             ended_consent_grace_s: 30 * 86_400,
             purge_interval_ms: 3_600_000,
+        }
+    }
+}
+
+/// `[statistics]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatisticsConfig {
+    /// A released count from 1 to under this is suppressed, with as many others as it takes so
+    /// that none can be recomputed from the totals (docs/statistics.md). Default 5; never
+    /// below 3, the smallest Statistics Finland and THL publish.
+    pub threshold: u64,
+}
+
+impl Default for StatisticsConfig {
+    fn default() -> Self {
+        StatisticsConfig {
+            threshold: silta_core::disclosure::DEFAULT_THRESHOLD,
         }
     }
 }

@@ -125,6 +125,8 @@ pub struct Gateway {
     pub(crate) stall_timeout: std::time::Duration,
     /// The retention rules, for the DPO's view of them (the purge has its own copy).
     pub(crate) retention: crate::config::RetentionConfig,
+    /// The disclosure-control threshold of released statistics.
+    pub(crate) statistics: crate::config::StatisticsConfig,
     pub(crate) policies: Arc<PolicyHandle>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) actors: crate::actor::ActorVerifier,

@@ -31,6 +31,7 @@ mod proto_debug;
 pub mod retention;
 pub mod sealing;
 pub mod services;
+pub mod statistics;
 pub mod stats_render;
 pub mod status;
 pub mod telemetry;
@@ -463,6 +464,7 @@ pub async fn start(
         tuning: config.tuning.clone(),
         stall_timeout: Duration::from_millis(config.limits.stream_stall_timeout_ms),
         retention: config.retention.clone(),
+        statistics: config.statistics.clone(),
         policies: Arc::clone(&policies),
         metrics: Arc::clone(&metrics),
         actors,
