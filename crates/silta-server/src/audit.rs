@@ -758,7 +758,12 @@ fn to_proto_release(r: &crate::statistics::MonthRelease) -> proto::StatisticsRel
                         total: Some(to_proto_value(*total)),
                     })
                     .collect(),
-                column_totals: t.column_totals.iter().copied().map(to_proto_value).collect(),
+                column_totals: t
+                    .column_totals
+                    .iter()
+                    .copied()
+                    .map(to_proto_value)
+                    .collect(),
                 total: Some(to_proto_value(t.total)),
             })
             .collect(),
@@ -768,8 +773,8 @@ fn to_proto_release(r: &crate::statistics::MonthRelease) -> proto::StatisticsRel
             .map(|q| proto::DelayQuantiles {
                 table: q.table.clone(),
                 row: q.row.clone(),
-                median: q.median.unwrap_or_default().to_owned(),
-                p90: q.p90.unwrap_or_default().to_owned(),
+                median: q.median.clone().unwrap_or_default(),
+                p90: q.p90.clone().unwrap_or_default(),
             })
             .collect(),
     }

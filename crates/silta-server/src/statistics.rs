@@ -38,9 +38,9 @@ pub struct DelayQuantiles {
     /// The row.
     pub row: String,
     /// The bucket holding the median, e.g. `4h_1d`; `None`: suppressed.
-    pub median: Option<&'static str>,
+    pub median: Option<String>,
     /// The bucket holding the 90th percentile; `None`: suppressed.
-    pub p90: Option<&'static str>,
+    pub p90: Option<String>,
 }
 
 /// Joins the parts of a row label.
@@ -71,8 +71,7 @@ fn shapes() -> Vec<Shape> {
     let outcomes: Vec<&str> = SupportOutcome::ALL.iter().map(|o| o.as_str()).collect();
     let flow_landlord: fn(&Cell) -> String = |c| label(&[&c.key.flow, &c.key.landlord]);
     let flow_recipient: fn(&Cell) -> String = |c| label(&[&c.key.flow, &c.key.recipient]);
-    let recipient_landlord: fn(&Cell) -> String =
-        |c| label(&[&c.key.recipient, &c.key.landlord]);
+    let recipient_landlord: fn(&Cell) -> String = |c| label(&[&c.key.recipient, &c.key.landlord]);
     let recipient: fn(&Cell) -> String = |c| c.key.recipient.clone();
     let flow: fn(&Cell) -> String = |c| c.key.flow.clone();
     vec![
@@ -316,8 +315,14 @@ pub fn release_month(cells: &[Cell], month: Month, threshold: u64) -> MonthRelea
             quantiles.push(DelayQuantiles {
                 table: table.id.clone(),
                 row: row.clone(),
-                median: publish.then(|| quantile(counts, 0.5)).flatten(),
-                p90: publish.then(|| quantile(counts, 0.9)).flatten(),
+                median: publish
+                    .then(|| quantile(counts, 0.5))
+                    .flatten()
+                    .map(str::to_owned),
+                p90: publish
+                    .then(|| quantile(counts, 0.9))
+                    .flatten()
+                    .map(str::to_owned),
             });
         }
     }

@@ -562,6 +562,41 @@ pub async fn run() -> anyhow::Result<bool> {
         "nothing is left that a rule says must go (a consent still valid stays)",
         after.iter().all(|k| k.count.due == 0),
     );
+
+    s.title("programme statistics of this run (docs/statistics.md)");
+    // Released only once a month has closed; the demo shows its own month as it would be.
+    let month = silta_core::stats::Month::of(time::OffsetDateTime::now_utc());
+    let cells = store.stat_cells(month).await?;
+    let counted: i64 = cells
+        .iter()
+        .filter(|c| c.key.month == month && c.key.measure == silta_core::stats::Measure::Reports)
+        .map(|c| c.n)
+        .sum();
+    let release =
+        silta_server::statistics::release_month(&cells, month, config.statistics.threshold);
+    let reports = release.tables.iter().find(|t| t.id == "reports");
+    if let Some(t) = reports {
+        print!(
+            "{}",
+            silta_server::stats_render::text(&month.to_string(), std::slice::from_ref(t))
+        );
+    }
+    println!(
+        "  {counted} reports counted; the purge above deleted their rows, the counters stay. The demo \
+         is small: every count under {} is suppressed (..), with enough others that none can be \
+         recomputed from the totals. `silta stats --month YYYY-MM` releases a closed month.",
+        release.threshold
+    );
+    s.check(
+        "the counters outlive the purged records, and a small run's counts are suppressed",
+        counted > 0
+            && reports.is_some_and(|t| {
+                t.cells
+                    .iter()
+                    .flatten()
+                    .any(|v| *v == silta_core::disclosure::Shown::Suppressed)
+            }),
+    );
     store.close().await;
 
     println!(

@@ -5,6 +5,7 @@
 mod audit_cli;
 mod demo;
 mod policy_cli;
+mod stats_cli;
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +75,28 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// The programme's statistics for a closed month (docs/statistics.md): counts per flow and
+    /// organisation, never about a person, small counts suppressed. Calls the gateway with an
+    /// `analyst` (or `dpo`) certificate.
+    #[command(args_conflicts_with_subcommands = true)]
+    Stats {
+        #[command(subcommand)]
+        command: Option<StatsCommand>,
+        #[command(flatten)]
+        show: stats_cli::Show,
+    },
+}
+
+#[derive(Subcommand)]
+enum StatsCommand {
+    /// Recomputes every counter the ledger implies from the stored ledger and replaces the live
+    /// ones (the others count values the ledger does not hold and are kept). Safe beside
+    /// running nodes: it takes the store's write lock for the last step only.
+    Rebuild {
+        /// Configuration file (for `store.url`).
+        #[arg(long, short, env = "SILTA_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -218,6 +241,34 @@ fn main() -> anyhow::Result<()> {
             let done =
                 runtime()?.block_on(silta_server::migrate_store(&url, runtime_role.as_deref()))?;
             println!("{done}");
+            Ok(())
+        }
+        Command::Stats {
+            command: Some(StatsCommand::Rebuild { config }),
+            ..
+        } => {
+            init_logging("pretty", "warn");
+            let config = load_config(config.as_deref())?;
+            let done = runtime()?.block_on(async {
+                let store = silta_server::open_store(&config.store).await?;
+                let done = silta_server::statistics::rebuild(&*store).await;
+                store.close().await;
+                anyhow::Ok(done?)
+            })?;
+            println!(
+                "rebuilt {} counters from {} ledger entries; the counters of values the ledger \
+                 does not hold were kept",
+                done.cells, done.entries
+            );
+            Ok(())
+        }
+        Command::Stats {
+            command: None,
+            show,
+        } => {
+            init_logging("pretty", "warn");
+            let out = runtime()?.block_on(stats_cli::run(show))?;
+            print!("{out}");
             Ok(())
         }
         Command::Keys { command } => match command {
