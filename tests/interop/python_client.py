@@ -373,6 +373,12 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
           is_policy_denied(err, "purpose-limitation"))
     check("the refusal does not echo the identity code",
           RESIDENT not in (err.details() or "") + str(rpc_status.from_call(err)))
+    # An error is a trailers-only response: grpcio shows its headers as trailing metadata.
+    from google.rpc import error_details_pb2
+    trailer_id = dict(err.trailing_metadata() or ()).get("x-request-id")
+    info_ids = [i.request_id for i in details_of(err, error_details_pb2.RequestInfo)]
+    check("an error's x-request-id is in trailing_metadata() and equals RequestInfo.request_id",
+          trailer_id is not None and info_ids == [trailer_id])
     undeclared = landlord_pb2.ReportRentArrearsRequest()
     undeclared.CopyFrom(report)
     undeclared.idempotency_key, undeclared.legal_basis = "py-undeclared", STATUTORY_BASIS
