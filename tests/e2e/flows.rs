@@ -725,7 +725,22 @@ async fn support_notices_are_refused_on_unknown_cases_without_consent_to_tell_an
         err.message()
     );
     assert_eq!(error_reason(&err), "POLICY_DENIED");
-    assert!(error_policy_ids(&err).contains("support-notice-needs-consent-to-tell-landlord"));
+    // The consent is valid: only the rule that decided is named, not an absent consent, and
+    // the message says what to change.
+    assert_eq!(
+        error_policy_ids(&err),
+        "support-notice-needs-consent-to-tell-landlord"
+    );
+    assert!(
+        err.message()
+            .contains("record their consent to share outcomes with the landlord")
+            && err
+                .message()
+                .contains("consent.share_outcome_with_landlord = true")
+            && !err.message().contains("no consent covers"),
+        "{}",
+        err.message()
+    );
 
     // (c) An identity code inside the case reference is bad input, and is not echoed.
     let err = social_a
@@ -747,7 +762,7 @@ async fn support_notices_are_refused_on_unknown_cases_without_consent_to_tell_an
     assert!(rows.iter().all(|r| r.starts_with("deny|")), "{rows:?}");
     assert!(rows[0].starts_with("deny|not-found|") && rows[1].starts_with("deny|not-found|"));
     assert!(
-        rows[2].contains("support-notice-needs-consent-to-tell-landlord"),
+        rows[2].ends_with("|[\"support-notice-needs-consent-to-tell-landlord\"]"),
         "{rows:?}"
     );
     assert!(rows[3].starts_with("deny|invalid-argument|"), "{rows:?}");

@@ -290,6 +290,9 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
         outcome=common_pb2.SUPPORT_OUTCOME_CLIENT_NOT_REACHED))
     check("a notice under a consent that does not cover the landlord: POLICY_DENIED",
           is_policy_denied(err, "support-notice-needs-consent-to-tell-landlord"))
+    check("... naming only that rule, and saying what to change",
+          error_info(err)[2].get("policy_ids") == "support-notice-needs-consent-to-tell-landlord"
+          and "share_outcome_with_landlord = true" in (err.details() or ""))
     for what, case_ref in (("another organisation's case_ref", alert.case_ref), ("a made-up case_ref", "case-0")):
         err = refused(other_social.SendSupportNotice, ss.SendSupportNoticeRequest(
             idempotency_key="py-notice-3", case_ref=case_ref, purpose=PURPOSE, legal_basis=CONSENT_BASIS,
