@@ -483,7 +483,7 @@ async fn a_reference_shaped_like_a_code_is_refused_naming_where_and_a_plain_one_
     };
     assert_eq!(field, "tenancy_ref");
     assert!(
-        text.contains("characters 7–17 have the shape of a personal identity code"),
+        text.contains("characters 7–17 have the shape of an identity code"),
         "{text}"
     );
     let all = format!("{} {:?}", err.message(), err.get_error_details());

@@ -84,9 +84,9 @@ pub fn check_text(v: &mut Violations, field: &str, value: &str, min: usize, max:
 pub fn hetu_shape(value: &str) -> Option<String> {
     let at = find_hetu(value)?;
     Some(format!(
-        "must not contain a personal identity code: characters {}–{} have the shape of one (a \
-         date, a century sign or separator, three digits and a check character); see \
-         docs/api.md, \"References and keys that always pass\"",
+        "must not contain a personal identity code: characters {}–{} have the shape of an \
+         identity code (a date, a century sign or separator, three digits and a check \
+         character); see docs/api.md, \"References and keys that always pass\"",
         at.start + 1,
         at.end
     ))
