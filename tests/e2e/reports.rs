@@ -440,7 +440,10 @@ async fn an_undeclared_purpose_offers_only_the_purposes_the_caller_may_send_on()
     let [(purpose, p_text), (basis, b_text)] = found.as_slice() else {
         panic!("two violations: {found:?}");
     };
-    assert_eq!((purpose.as_str(), basis.as_str()), ("purpose", "legal_basis"));
+    assert_eq!(
+        (purpose.as_str(), basis.as_str()),
+        ("purpose", "legal_basis")
+    );
     // debt-collection is declared only to be refused: it is not offered.
     assert!(p_text.contains("eviction-prevention"), "{p_text}");
     assert!(!p_text.contains("debt-collection"), "{p_text}");

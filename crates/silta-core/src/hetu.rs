@@ -172,14 +172,7 @@ pub fn find_hetu(text: &str) -> Option<std::ops::Range<usize>> {
     // Every shape below holds nine digits (the date's six and the individual number's three),
     // so text with fewer (org ids, most references) is answered without folding it into a
     // buffer. It runs on every stored org id the committer reads back.
-    if text
-        .chars()
-        .filter(|c| fold(*c).is_ascii_digit())
-        .nth(8)
-        .is_none()
-    {
-        return None;
-    }
+    text.chars().filter(|c| fold(*c).is_ascii_digit()).nth(8)?;
     // A zero-width space or soft hyphen inside a code leaves it a code to anyone who reads it.
     // `at[i]` is the position in `text` of the folded character `folded[i]`.
     let (folded, at): (Vec<char>, Vec<usize>) = text
@@ -189,9 +182,9 @@ pub fn find_hetu(text: &str) -> Option<std::ops::Range<usize>> {
         .map(|(i, c)| (fold(c), i))
         .unzip();
     let any_check = !is_uuid(text);
-    let strict = folded.windows(HETU_LEN).position(|w| {
-        looks_like_hetu(w) && (any_check || right_check(&w[..6], &w[7..10], w[10]))
-    });
+    let strict = folded
+        .windows(HETU_LEN)
+        .position(|w| looks_like_hetu(w) && (any_check || right_check(&w[..6], &w[7..10], w[10])));
     // A loose code starting before the strict one comes first.
     let found = (0..strict.unwrap_or(folded.len()))
         .find_map(|i| loose_code_at(&folded[i..]).map(|len| (i, len)))
@@ -239,10 +232,7 @@ fn loose_code_at(s: &[char]) -> Option<usize> {
             next(&is_sep);
         }
         for d in pair {
-            let Some(c) = next(&digit) else {
-                return None;
-            };
-            *d = c;
+            *d = next(&digit)?;
         }
     }
     // A dash here is taken as a separator: with the marker unknown, any century will do.
@@ -253,15 +243,10 @@ fn loose_code_at(s: &[char]) -> Option<usize> {
     }
     let mut num = ['0'; 3];
     for d in &mut num {
-        let Some(c) = next(&digit) else {
-            return None;
-        };
-        *d = c;
+        *d = next(&digit)?;
     }
     next(&is_sep);
-    let Some(check) = next(&char::is_ascii_alphanumeric) else {
-        return None;
-    };
+    let check = next(&char::is_ascii_alphanumeric)?;
     let centuries: &[i32] = match marker {
         Some('+') => &[1800],
         Some('-' | 'Y' | 'X' | 'W' | 'V' | 'U') => &[1900],

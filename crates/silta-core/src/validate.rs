@@ -118,7 +118,13 @@ mod tests {
     #[test]
     fn a_code_shaped_part_is_named_by_its_position_and_never_quoted() {
         let mut v = Violations::default();
-        assert!(!check_text(&mut v, "tenancy_ref", "LEASE-010124-0001", 1, 64));
+        assert!(!check_text(
+            &mut v,
+            "tenancy_ref",
+            "LEASE-010124-0001",
+            1,
+            64
+        ));
         let said = &v.0[0].description;
         assert!(said.contains("characters 7–17 have the shape"), "{said}");
         assert!(!said.contains("010124"), "{said}");

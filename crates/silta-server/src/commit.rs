@@ -453,7 +453,8 @@ async fn apply_message(
             // covering the landlord, so the refusal names the one rule that decided and what
             // to change, not a consent that is absent.
             if view.status != ConsentStatus::Valid {
-                let held = (consents.iter().chain(&not_for_flow)).filter(|c| &c.recipient == sender);
+                let held =
+                    (consents.iter().chain(&not_for_flow)).filter(|c| &c.recipient == sender);
                 let any = ConsentView::of(held, now);
                 if any.status == ConsentStatus::Valid {
                     view = ConsentView {

@@ -591,7 +591,7 @@ impl EnvVar {
         match key.split_once("__") {
             Some((section, rest)) if !section.is_empty() && !rest.is_empty() => EnvVar::Config,
             Some(_) => EnvVar::Unrelated,
-            None if top_level_keys().iter().any(|k| *k == key) => EnvVar::Config,
+            None if top_level_keys().contains(&key) => EnvVar::Config,
             None => EnvVar::Unrelated,
         }
     }
@@ -631,10 +631,22 @@ mod tests {
 
     #[test]
     fn only_the_documented_env_shapes_are_configuration() {
-        for key in ["STORE__URL", "store__url", "LOG__LEVEL", "LISTEN", "NOSUCH__KEY"] {
+        for key in [
+            "STORE__URL",
+            "store__url",
+            "LOG__LEVEL",
+            "LISTEN",
+            "NOSUCH__KEY",
+        ] {
             assert_eq!(EnvVar::of(key), EnvVar::Config, "{key}");
         }
-        for key in ["MASTER_SECRET", "CONFIG", "URL", "MIGRATE_URL", "TEST_POSTGRES_URL"] {
+        for key in [
+            "MASTER_SECRET",
+            "CONFIG",
+            "URL",
+            "MIGRATE_URL",
+            "TEST_POSTGRES_URL",
+        ] {
             assert_eq!(EnvVar::of(key), EnvVar::Other, "{key}");
         }
         for key in ["DEBUG", "HOME", "STORE_URL", "__URL", "STORE__", ""] {
@@ -642,8 +654,14 @@ mod tests {
         }
         assert_eq!(
             unrelated_env_vars(
-                ["SILTA_HOME", "SILTA_STORE__URL", "PATH", "SILTA_CONFIG", "SILTA_DEBUG"]
-                    .map(String::from)
+                [
+                    "SILTA_HOME",
+                    "SILTA_STORE__URL",
+                    "PATH",
+                    "SILTA_CONFIG",
+                    "SILTA_DEBUG"
+                ]
+                .map(String::from)
             ),
             ["SILTA_DEBUG", "SILTA_HOME"]
         );

@@ -241,7 +241,9 @@ pub async fn open_existing_store(store: &StoreConfig) -> Result<Arc<dyn Store>, 
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_file() && meta.len() > 0 => {}
             Ok(meta) if meta.is_file() => {
-                return Err(missing(&format!("the file {path} is empty, not a silta store")));
+                return Err(missing(&format!(
+                    "the file {path} is empty, not a silta store"
+                )));
             }
             Ok(_) => return Err(missing(&format!("{path} is not a file"))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -252,9 +254,11 @@ pub async fn open_existing_store(store: &StoreConfig) -> Result<Arc<dyn Store>, 
         return open_store(store).await;
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresStore::open_existing(url).await.map_err(
-            |e| ServeError::Config(format!("store.url: {e}")),
-        )?));
+        return Ok(Arc::new(
+            PostgresStore::open_existing(url)
+                .await
+                .map_err(|e| ServeError::Config(format!("store.url: {e}")))?,
+        ));
     }
     open_store(store).await
 }

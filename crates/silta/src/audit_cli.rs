@@ -337,14 +337,16 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
             outln!(
                 "FAILED: no checkpoint in the file vouches for all {} entries, as the export's \
                  last one did: its end was cut off or edited (the latest checkpoint found covers {})",
-                v.entries, v.anchored
+                v.entries,
+                v.anchored
             );
             Ok(1)
         }
         Ok(v) => {
             outln!(
                 "OK: {} entries and {} checkpoints of {origin} verify.",
-                v.entries, v.checkpoints
+                v.entries,
+                v.checkpoints
             );
             outln!("    Root of all {} entries: {}.", v.entries, hex(&v.root));
             outln!(
@@ -418,7 +420,11 @@ async fn retention(json: bool, conn: &Connection) -> anyhow::Result<()> {
     outln!("Retention as of {} UTC", utc(report.as_of.as_ref()));
     outln!(
         "{:<10} {:<28} {:>10} {:<18} {:>8}  rule",
-        "kind", "flow", "rows", "oldest (UTC)", "due"
+        "kind",
+        "flow",
+        "rows",
+        "oldest (UTC)",
+        "due"
     );
     for k in &report.kinds {
         let flow = if k.flow_id.is_empty() {
@@ -489,7 +495,13 @@ async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()
     );
     outln!(
         "{:<6} {:<24} {:<16} {:<30} {:<6} {:<20} {:<18} fields",
-        "entry", "time (UTC)", "by", "action", "", "reason", "received by"
+        "entry",
+        "time (UTC)",
+        "by",
+        "action",
+        "",
+        "reason",
+        "received by"
     );
     for (index, e) in rows {
         let time =
@@ -518,7 +530,10 @@ async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()
         };
         outln!(
             "{index:<6} {time:<24} {:<16} {:<30} {:<6} {:<20} {recipients:<18} {fields}",
-            e.actor_org, e.action, e.outcome, e.reason
+            e.actor_org,
+            e.action,
+            e.outcome,
+            e.reason
         );
     }
     Ok(())

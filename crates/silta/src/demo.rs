@@ -437,7 +437,10 @@ pub async fn run() -> anyhow::Result<bool> {
         .await?;
     outln!(
         "  {:<5} {:<32} {:<7} {:<18} received by",
-        "entry", "action", "result", "reason"
+        "entry",
+        "action",
+        "result",
+        "reason"
     );
     for e in &entries {
         let to = if e.recipients.is_empty() {
@@ -447,7 +450,10 @@ pub async fn run() -> anyhow::Result<bool> {
         };
         outln!(
             "  {:<5} {:<32} {:<7} {:<18} {to}",
-            e.index, e.action, e.outcome, e.reason
+            e.index,
+            e.action,
+            e.outcome,
+            e.reason
         );
     }
     let reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
@@ -535,7 +541,10 @@ pub async fn run() -> anyhow::Result<bool> {
         silta_server::retention::status(&*store, &policies, &config.retention, later).await?;
     outln!(
         "  {:<10} {:<22} {:>6} {:>7}  rule",
-        "kind", "flow", "rows", "after"
+        "kind",
+        "flow",
+        "rows",
+        "after"
     );
     for b in &before {
         // A flow whose messages all went is no longer listed afterwards.
@@ -554,7 +563,10 @@ pub async fn run() -> anyhow::Result<bool> {
     }
     outln!(
         "  purged {} messages, {} report rows, {} consents, {} cases; each chunk is a RetentionPurge ledger entry",
-        purged.messages, purged.reports, purged.consents, purged.cases
+        purged.messages,
+        purged.reports,
+        purged.consents,
+        purged.cases
     );
     s.check(
         "a purge of each record kind: messages, report rows, consents and cases all went",

@@ -303,7 +303,9 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     outln!(
                         "v{} is in use (was v{}); {} consent and case rows moved; recorded in the audit ledger",
-                        done.to, done.from, done.rows
+                        done.to,
+                        done.from,
+                        done.rows
                     );
                     outln!(
                         "a node not yet restarted with the keyring holding v{} now refuses every \

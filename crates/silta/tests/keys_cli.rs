@@ -79,10 +79,15 @@ fn recipient_keypair_writes_an_owner_only_private_key_and_prints_a_working_confi
 fn keys_setup(db: &str, create: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let ok = |out: Output| assert!(out.status.success(), "{out:?}");
-    ok(silta(dir.path(), &["keys", "generate", "--out", "master.key"]));
+    ok(silta(
+        dir.path(),
+        &["keys", "generate", "--out", "master.key"],
+    ));
     std::fs::write(
         dir.path().join("silta.toml"),
-        format!("[store]\nurl = \"sqlite://{db}\"\n[secrets]\nmaster_secret_file = \"master.key\"\n"),
+        format!(
+            "[store]\nurl = \"sqlite://{db}\"\n[secrets]\nmaster_secret_file = \"master.key\"\n"
+        ),
     )
     .expect("config");
     if create {
@@ -172,7 +177,10 @@ fn unrelated_silta_variables_are_ignored_with_a_warning_naming_them_and_never_th
         said.contains("SILTA_DEBUG") && said.contains("SILTA_HOME"),
         "{said}"
     );
-    assert!(!said.contains("s3cret-value") && !said.contains("/opt/x"), "{said}");
+    assert!(
+        !said.contains("s3cret-value") && !said.contains("/opt/x"),
+        "{said}"
+    );
 
     // The documented shape is configuration: a typo in it is still an error.
     let out = run(&[("SILTA_STORE__URLL", "sqlite://silta.db")]);
@@ -182,5 +190,8 @@ fn unrelated_silta_variables_are_ignored_with_a_warning_naming_them_and_never_th
     // And it is read: SILTA_STORE__URL overrides the file.
     let out = run(&[("SILTA_STORE__URL", "sqlite://elsewhere.db")]);
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("elsewhere.db"), "{said}");
+    assert!(
+        !out.status.success() && said.contains("elsewhere.db"),
+        "{said}"
+    );
 }

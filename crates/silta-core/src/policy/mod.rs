@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
+use crate::org::Role;
 use cedar_policy::{
     Authorizer, Entities, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema, SchemaFragment,
     ValidationMode, Validator,
 };
 use miette::Diagnostic;
-use crate::org::Role;
 use ring::digest;
 
 pub use catalogue::{FieldSpec, FieldValue, Form, Message, MessageKind};
