@@ -33,6 +33,7 @@ enum Command {
     ///
     /// Every configuration key has a default (see docs/operations.md) and can be overridden by
     /// an environment variable SILTA_<SECTION>__<KEY>, e.g. SILTA_STORE__URL or SILTA_LISTEN.
+    /// Other SILTA_* variables are ignored, with a warning naming them.
     /// The master secret comes from secrets.master_secret_file or SILTA_MASTER_SECRET.
     Serve {
         /// The TOML configuration file.
