@@ -195,3 +195,36 @@ fn unrelated_silta_variables_are_ignored_with_a_warning_naming_them_and_never_th
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_show_refuses_a_postgres_database_without_a_silta_schema_and_leaves_it_empty() {
+    use silta_store::testing::TempDatabase;
+    let Some(db) = TempDatabase::create("keys_show_postgres_without_schema").await else {
+        return;
+    };
+    let dir = keys_setup("unused.db", false);
+    std::fs::write(
+        dir.path().join("silta.toml"),
+        format!(
+            "[store]\nurl = \"{}\"\n[secrets]\nmaster_secret_file = \"master.key\"\n",
+            db.url
+        ),
+    )
+    .expect("config");
+    let out = silta(dir.path(), &["keys", "show", "--config", "silta.toml"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        said.contains("store.url") && said.contains("no silta store"),
+        "{said}"
+    );
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
+    let _ = conn.close().await;
+    db.drop_now().await;
+    assert!(!migrated, "keys show gave the database a schema");
+}
