@@ -487,6 +487,8 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
         outcome=common_pb2.SUPPORT_OUTCOME_CASE_CLOSED))
     check("a support notice after the withdrawal: POLICY_DENIED naming consent-withdrawn",
           is_policy_denied(err, "consent-withdrawn"))
+    check("... alone: the withdrawn consent did let the landlord be told",
+          error_info(err)[2].get("policy_ids") == "consent-withdrawn")
 
 
 def dpo(port, pki, audit_pb2, audit_pb2_grpc):

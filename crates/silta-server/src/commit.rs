@@ -448,20 +448,17 @@ async fn apply_message(
         Route::ToLandlord { landlord, .. } => {
             let own = consents.iter().filter(|c| &c.recipient == sender);
             let mut view = ConsentView::of(own, now);
-            // A consent that is in force but leaves the landlord out does not list this flow.
-            // It is still the resident's consent: the policies see it as valid and not
-            // covering the landlord, so the refusal names the one rule that decided and what
-            // to change, not a consent that is absent.
-            if view.status != ConsentStatus::Valid {
+            // A consent that leaves the landlord out does not list this flow. It is still the
+            // resident's consent: with none that lists it, the policies see the sender's
+            // consent as it is (valid, say) and not covering the landlord, so the refusal
+            // names the rule that decided and what to change, not a consent that is absent.
+            if view.status == ConsentStatus::Absent {
                 let held =
                     (consents.iter().chain(&not_for_flow)).filter(|c| &c.recipient == sender);
-                let any = ConsentView::of(held, now);
-                if any.status == ConsentStatus::Valid {
-                    view = ConsentView {
-                        covers_landlord: false,
-                        ..any
-                    };
-                }
+                view = ConsentView {
+                    covers_landlord: false,
+                    ..ConsentView::of(held, now)
+                };
             }
             vec![(landlord.clone(), view)]
         }
