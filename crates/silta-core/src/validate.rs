@@ -133,4 +133,18 @@ mod tests {
         assert!(shifted.contains("characters 3–15 "), "{shifted}");
         assert_eq!(hetu_shape("KALLIO-12-B-34"), None);
     }
+
+    #[test]
+    fn the_reference_formats_docs_api_md_says_always_pass_do() {
+        for reference in [
+            "KALLIO-12-B-34",
+            "LEASE-2024-0001",
+            "T-2026-0042",
+            "L2024A01N0001",
+            "K12B345C6789",
+        ] {
+            assert_eq!(hetu_shape(reference), None, "{reference}");
+        }
+        assert!(hetu_shape("LEASE-010124-0001").is_some());
+    }
 }
