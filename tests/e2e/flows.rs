@@ -668,10 +668,12 @@ async fn support_notices_are_refused_on_unknown_cases_without_consent_to_tell_an
     let mut social_a = gw.social(SOCIAL_A).await;
     let mut social_b = gw.social(SOCIAL_B).await;
     let mut landlord = gw.landlord(LANDLORD).await;
-    social_a
+    let told_consent = social_a
         .enrol_client(enrol(RESIDENT))
         .await
-        .expect("enrolled");
+        .expect("enrolled")
+        .into_inner()
+        .consent_id;
     let mut no_telling = enrol(NEIGHBOUR);
     if let Some(c) = no_telling.consent.as_mut() {
         c.share_outcome_with_landlord = false;
@@ -725,7 +727,22 @@ async fn support_notices_are_refused_on_unknown_cases_without_consent_to_tell_an
         err.message()
     );
     assert_eq!(error_reason(&err), "POLICY_DENIED");
-    assert!(error_policy_ids(&err).contains("support-notice-needs-consent-to-tell-landlord"));
+    // The consent is valid: only the rule that decided is named, not an absent consent, and
+    // the message says what to change.
+    assert_eq!(
+        error_policy_ids(&err),
+        "support-notice-needs-consent-to-tell-landlord"
+    );
+    assert!(
+        err.message()
+            .contains("record their consent to share outcomes with the landlord")
+            && err
+                .message()
+                .contains("consent.share_outcome_with_landlord = true")
+            && !err.message().contains("no consent covers"),
+        "{}",
+        err.message()
+    );
 
     // (c) An identity code inside the case reference is bad input, and is not echoed.
     let err = social_a
@@ -747,7 +764,7 @@ async fn support_notices_are_refused_on_unknown_cases_without_consent_to_tell_an
     assert!(rows.iter().all(|r| r.starts_with("deny|")), "{rows:?}");
     assert!(rows[0].starts_with("deny|not-found|") && rows[1].starts_with("deny|not-found|"));
     assert!(
-        rows[2].contains("support-notice-needs-consent-to-tell-landlord"),
+        rows[2].ends_with("|[\"support-notice-needs-consent-to-tell-landlord\"]"),
         "{rows:?}"
     );
     assert!(rows[3].starts_with("deny|invalid-argument|"), "{rows:?}");
@@ -755,6 +772,21 @@ async fn support_notices_are_refused_on_unknown_cases_without_consent_to_tell_an
         .query_strings("SELECT alert_id FROM alerts WHERE flow_id = 'support-notice'")
         .await;
     assert!(stored.is_empty(), "a refused notice was stored: {stored:?}");
+
+    // (d) A consent that let the landlord be told, withdrawn: the withdrawal alone decided.
+    social_a
+        .withdraw_consent(proto::WithdrawConsentRequest {
+            target: Some(proto::withdraw_consent_request::Target::ConsentId(
+                told_consent,
+            )),
+        })
+        .await
+        .expect("withdrawn");
+    let err = social_a
+        .send_support_notice(support_notice("n-withdrawn", &told.case_ref))
+        .await
+        .expect_err("the consent was withdrawn");
+    assert_eq!(error_policy_ids(&err), "consent-withdrawn", "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

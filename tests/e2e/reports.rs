@@ -412,3 +412,98 @@ async fn a_call_carrying_two_request_messages_is_refused_and_neither_is_processe
             .expect("one per request");
     }
 }
+
+/// The `(field, description)` pairs of a status's `google.rpc.BadRequest`.
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .expect("BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| (v.field, v.description))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeclared_purpose_offers_only_the_purposes_the_caller_may_send_on() {
+    let gw = TestGateway::start().await;
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let mut typo = report("typo", RESIDENT);
+    typo.purpose = "eviction-prevension".into();
+    typo.legal_basis = "gdpr-6-1-f".into();
+    let err = landlord
+        .report_rent_arrears(typo)
+        .await
+        .expect_err("undeclared purpose and basis");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let found = violations(&err);
+    let [(purpose, p_text), (basis, b_text)] = found.as_slice() else {
+        panic!("two violations: {found:?}");
+    };
+    assert_eq!(
+        (purpose.as_str(), basis.as_str()),
+        ("purpose", "legal_basis")
+    );
+    // debt-collection is declared only to be refused: it is not offered.
+    assert!(p_text.contains("eviction-prevention"), "{p_text}");
+    assert!(!p_text.contains("debt-collection"), "{p_text}");
+    assert!(b_text.contains("gdpr-6-1-a-consent"), "{b_text}");
+    // Rent arrears are never sent on the statutory basis: not offered either.
+    assert!(!b_text.contains("fi-shl-35-notification"), "{b_text}");
+    // The field stands apart from its description, which is not run into it.
+    assert!(
+        err.message()
+            .starts_with("invalid request: purpose: is not a declared purpose"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("; legal_basis: is not a declared"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_shaped_like_a_code_is_refused_naming_where_and_a_plain_one_passes() {
+    let gw = TestGateway::start().await;
+    gw.social(SOCIAL_A)
+        .await
+        .enrol_client(enrol(RESIDENT))
+        .await
+        .expect("enrolled");
+    let mut landlord = gw.landlord(LANDLORD).await;
+    let mut lease = report("lease-1", RESIDENT);
+    lease.tenancy_ref = "LEASE-010124-0001".into();
+    let err = landlord
+        .report_rent_arrears(lease)
+        .await
+        .expect_err("the reference holds a code's shape");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let found = violations(&err);
+    let [(field, text)] = found.as_slice() else {
+        panic!("one violation: {found:?}");
+    };
+    assert_eq!(field, "tenancy_ref");
+    assert!(
+        text.contains("characters 7–17 have the shape of an identity code"),
+        "{text}"
+    );
+    let all = format!("{} {:?}", err.message(), err.get_error_details());
+    assert!(
+        !all.contains("010124") && !all.contains("LEASE"),
+        "the reference was echoed: {all}"
+    );
+    // The formats docs/api.md says always pass.
+    for (i, reference) in ["LEASE-2024-0001", "KALLIO-12-B-34", "L2024A01N0001"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut plain = report(&format!("plain-{i}"), RESIDENT);
+        plain.tenancy_ref = reference.into();
+        landlord
+            .report_rent_arrears(plain)
+            .await
+            .unwrap_or_else(|e| panic!("{reference} refused: {e:?}"));
+    }
+}

@@ -290,6 +290,9 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
         outcome=common_pb2.SUPPORT_OUTCOME_CLIENT_NOT_REACHED))
     check("a notice under a consent that does not cover the landlord: POLICY_DENIED",
           is_policy_denied(err, "support-notice-needs-consent-to-tell-landlord"))
+    check("... naming only that rule, and saying what to change",
+          error_info(err)[2].get("policy_ids") == "support-notice-needs-consent-to-tell-landlord"
+          and "share_outcome_with_landlord = true" in (err.details() or ""))
     for what, case_ref in (("another organisation's case_ref", alert.case_ref), ("a made-up case_ref", "case-0")):
         err = refused(other_social.SendSupportNotice, ss.SendSupportNoticeRequest(
             idempotency_key="py-notice-3", case_ref=case_ref, purpose=PURPOSE, legal_basis=CONSENT_BASIS,
@@ -373,6 +376,12 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
           is_policy_denied(err, "purpose-limitation"))
     check("the refusal does not echo the identity code",
           RESIDENT not in (err.details() or "") + str(rpc_status.from_call(err)))
+    # An error is a trailers-only response: grpcio shows its headers as trailing metadata.
+    from google.rpc import error_details_pb2
+    trailer_id = dict(err.trailing_metadata() or ()).get("x-request-id")
+    info_ids = [i.request_id for i in details_of(err, error_details_pb2.RequestInfo)]
+    check("an error's x-request-id is in trailing_metadata() and equals RequestInfo.request_id",
+          trailer_id is not None and info_ids == [trailer_id])
     undeclared = landlord_pb2.ReportRentArrearsRequest()
     undeclared.CopyFrom(report)
     undeclared.idempotency_key, undeclared.legal_basis = "py-undeclared", STATUTORY_BASIS
@@ -478,6 +487,8 @@ def run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, ss_grpc):
         outcome=common_pb2.SUPPORT_OUTCOME_CASE_CLOSED))
     check("a support notice after the withdrawal: POLICY_DENIED naming consent-withdrawn",
           is_policy_denied(err, "consent-withdrawn"))
+    check("... alone: the withdrawn consent did let the landlord be told",
+          error_info(err)[2].get("policy_ids") == "consent-withdrawn")
 
 
 def dpo(port, pki, audit_pb2, audit_pb2_grpc):

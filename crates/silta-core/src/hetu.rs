@@ -162,28 +162,36 @@ impl fmt::Display for Hetu {
 /// about once in a thousand. Used to keep codes out of every field that is stored or crosses
 /// to a recipient.
 pub fn contains_hetu(text: &str) -> bool {
+    find_hetu(text).is_some()
+}
+
+/// Where the first thing [`contains_hetu`] catches lies in `text`: a range of character
+/// positions (0-based, end exclusive, counting every character of `text` as given), so that a
+/// refusal can say which part looked like a code without quoting it.
+pub fn find_hetu(text: &str) -> Option<std::ops::Range<usize>> {
     // Every shape below holds nine digits (the date's six and the individual number's three),
     // so text with fewer (org ids, most references) is answered without folding it into a
     // buffer. It runs on every stored org id the committer reads back.
-    if text
-        .chars()
-        .filter(|c| fold(*c).is_ascii_digit())
-        .nth(8)
-        .is_none()
-    {
-        return false;
-    }
+    text.chars().filter(|c| fold(*c).is_ascii_digit()).nth(8)?;
     // A zero-width space or soft hyphen inside a code leaves it a code to anyone who reads it.
-    let folded: Vec<char> = text
+    // `at[i]` is the position in `text` of the folded character `folded[i]`.
+    let (folded, at): (Vec<char>, Vec<usize>) = text
         .chars()
-        .filter(|c| !is_invisible(*c))
-        .map(fold)
-        .collect();
+        .enumerate()
+        .filter(|(_, c)| !is_invisible(*c))
+        .map(|(i, c)| (fold(c), i))
+        .unzip();
     let any_check = !is_uuid(text);
-    folded
+    let strict = folded
         .windows(HETU_LEN)
-        .any(|w| looks_like_hetu(w) && (any_check || right_check(&w[..6], &w[7..10], w[10])))
-        || (0..folded.len()).any(|i| loose_code_at(&folded[i..]))
+        .position(|w| looks_like_hetu(w) && (any_check || right_check(&w[..6], &w[7..10], w[10])));
+    // A loose code starting before the strict one comes first.
+    let found = (0..strict.unwrap_or(folded.len()))
+        .find_map(|i| loose_code_at(&folded[i..]).map(|len| (i, len)))
+        .or(strict.map(|i| (i, HETU_LEN)))?;
+    let (start, len) = found;
+    // `len` is at least one: every shape consumes characters.
+    Some(at[start]..at[start + len - 1] + 1)
 }
 
 /// A UUID as text: `8-4-4-4-12` hex digits, or the 32 digits alone.
@@ -206,7 +214,8 @@ fn right_check(date: &[char], num: &[char], check: char) -> bool {
 /// A code starting at `s[0]` in a looser shape, with the right check character: `DD MM YY`
 /// with at most one separator (space, `.`, `/`, `-`) between the parts, then a century
 /// marker, a separator or nothing, then `NNN`, an optional separator and the check character.
-fn loose_code_at(s: &[char]) -> bool {
+/// Returns how many characters it spans.
+fn loose_code_at(s: &[char]) -> Option<usize> {
     let is_sep = |c: &char| c.is_whitespace() || matches!(c, '.' | '/' | '-');
     let mut i = 0;
     let mut next = |accept: &dyn Fn(&char) -> bool| -> Option<char> {
@@ -223,10 +232,7 @@ fn loose_code_at(s: &[char]) -> bool {
             next(&is_sep);
         }
         for d in pair {
-            let Some(c) = next(&digit) else {
-                return false;
-            };
-            *d = c;
+            *d = next(&digit)?;
         }
     }
     // A dash here is taken as a separator: with the marker unknown, any century will do.
@@ -237,22 +243,17 @@ fn loose_code_at(s: &[char]) -> bool {
     }
     let mut num = ['0'; 3];
     for d in &mut num {
-        let Some(c) = next(&digit) else {
-            return false;
-        };
-        *d = c;
+        *d = next(&digit)?;
     }
     next(&is_sep);
-    let Some(check) = next(&char::is_ascii_alphanumeric) else {
-        return false;
-    };
+    let check = next(&char::is_ascii_alphanumeric)?;
     let centuries: &[i32] = match marker {
         Some('+') => &[1800],
         Some('-' | 'Y' | 'X' | 'W' | 'V' | 'U') => &[1900],
         Some('A'..='F') => &[2000],
         _ => &[1800, 1900, 2000],
     };
-    is_birth_date(&date, centuries) && right_check(&date, &num, check)
+    (is_birth_date(&date, centuries) && right_check(&date, &num, check)).then_some(i)
 }
 
 /// Characters that show nothing (or only steer the layout): format characters, variation
@@ -512,6 +513,49 @@ mod tests {
                 changed[pos] = new;
                 let changed: String = changed.into_iter().collect();
                 prop_assert!(Hetu::parse(&changed, TEST_RULES).is_err());
+            }
+
+            // docs/api.md, "References and keys that always pass", rule 1.
+            #[test]
+            fn a_value_with_at_most_eight_digits_always_passes(
+                parts in proptest::collection::vec(("[A-Za-z .:/_-]{0,4}", "[0-9]{0,8}"), 0..6))
+            {
+                let mut digits = 0;
+                let mut value = String::new();
+                for (text, number) in parts {
+                    let take = number.len().min(8 - digits);
+                    digits += take;
+                    value.push_str(&text);
+                    value.push_str(&number[..take]);
+                }
+                prop_assert!(!contains_hetu(&value), "{value}");
+            }
+
+            // Rule 2: groups of at most five digits, each separated from the next by a letter.
+            #[test]
+            fn digit_groups_of_five_or_fewer_between_letters_always_pass(
+                lead in "[A-Za-z -]{0,3}",
+                groups in proptest::collection::vec(
+                    ("[0-9]{1,5}", "[A-Za-z]", "[A-Za-z .:/_-]{0,2}"), 0..8))
+            {
+                let mut value = lead;
+                for (number, letter, more) in groups {
+                    value.push_str(&number);
+                    value.push_str(&letter);
+                    value.push_str(&more);
+                }
+                prop_assert!(!contains_hetu(&value), "{value}");
+            }
+
+            #[test]
+            fn the_named_span_is_where_the_code_is(
+                before in "[A-Za-z]{0,6}[ _]", code in valid_code(), after in "[ _][A-Za-z]{0,6}")
+            {
+                let value = format!("{before}{code}{after}");
+                let at = find_hetu(&value).expect("the code is found");
+                let chars: Vec<char> = value.chars().collect();
+                let span: String = chars[at].iter().collect();
+                prop_assert_eq!(span, code);
             }
         }
     }

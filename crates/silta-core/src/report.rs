@@ -254,8 +254,8 @@ pub struct RentArrearsReport {
 pub fn check_idempotency_key(v: &mut Violations, field: &str, key: &str) {
     if key.is_empty() {
         v.add(field, "is required");
-    } else if crate::hetu::contains_hetu(key) {
-        v.add(field, "must not contain a personal identity code");
+    } else if let Some(problem) = crate::validate::hetu_shape(key) {
+        v.add(field, problem);
     } else if key.len() > 128
         || !key
             .bytes()

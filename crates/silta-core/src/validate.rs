@@ -1,6 +1,6 @@
 //! Field-level validation results, shaped like `google.rpc.BadRequest`.
 
-use crate::hetu::{contains_hetu, is_invisible};
+use crate::hetu::{find_hetu, is_invisible};
 
 /// One field that is wrong, and how to fix it. The description never quotes the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +16,9 @@ pub struct FieldViolation {
 pub struct Violations(pub Vec<FieldViolation>);
 
 impl Violations {
-    /// Records that `field` is wrong.
+    /// Records that `field` is wrong. `description` says what is wrong and what is expected,
+    /// without the field's name (callers see it as `field: description`), e.g. `is required`
+    /// or `set subject_hetu or subject_pseudonym, not both`.
     pub fn add(&mut self, field: &str, description: impl Into<String>) {
         self.0.push(FieldViolation {
             field: field.to_owned(),
@@ -64,10 +66,8 @@ pub fn check_text(v: &mut Violations, field: &str, value: &str, min: usize, max:
         )
     } else if min > 0 && value.trim().is_empty() {
         Some("must not be only spaces".to_owned())
-    } else if contains_hetu(value) {
-        Some("must not contain a personal identity code".to_owned())
     } else {
-        None
+        hetu_shape(value)
     };
     match problem {
         Some(p) => {
@@ -76,6 +76,20 @@ pub fn check_text(v: &mut Violations, field: &str, value: &str, min: usize, max:
         }
         None => true,
     }
+}
+
+/// What to tell a sender whose `value` holds something shaped like an identity code: which
+/// characters, by position (1-based), never the characters themselves. `None` when it holds
+/// none. See docs/api.md, "References and keys that always pass".
+pub fn hetu_shape(value: &str) -> Option<String> {
+    let at = find_hetu(value)?;
+    Some(format!(
+        "must not contain a personal identity code: characters {}–{} have the shape of an \
+         identity code (a date, a century sign or separator, three digits and a check \
+         character); see docs/api.md, \"References and keys that always pass\"",
+        at.start + 1,
+        at.end
+    ))
 }
 
 #[cfg(test)]
@@ -99,5 +113,38 @@ mod tests {
         let mut ok = Violations::default();
         assert!(check_text(&mut ok, "office", "Kallio, 2. krs (itä)", 1, 30));
         assert!(v.0.iter().all(|x| !x.description.contains("010594")));
+    }
+
+    #[test]
+    fn a_code_shaped_part_is_named_by_its_position_and_never_quoted() {
+        let mut v = Violations::default();
+        assert!(!check_text(
+            &mut v,
+            "tenancy_ref",
+            "LEASE-010124-0001",
+            1,
+            64
+        ));
+        let said = &v.0[0].description;
+        assert!(said.contains("characters 7–17 have the shape"), "{said}");
+        assert!(!said.contains("010124"), "{said}");
+        // Positions count the characters as sent, invisible ones included.
+        let shifted = hetu_shape("Ä 05.07.37-969N").expect("a loose code");
+        assert!(shifted.contains("characters 3–15 "), "{shifted}");
+        assert_eq!(hetu_shape("KALLIO-12-B-34"), None);
+    }
+
+    #[test]
+    fn the_reference_formats_docs_api_md_says_always_pass_do() {
+        for reference in [
+            "KALLIO-12-B-34",
+            "LEASE-2024-0001",
+            "T-2026-0042",
+            "L2024A01N0001",
+            "K12B345C6789",
+        ] {
+            assert_eq!(hetu_shape(reference), None, "{reference}");
+        }
+        assert!(hetu_shape("LEASE-010124-0001").is_some());
     }
 }

@@ -230,6 +230,17 @@ fn the_consent_view_prefers_a_valid_consent_then_the_latest_state() {
     assert_eq!(v.status, ConsentStatus::Expired);
     let v = ConsentView::of(&[rec("a", Superseded, -10, 10)], NOW);
     assert_eq!(v.status, ConsentStatus::Absent);
+    // A withdrawn consent keeps what it said about the landlord: a refusal then names the
+    // withdrawal alone.
+    let told = ConsentRecord {
+        covers_landlord: true,
+        ..rec("a", Withdrawn, -10, 10)
+    };
+    let v = ConsentView::of(&[told], NOW);
+    assert_eq!(
+        (v.status, v.covers_landlord),
+        (ConsentStatus::Withdrawn, true)
+    );
     let v = ConsentView::of(&[rec("a", Active, 1, 10)], NOW);
     assert_eq!(v.status, ConsentStatus::Absent);
 }

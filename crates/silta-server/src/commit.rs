@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use silta_core::audit::{AuditRecord, Outcome};
-use silta_core::policy::{ConsentView, DecisionInput, Policies};
+use silta_core::policy::{ConsentStatus, ConsentView, DecisionInput, Policies};
 use silta_core::report::EvictionStage;
 use silta_core::stats::{CellKey, Measure, Month, delay_bucket, months_bucket};
 use silta_core::{Domain, Hetu, OrgId, PseudonymSet, Pseudonymiser};
@@ -437,8 +437,12 @@ async fn apply_message(
         return Ok(Err(ApiError::Unavailable));
     };
     // Only consents given for this flow count: a consent opens the flows its receipt lists.
-    let mut consents = tx.consents_for(lookup_key, &flow.purpose).await?;
-    consents.retain(|c| c.covers_flow(&flow.id));
+    // The others are kept aside to name the right rule when a support notice is refused.
+    let (consents, not_for_flow): (Vec<_>, Vec<_>) = tx
+        .consents_for(lookup_key, &flow.purpose)
+        .await?
+        .into_iter()
+        .partition(|c| c.covers_flow(&flow.id));
     let now = job.received_at;
     let candidates: Vec<(OrgId, ConsentView)> = match &job.route {
         // Consent-based: whoever holds a consent record, each with its own consent's state.
@@ -457,7 +461,20 @@ async fn apply_message(
         // Back to the landlord: under the sender's own consent for the resident.
         Route::ToLandlord { landlord, .. } => {
             let own = consents.iter().filter(|c| &c.recipient == sender);
-            vec![(landlord.clone(), ConsentView::of(own, now))]
+            let mut view = ConsentView::of(own, now);
+            // A consent that leaves the landlord out does not list this flow. It is still the
+            // resident's consent: with none that lists it, the policies see the sender's
+            // consent as it is (valid, say) and not covering the landlord, so the refusal
+            // names the rule that decided and what to change, not a consent that is absent.
+            if view.status == ConsentStatus::Absent {
+                let held =
+                    (consents.iter().chain(&not_for_flow)).filter(|c| &c.recipient == sender);
+                view = ConsentView {
+                    covers_landlord: false,
+                    ..ConsentView::of(held, now)
+                };
+            }
+            vec![(landlord.clone(), view)]
         }
     };
     let input = DecisionInput {

@@ -583,9 +583,119 @@ impl Default for LogConfig {
     }
 }
 
+/// The prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SILTA_";
+
+/// Variables of the `SILTA_` prefix that silta reads itself and that are not configuration
+/// keys (the part after the prefix, lower case): the master secret, the configuration file,
+/// the DPO tools' gateway address, `silta db migrate`'s settings and the tests' database.
+pub const ENV_NOT_CONFIG: &[&str] = &[
+    "master_secret",
+    "config",
+    "url",
+    "migrate_url",
+    "migrate_runtime_role",
+    "test_postgres_url",
+];
+
+/// What a `SILTA_…` environment variable is to the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvVar {
+    /// A configuration key, `SILTA_<SECTION>__<KEY>` or a top-level key such as
+    /// `SILTA_LISTEN`: read, and an unknown key is an error, as in the file.
+    Config,
+    /// One of [`ENV_NOT_CONFIG`]: read elsewhere, skipped here.
+    Other,
+    /// Anything else (`SILTA_DEBUG`, another tool's `SILTA_HOME`): not silta's, ignored with
+    /// a warning that names it.
+    Unrelated,
+}
+
+impl EnvVar {
+    /// Classifies the variable whose name, after the `SILTA_` prefix, is `key` (any case).
+    pub fn of(key: &str) -> EnvVar {
+        let key = key.to_ascii_lowercase();
+        if ENV_NOT_CONFIG.contains(&key.as_str()) {
+            return EnvVar::Other;
+        }
+        match key.split_once("__") {
+            Some((section, rest)) if !section.is_empty() && !rest.is_empty() => EnvVar::Config,
+            Some(_) => EnvVar::Unrelated,
+            None if top_level_keys().contains(&key) => EnvVar::Config,
+            None => EnvVar::Unrelated,
+        }
+    }
+}
+
+/// The top-level keys that are not sections (`listen`, `statutory_recipients`), read from the
+/// configuration's own shape so that a key added later is covered.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter(|(_, v)| !v.is_object())
+            .map(|(k, _)| k)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The names of the `SILTA_…` variables in `vars` that configuration loading ignores, for
+/// the warning (names only: a value may be a secret).
+pub fn unrelated_env_vars(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut names: Vec<String> = vars
+        .into_iter()
+        .filter(|name| {
+            name.get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                && EnvVar::of(&name[ENV_PREFIX.len()..]) == EnvVar::Unrelated
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_documented_env_shapes_are_configuration() {
+        for key in [
+            "STORE__URL",
+            "store__url",
+            "LOG__LEVEL",
+            "LISTEN",
+            "NOSUCH__KEY",
+        ] {
+            assert_eq!(EnvVar::of(key), EnvVar::Config, "{key}");
+        }
+        for key in [
+            "MASTER_SECRET",
+            "CONFIG",
+            "URL",
+            "MIGRATE_URL",
+            "TEST_POSTGRES_URL",
+        ] {
+            assert_eq!(EnvVar::of(key), EnvVar::Other, "{key}");
+        }
+        for key in ["DEBUG", "HOME", "STORE_URL", "__URL", "STORE__", ""] {
+            assert_eq!(EnvVar::of(key), EnvVar::Unrelated, "{key}");
+        }
+        assert_eq!(
+            unrelated_env_vars(
+                [
+                    "SILTA_HOME",
+                    "SILTA_STORE__URL",
+                    "PATH",
+                    "SILTA_CONFIG",
+                    "SILTA_DEBUG"
+                ]
+                .map(String::from)
+            ),
+            ["SILTA_DEBUG", "SILTA_HOME"]
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_unworkable_values_name_their_key() {

@@ -443,12 +443,22 @@ impl Gateway {
         legal_basis: &str,
     ) -> Result<&'p Flow, ApiError> {
         let mut v = Violations::default();
+        // Offered are only the values of flows this caller may send this message on: a
+        // purpose declared so that it is refused (debt-collection) is not an invitation.
+        let role = ctx.caller.role;
+        let offered = |list: String| {
+            if list.is_empty() {
+                "no flow for this message is declared for your role".to_owned()
+            } else {
+                format!("for this message from your role: {list}")
+            }
+        };
         if !policies.is_known_purpose(purpose) {
             v.add(
                 "purpose",
                 format!(
-                    "is not a declared purpose (declared: {})",
-                    policies.purpose_list()
+                    "is not a declared purpose ({})",
+                    offered(policies.purposes_for(role, kind))
                 ),
             );
         }
@@ -460,8 +470,8 @@ impl Gateway {
             v.add(
                 "legal_basis",
                 format!(
-                    "is not a declared legal basis (declared: {})",
-                    policies.legal_basis_list()
+                    "is not a declared legal basis ({})",
+                    offered(policies.legal_bases_for(role, kind))
                 ),
             );
         }

@@ -222,6 +222,49 @@ pub async fn open_store(store: &StoreConfig) -> Result<Arc<dyn Store>, ServeErro
     }
 }
 
+/// Opens the store that `[store]` names for a command that works on an existing one (`silta
+/// keys show` reads it, `silta keys promote` moves its rows): a store that is not there is an
+/// error naming `store.url`, never created and migrated, so a mistyped URL is caught rather
+/// than answered from a new, empty store.
+pub async fn open_existing_store(store: &StoreConfig) -> Result<Arc<dyn Store>, ServeError> {
+    let url = store.url.as_str();
+    if let Some(path) = sqlite_file(url) {
+        let missing = |why: &str| {
+            ServeError::Config(format!(
+                "store.url: {why}; this command only works on an existing store and creates \
+                 none: check store.url (a relative path is resolved against the working \
+                 directory), or create the store with `silta db migrate` or by starting \
+                 `silta serve`"
+            ))
+        };
+        if path.is_empty() || path == ":memory:" {
+            return Err(missing("names no database file"));
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() && meta.len() > 0 => {}
+            Ok(meta) if meta.is_file() => {
+                return Err(missing(&format!(
+                    "the file {path} is empty, not a silta store"
+                )));
+            }
+            Ok(_) => return Err(missing(&format!("{path} is not a file"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(missing(&format!("there is no database file {path}")));
+            }
+            Err(e) => return Err(missing(&format!("cannot read {path}: {e}"))),
+        }
+        return open_store(store).await;
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(
+            PostgresStore::open_existing(url)
+                .await
+                .map_err(|e| ServeError::Config(format!("store.url: {e}")))?,
+        ));
+    }
+    open_store(store).await
+}
+
 /// `silta db migrate`: applies the store's pending migrations as the schema's owner and, on
 /// PostgreSQL, grants `runtime_role` the gateway's runtime privileges (docs/operations.md,
 /// "PostgreSQL roles"). Returns what to tell the operator. A SQLite store has no roles: it is

@@ -100,9 +100,11 @@ pub enum ApiError {
     ExtraMessage,
 }
 
+/// Each violation as `field: description`: the description is a text of its own (the
+/// field is in `BadRequest.field`), not a sentence continuing the field's name.
 fn describe(v: &Violations) -> String {
     v.0.iter()
-        .map(|f| format!("{} {}", f.field, f.description))
+        .map(|f| format!("{}: {}", f.field, f.description))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -202,5 +204,33 @@ impl From<StoreError> for ApiError {
         // The store's error may quote SQL, never request values; it is logged, not returned.
         tracing::error!(error = %e, "store failure");
         ApiError::Unavailable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_names_each_field_apart_from_its_description() {
+        let mut v = Violations::default();
+        v.add(
+            "subject_pseudonym",
+            "set subject_hetu or subject_pseudonym, not both",
+        );
+        v.add("limit", "must be at most 10000");
+        let status = ApiError::InvalidArgument(v).into_status("r-1");
+        assert_eq!(
+            status.message(),
+            "invalid request: subject_pseudonym: set subject_hetu or subject_pseudonym, not \
+             both; limit: must be at most 10000"
+        );
+        let details = status.get_error_details();
+        let violations = &details.bad_request().expect("BadRequest").field_violations;
+        assert_eq!(violations[0].field, "subject_pseudonym");
+        assert_eq!(
+            violations[0].description,
+            "set subject_hetu or subject_pseudonym, not both"
+        );
     }
 }

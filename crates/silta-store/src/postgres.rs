@@ -67,6 +67,32 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
+    /// [`PostgresStore::open`] for a tool that works on an existing store (`silta keys show`,
+    /// `silta keys promote`): a database without silta's schema is an error, never given one.
+    pub async fn open_existing(url: &str) -> Result<Self> {
+        let pool = connect(url, "silta-tool", 2).await?;
+        match postgres_roles::schema_exists(&pool).await {
+            Ok(true) => {}
+            Ok(false) => {
+                pool.close().await;
+                return Err(StoreError::Setup(
+                    "the database holds no silta store (no schema): this command only works on \
+                     an existing store and creates none"
+                        .into(),
+                ));
+            }
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        }
+        if let Err(e) = postgres_roles::prepare_for_gateway(&pool).await {
+            pool.close().await;
+            return Err(e);
+        }
+        Ok(PostgresStore { pool })
+    }
+
     /// `silta db migrate`: connects to `owner_url` as the schema's owner, applies pending
     /// migrations and, if `runtime_role` is given, grants that role exactly the gateway's
     /// runtime privileges (creating it `NOLOGIN` if missing). See [`crate::Migrated`].

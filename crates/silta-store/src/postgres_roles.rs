@@ -232,7 +232,7 @@ async fn owns_schema(pool: &PgPool) -> Result<bool> {
 }
 
 /// Whether any migration was ever applied (the migrations table exists).
-async fn schema_exists(pool: &PgPool) -> Result<bool> {
+pub(crate) async fn schema_exists(pool: &PgPool) -> Result<bool> {
     Ok(
         sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(pool)

@@ -30,6 +30,8 @@ use silta_server::proto::audit_client::AuditClient;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use crate::output::outln;
+
 const FORMAT: &str = "silta-ledger-export/1";
 
 /// The DPO's commands.
@@ -229,18 +231,18 @@ async fn export(out: &Path, conn: &Connection) -> anyhow::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
-    println!(
+    outln!(
         "wrote {entries} entries and {checkpoints} checkpoints of {} to {}",
         latest.origin,
         out.display()
     );
-    println!(
+    outln!(
         "verify it offline with: silta audit verify {} --key '{}' --origin '{}'",
         out.display(),
         latest.verifier_key,
         latest.origin
     );
-    println!("(check that key against the one the operator publishes before trusting the result)");
+    outln!("(check that key against the one the operator publishes before trusting the result)");
     Ok(())
 }
 
@@ -259,7 +261,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
         let parsed: Line = match serde_json::from_str(&line) {
             Ok(parsed) => parsed,
             Err(e) => {
-                println!(
+                outln!(
                     "FAILED: {}: not an export line ({e}): the file was cut off or edited",
                     at()
                 );
@@ -276,7 +278,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
             header = Some((parsed.origin, parsed.entries));
         } else if let (Some(index), Some(entry)) = (parsed.index, parsed.entry) {
             if index != entries.len() as u64 {
-                println!(
+                outln!(
                     "FAILED: {} holds entry {index} where entry {} belongs: entries are missing or reordered",
                     at(),
                     entries.len()
@@ -286,7 +288,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
             match STANDARD.decode(entry) {
                 Ok(bytes) => entries.push(bytes),
                 Err(e) => {
-                    println!(
+                    outln!(
                         "FAILED: {}: the entry is not base64 ({e}): it was edited",
                         at()
                     );
@@ -304,7 +306,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
     if let Some((Some(exported), _)) = &header
         && exported != origin
     {
-        println!(
+        outln!(
             "FAILED: the export is of log {exported:?}, not {origin:?}: pass --origin '{exported}' \
              if that is the log you mean to verify (and its key with --key)"
         );
@@ -313,7 +315,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
     if let Some((_, Some(count))) = header
         && count != entries.len() as u64
     {
-        println!(
+        outln!(
             "FAILED: the export's first line says it holds {count} entries but the file holds {}: \
              it was cut short or edited",
             entries.len()
@@ -332,25 +334,27 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
         // An export runs up to a checkpoint of exactly the size its first line names; that
         // checkpoint missing means the file lost its end at a line boundary.
         Ok(v) if header.is_some_and(|(_, count)| count.is_some_and(|c| v.anchored < c)) => {
-            println!(
+            outln!(
                 "FAILED: no checkpoint in the file vouches for all {} entries, as the export's \
                  last one did: its end was cut off or edited (the latest checkpoint found covers {})",
-                v.entries, v.anchored
+                v.entries,
+                v.anchored
             );
             Ok(1)
         }
         Ok(v) => {
-            println!(
+            outln!(
                 "OK: {} entries and {} checkpoints of {origin} verify.",
-                v.entries, v.checkpoints
+                v.entries,
+                v.checkpoints
             );
-            println!("    Root of all {} entries: {}.", v.entries, hex(&v.root));
-            println!(
+            outln!("    Root of all {} entries: {}.", v.entries, hex(&v.root));
+            outln!(
                 "    The latest checkpoint vouches for the first {} of them.",
                 v.anchored
             );
             if v.entries > v.anchored {
-                println!(
+                outln!(
                     "    Entries with index {} to {} came after it and are not vouched for yet: \
                      a later export, or a checkpoint kept from the gateway (--checkpoint), covers them.",
                     v.anchored,
@@ -360,7 +364,7 @@ fn verify(path: &Path, key: &str, origin: &str, held: &[String]) -> anyhow::Resu
             Ok(0)
         }
         Err(e) => {
-            println!("FAILED: {e}");
+            outln!("FAILED: {e}");
             Ok(1)
         }
     }
@@ -404,7 +408,7 @@ async fn retention(json: bool, conn: &Connection) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "as_of": report.as_of.as_ref().map(|t| t.seconds),
@@ -413,10 +417,14 @@ async fn retention(json: bool, conn: &Connection) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("Retention as of {} UTC", utc(report.as_of.as_ref()));
-    println!(
+    outln!("Retention as of {} UTC", utc(report.as_of.as_ref()));
+    outln!(
         "{:<10} {:<28} {:>10} {:<18} {:>8}  rule",
-        "kind", "flow", "rows", "oldest (UTC)", "due"
+        "kind",
+        "flow",
+        "rows",
+        "oldest (UTC)",
+        "due"
     );
     for k in &report.kinds {
         let flow = if k.flow_id.is_empty() {
@@ -424,7 +432,7 @@ async fn retention(json: bool, conn: &Connection) -> anyhow::Result<()> {
         } else {
             &k.flow_id
         };
-        println!(
+        outln!(
             "{:<10} {:<28} {:>10} {:<18} {:>8}  {}",
             k.kind,
             flow,
@@ -477,17 +485,23 @@ async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "Disclosure report: {} ledger {} about this resident (identity code not shown).",
         rows.len(),
         if rows.len() == 1 { "entry" } else { "entries" }
     );
-    println!(
+    outln!(
         "{:<6} {:<24} {:<16} {:<30} {:<6} {:<20} {:<18} fields",
-        "entry", "time (UTC)", "by", "action", "", "reason", "received by"
+        "entry",
+        "time (UTC)",
+        "by",
+        "action",
+        "",
+        "reason",
+        "received by"
     );
     for (index, e) in rows {
         let time =
@@ -514,9 +528,12 @@ async fn subject(hetu: &str, json: bool, conn: &Connection) -> anyhow::Result<()
         } else {
             e.fields.join(", ")
         };
-        println!(
+        outln!(
             "{index:<6} {time:<24} {:<16} {:<30} {:<6} {:<20} {recipients:<18} {fields}",
-            e.actor_org, e.action, e.outcome, e.reason
+            e.actor_org,
+            e.action,
+            e.outcome,
+            e.reason
         );
     }
     Ok(())

@@ -13,6 +13,8 @@ use silta_server::proto::{self, ArrearsBand, EvictionStage};
 use silta_server::{Config, client, devpki};
 use tokio_stream::StreamExt;
 
+use crate::output::outln;
+
 /// Synthetic identity codes (individual numbers 900–999: no real person has them).
 const RESIDENT: &str = "150385-9345";
 const NOT_A_CLIENT: &str = "020702A9514";
@@ -24,13 +26,13 @@ struct Steps {
 
 impl Steps {
     fn check(&mut self, what: &str, passed: bool) {
-        println!("  {} {what}", if passed { "✔" } else { "✘ UNEXPECTED:" });
+        outln!("  {} {what}", if passed { "✔" } else { "✘ UNEXPECTED:" });
         self.ok &= passed;
     }
 
     fn title(&mut self, text: &str) {
         self.n += 1;
-        println!("\n{}. {text}", self.n);
+        outln!("\n{}. {text}", self.n);
     }
 }
 
@@ -89,13 +91,13 @@ pub async fn run() -> anyhow::Result<bool> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway = silta_server::start(&config, secret, listener).await?;
     let addr = gateway.local_addr;
-    println!(
+    outln!(
         "silta demo: gateway on https://{addr} (mTLS), store {}",
         config.store.url
     );
-    println!("  certificates minted in {} for:", dir.path().display());
+    outln!("  certificates minted in {} for:", dir.path().display());
     for (c, _) in &pki.clients {
-        println!("    {} ({})", c.org, c.role);
+        outln!("    {} ({})", c.org, c.role);
     }
 
     let pem = |org: &str| {
@@ -129,11 +131,11 @@ pub async fn run() -> anyhow::Result<bool> {
         .await?
         .into_inner();
     let receipt = enrolled.receipt.clone().unwrap_or_default();
-    println!(
+    outln!(
         "  client pseudonym (helsinki-social's own domain): {}",
         enrolled.subject_pseudonym
     );
-    println!("  consent id: {}", enrolled.consent_id);
+    outln!("  consent id: {}", enrolled.consent_id);
     let verified = ring::signature::UnparsedPublicKey::new(
         &ring::signature::ED25519,
         &receipt.signing_public_key,
@@ -160,7 +162,7 @@ pub async fn run() -> anyhow::Result<bool> {
         .report_rent_arrears(sent.clone())
         .await?
         .into_inner();
-    println!("  receipt: report {} (durably stored)", receipt1.report_id);
+    outln!("  receipt: report {} (durably stored)", receipt1.report_id);
     let alert = tokio::time::timeout(Duration::from_secs(5), alerts.next())
         .await
         .ok()
@@ -231,9 +233,9 @@ pub async fn run() -> anyhow::Result<bool> {
         ),
     ];
     let (f, a, b) = ("field", "landlord sent", "social services received");
-    println!("  {f:<18} {a:<50} {b}");
+    outln!("  {f:<18} {a:<50} {b}");
     for (f, a, b) in &rows {
-        println!("  {f:<18} {a:<50} {b}");
+        outln!("  {f:<18} {a:<50} {b}");
     }
     s.check(
         "the alert carries the pseudonym returned at enrolment",
@@ -322,11 +324,11 @@ pub async fn run() -> anyhow::Result<bool> {
     s.title(
         "a statutory notice (SHL 35 §, no consent): an eviction's enforcement is set for someone who never enrolled",
     );
-    println!(
+    outln!(
         "  helsinki-social made its key pair; silta's configuration holds only the public half:"
     );
     for line in recipient_entry.lines() {
-        println!("    {line}");
+        outln!("    {line}");
     }
     let enforcement_date = (time::OffsetDateTime::now_utc() + time::Duration::days(40)).date();
     landlord
@@ -355,7 +357,7 @@ pub async fn run() -> anyhow::Result<bool> {
     drop(statutory);
     let opened = notice.as_ref().and_then(|n| {
         let sealed = n.sealed_identity.as_ref()?;
-        println!(
+        outln!(
             "  alert {} ({}): subject {}, sealed identity: {} bytes, key {}, {}",
             n.alert_id,
             n.flow_id,
@@ -382,7 +384,7 @@ pub async fn run() -> anyhow::Result<bool> {
     });
     // The demo's code is synthetic; a real recipient would not print it.
     if let Some(code) = &opened {
-        println!(
+        outln!(
             "  helsinki-social opens it with its private key: {}",
             code.as_str()
         );
@@ -433,9 +435,12 @@ pub async fn run() -> anyhow::Result<bool> {
         .into_inner()
         .collect::<Result<_, _>>()
         .await?;
-    println!(
+    outln!(
         "  {:<5} {:<32} {:<7} {:<18} received by",
-        "entry", "action", "result", "reason"
+        "entry",
+        "action",
+        "result",
+        "reason"
     );
     for e in &entries {
         let to = if e.recipients.is_empty() {
@@ -443,9 +448,12 @@ pub async fn run() -> anyhow::Result<bool> {
         } else {
             format!("{} ({} fields)", e.recipients.join(", "), e.fields.len())
         };
-        println!(
+        outln!(
             "  {:<5} {:<32} {:<7} {:<18} {to}",
-            e.index, e.action, e.outcome, e.reason
+            e.index,
+            e.action,
+            e.outcome,
+            e.reason
         );
     }
     let reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
@@ -468,7 +476,7 @@ pub async fn run() -> anyhow::Result<bool> {
         .collect::<Result<_, _>>()
         .await?;
     for e in &disclosed {
-        println!(
+        outln!(
             "  the other resident's report: entry {} {} {} to {} on {}, fields: {}",
             e.index,
             e.action,
@@ -509,7 +517,7 @@ pub async fn run() -> anyhow::Result<bool> {
             let notes: Vec<&str> = notes.iter().map(String::as_str).collect();
             silta_ledger::verify::verify_export(leaves.iter().map(Vec::as_slice), &notes, &verifier, &config.ledger.origin)
                 .map(|v| {
-                    println!("  exported {} entries; every one hashes into the root the signed checkpoint vouches for", v.entries);
+                    outln!("  exported {} entries; every one hashes into the root the signed checkpoint vouches for", v.entries);
                     true
                 })
                 .unwrap_or(false)
@@ -531,9 +539,12 @@ pub async fn run() -> anyhow::Result<bool> {
         silta_server::retention::purge(&*store, &policies, &config.retention, later).await?;
     let after =
         silta_server::retention::status(&*store, &policies, &config.retention, later).await?;
-    println!(
+    outln!(
         "  {:<10} {:<22} {:>6} {:>7}  rule",
-        "kind", "flow", "rows", "after"
+        "kind",
+        "flow",
+        "rows",
+        "after"
     );
     for b in &before {
         // A flow whose messages all went is no longer listed afterwards.
@@ -541,7 +552,7 @@ pub async fn run() -> anyhow::Result<bool> {
             .iter()
             .find(|a| a.kind == b.kind && a.flow_id == b.flow_id)
             .map_or(0, |a| a.count.rows);
-        println!(
+        outln!(
             "  {:<10} {:<22} {:>6} {:>7}  {}",
             b.kind,
             b.flow_id.as_deref().unwrap_or("—"),
@@ -550,9 +561,12 @@ pub async fn run() -> anyhow::Result<bool> {
             b.rule
         );
     }
-    println!(
+    outln!(
         "  purged {} messages, {} report rows, {} consents, {} cases; each chunk is a RetentionPurge ledger entry",
-        purged.messages, purged.reports, purged.consents, purged.cases
+        purged.messages,
+        purged.reports,
+        purged.consents,
+        purged.cases
     );
     s.check(
         "a purge of each record kind: messages, report rows, consents and cases all went",
@@ -599,7 +613,7 @@ pub async fn run() -> anyhow::Result<bool> {
     );
     store.close().await;
 
-    println!(
+    outln!(
         "\n{}",
         if s.ok {
             "demo passed: every step behaved as expected."

@@ -4,6 +4,7 @@
 
 mod audit_cli;
 mod demo;
+mod output;
 mod policy_cli;
 mod stats_cli;
 
@@ -15,6 +16,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use silta_core::{Caller, Keyring, OrgId, Pseudonymiser, Role};
 use silta_server::Config;
+use silta_server::config::EnvVar;
+
+use crate::output::{out, outln};
 
 /// silta: a privacy-preserving gRPC gateway between a city's landlord and its social services.
 #[derive(Parser)]
@@ -30,6 +34,7 @@ enum Command {
     ///
     /// Every configuration key has a default (see docs/operations.md) and can be overridden by
     /// an environment variable SILTA_<SECTION>__<KEY>, e.g. SILTA_STORE__URL or SILTA_LISTEN.
+    /// Other SILTA_* variables are ignored, with a warning naming them.
     /// The master secret comes from secrets.master_secret_file or SILTA_MASTER_SECRET.
     Serve {
         /// The TOML configuration file.
@@ -186,6 +191,13 @@ fn main() -> anyhow::Result<()> {
             // The OTLP exporter's channel runs on the runtime, so it is built inside it.
             let telemetry =
                 runtime.block_on(async { silta_server::telemetry::init(&config.log) })?;
+            for variable in unrelated_env() {
+                tracing::warn!(
+                    %variable,
+                    "ignoring this environment variable: not a configuration key \
+                     (SILTA_<SECTION>__<KEY> or SILTA_LISTEN; docs/operations.md)"
+                );
+            }
             let keyring = load_keyring(&config)?;
             let served = runtime.block_on(serve(config, keyring));
             // Flush the last spans before the runtime goes.
@@ -206,7 +218,7 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             let path = silta_server::devpki::revoke(&out, &orgs)?;
-            println!(
+            outln!(
                 "wrote {} revoking {}; set tls.client_crl to it and send the gateway SIGHUP",
                 path.display(),
                 orgs.join(", ")
@@ -240,7 +252,7 @@ fn main() -> anyhow::Result<()> {
             init_logging("pretty", "warn");
             let done =
                 runtime()?.block_on(silta_server::migrate_store(&url, runtime_role.as_deref()))?;
-            println!("{done}");
+            outln!("{done}");
             Ok(())
         }
         Command::Stats {
@@ -274,11 +286,11 @@ fn main() -> anyhow::Result<()> {
         Command::Keys { command } => match command {
             KeysCommand::Generate { out } => generate_secret(&out),
             KeysCommand::RecipientKeypair { out, org } => {
-                print!("{}", recipient_keypair(&out, &org)?);
+                out!("{}", recipient_keypair(&out, &org)?);
                 Ok(())
             }
             KeysCommand::Show { config } => {
-                let config = load_config(config.as_deref())?;
+                let config = load_cli_config(config.as_deref())?;
                 let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
                 let signer = silta_core::consent::ReceiptSigner::new(&p);
                 let checkpoint_key = |version: u32| {
@@ -292,60 +304,63 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("ledger.origin: {e}"))?;
                     anyhow::Ok(signer.verifier_key())
                 };
-                println!(
-                    "keyring: pseudonym key versions v{}..=v{}",
-                    p.first_version(),
-                    p.latest_version()
-                );
+                // The store first: a command that fails prints nothing on standard output.
                 let in_use = runtime()?.block_on(async {
-                    let store = silta_server::open_store(&config.store).await?;
+                    let store = silta_server::open_existing_store(&config.store).await?;
                     let v = silta_server::keys::version_in_use(&*store, &p).await?;
                     store.close().await;
                     anyhow::Ok(v)
                 })?;
-                println!("pseudonym key version in use: v{in_use}");
+                outln!(
+                    "keyring: pseudonym key versions v{}..=v{}",
+                    p.first_version(),
+                    p.latest_version()
+                );
+                outln!("pseudonym key version in use: v{in_use}");
                 // The line auditors and scripts read names the key signing checkpoints now.
-                println!(
+                outln!(
                     "ledger checkpoint verifier key: {}",
                     checkpoint_key(in_use)?
                 );
                 if in_use != p.first_version() {
-                    println!(
+                    outln!(
                         "ledger checkpoint verifier key of v{} (before the first key handover): {}",
                         p.first_version(),
                         checkpoint_key(p.first_version())?
                     );
                 }
-                println!(
+                outln!(
                     "consent receipt key (Ed25519, base64): {}",
                     data_encoding::BASE64.encode(signer.public_key())
                 );
                 Ok(())
             }
             KeysCommand::Rotate { config } => {
-                let config = load_config(config.as_deref())?;
+                let config = load_cli_config(config.as_deref())?;
                 rotate_keyring(&config)
             }
             KeysCommand::Promote { config, to } => {
                 init_logging("pretty", "warn");
-                let config = load_config(config.as_deref())?;
+                let config = load_cli_config(config.as_deref())?;
                 let p = Pseudonymiser::with_keyring(load_keyring(&config)?);
                 let to = to.unwrap_or_else(|| p.latest_version());
                 let done = runtime()?.block_on(async {
-                    let store = silta_server::open_store(&config.store).await?;
+                    let store = silta_server::open_existing_store(&config.store).await?;
                     let done =
                         silta_server::keys::promote(&*store, &p, to, &config.ledger.origin).await;
                     store.close().await;
                     anyhow::Ok(done?)
                 })?;
                 if done.from == done.to {
-                    println!("v{to} is already in use; nothing changed");
+                    outln!("v{to} is already in use; nothing changed");
                 } else {
-                    println!(
+                    outln!(
                         "v{} is in use (was v{}); {} consent and case rows moved; recorded in the audit ledger",
-                        done.to, done.from, done.rows
+                        done.to,
+                        done.from,
+                        done.rows
                     );
-                    println!(
+                    outln!(
                         "a node not yet restarted with the keyring holding v{} now refuses every \
                          write and its /readyz answers 503 until it is",
                         done.to
@@ -433,6 +448,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// [`load_config`] for a command without a log: ignored variables are named on stderr.
+fn load_cli_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    // First: an ignored variable may be why the configuration is refused.
+    warn_unrelated_env();
+    load_config(path)
+}
+
 /// Defaults, then the TOML file, then `SILTA_*` environment variables.
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -442,14 +464,15 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         }
         figment = figment.merge(Toml::file(path));
     }
-    // Variables of the same prefix that are not configuration: the secret, the config path,
-    // the tests' database, and the DPO tools' gateway address (set in the same shell).
-    figment = figment.merge(Env::prefixed("SILTA_").split("__").ignore(&[
-        "master_secret",
-        "config",
-        "test_postgres_url",
-        "url",
-    ]));
+    // Only the documented shapes are configuration: SILTA_<SECTION>__<KEY> and the top-level
+    // keys (SILTA_LISTEN). silta's other variables (the secret, the config path, the DPO
+    // tools' gateway address) are read elsewhere, and anything else with the prefix belongs
+    // to someone else: `warn_unrelated_env` names it.
+    figment = figment.merge(
+        Env::prefixed(silta_server::config::ENV_PREFIX)
+            .filter(|key| EnvVar::of(key.as_str()) == EnvVar::Config)
+            .split("__"),
+    );
     figment.extract().map_err(|e| {
         // figment names keys under its profile ("default.tls.cert"); silta has none.
         anyhow::anyhow!(
@@ -457,6 +480,25 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
             e.to_string().replace("\"default.", "\"")
         )
     })
+}
+
+/// The `SILTA_…` environment variables that configuration loading ignored (names only: a
+/// value may be a secret).
+fn unrelated_env() -> Vec<String> {
+    silta_server::config::unrelated_env_vars(
+        std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+    )
+}
+
+/// Warns, on standard error, of each ignored `SILTA_…` variable: for the commands that print
+/// their results and have no log.
+fn warn_unrelated_env() {
+    for name in unrelated_env() {
+        eprintln!(
+            "warning: ignoring environment variable {name}: not a configuration key \
+             (SILTA_<SECTION>__<KEY> or SILTA_LISTEN; docs/operations.md)"
+        );
+    }
 }
 
 /// The keyring: from `SILTA_MASTER_SECRET` if set, else from `secrets.master_secret_file`,
@@ -543,7 +585,7 @@ fn rotate_keyring(config: &Config) -> anyhow::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path)
         .with_context(|| format!("cannot replace {}", path.display()))?;
-    println!(
+    outln!(
         "added pseudonym key v{next} to {}; give every node this file and restart them one at a \
          time, then run `silta keys promote`",
         path.display()
@@ -609,7 +651,7 @@ fn generate_secret(out: &Path) -> anyhow::Result<()> {
         .open(out)
         .with_context(|| format!("cannot create {} (it is never overwritten)", out.display()))?;
     writeln!(file, "{}", hex.as_str())?;
-    println!("wrote a new master secret to {}", out.display());
+    outln!("wrote a new master secret to {}", out.display());
     Ok(())
 }
 
@@ -682,10 +724,10 @@ fn dev_pki(out: &Path, trust_domain: &str, clients: &[String]) -> anyhow::Result
     };
     let pki = silta_server::devpki::mint("silta dev CA", trust_domain, &callers)?;
     for path in pki.write_to(out)? {
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     for c in &callers {
-        println!(
+        outln!(
             "  {}.pem names {}",
             c.org,
             silta_server::identity::spiffe_uri(trust_domain, c)

@@ -8,6 +8,8 @@ use silta_core::report::EvictionStage;
 use silta_core::{Caller, OrgId, Role};
 use silta_server::policy_source;
 
+use crate::output::{out, outln};
+
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Validates a policy directory (schema, flows.toml, *.cedar; Cedar strict mode) and prints
@@ -55,10 +57,10 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<i32> {
         PolicyCommand::Check { dir, markdown } => match policy_source::load(dir.as_deref()) {
             Ok(p) => {
                 if markdown {
-                    print!("{}", markdown_table(&p));
+                    out!("{}", markdown_table(&p));
                 } else {
-                    print!("{}", text_table(&p));
-                    println!(
+                    out!("{}", text_table(&p));
+                    outln!(
                         "\nOK: {} flows, {} policies, set {}",
                         p.flows().len(),
                         p.policies().len(),
@@ -125,7 +127,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<i32> {
                 covers_landlord,
             };
             let verdict = p.evaluate(&input, &view);
-            println!(
+            outln!(
                 "{}: flow {} from {} ({}) for {purpose}, consent {consent}{}",
                 if verdict.allowed { "ALLOW" } else { "DENY" },
                 f.id,
@@ -137,9 +139,9 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<i32> {
                     ""
                 },
             );
-            println!("deciding policies: {}", verdict.policy_ids.join(", "));
+            outln!("deciding policies: {}", verdict.policy_ids.join(", "));
             if !verdict.allowed {
-                println!("reason: {}", p.reasons(&verdict.policy_ids));
+                outln!("reason: {}", p.reasons(&verdict.policy_ids));
             }
             Ok(if verdict.allowed { 0 } else { 3 })
         }

@@ -21,6 +21,8 @@ fn serve(dir: &Path, port: u16) -> Server {
         .args(["serve", "--config", "silta.toml"])
         .current_dir(dir)
         .env("SILTA_LISTEN", format!("127.0.0.1:{port}"))
+        // Another tool's variable of the same prefix: ignored, with a warning naming it.
+        .env("SILTA_OTHER_TOOL_HOME", "/opt/other-tool")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("serve-{port}.log"))).expect("log file"))
         .spawn()
@@ -305,6 +307,10 @@ async fn sighup_reloads_the_policy_directory_and_a_broken_set_keeps_the_old_one(
         "the file is not named: {logged}"
     );
     assert!(logged.contains("no_such_attribute"), "{logged}");
+    assert!(
+        logged.contains("SILTA_OTHER_TOOL_HOME") && !logged.contains("/opt/other-tool"),
+        "the unrelated variable is not named, or its value is: {logged}"
+    );
     debt.idempotency_key = "k-after-broken".into();
     landlord
         .report_rent_arrears(debt)

@@ -72,7 +72,9 @@ impl ConsentView {
     };
 
     /// The view of one organisation's consents for one subject and purpose: its valid
-    /// consent that lasts longest; otherwise the state of its latest one.
+    /// consent that lasts longest; otherwise the state of its latest one. A withdrawn or
+    /// expired consent keeps its `covers_landlord`, so that a refusal names what changed (the
+    /// withdrawal) and not also a landlord clause the resident had agreed to.
     pub fn of<'a>(
         records: impl IntoIterator<Item = &'a ConsentRecord>,
         now: OffsetDateTime,
@@ -97,15 +99,17 @@ impl ConsentView {
                 covers_landlord: c.covers_landlord,
             };
         }
-        let status = match latest {
-            Some(c) if c.state == ConsentState::Withdrawn => ConsentStatus::Withdrawn,
-            Some(c) if c.valid_until <= now => ConsentStatus::Expired,
-            _ => ConsentStatus::Absent,
+        let (status, covers_landlord) = match latest {
+            Some(c) if c.state == ConsentState::Withdrawn => {
+                (ConsentStatus::Withdrawn, c.covers_landlord)
+            }
+            Some(c) if c.valid_until <= now => (ConsentStatus::Expired, c.covers_landlord),
+            _ => (ConsentStatus::Absent, false),
         };
         ConsentView {
             status,
             consent_id: None,
-            covers_landlord: false,
+            covers_landlord,
         }
     }
 

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
+use crate::org::Role;
 use cedar_policy::{
     Authorizer, Entities, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema, SchemaFragment,
     ValidationMode, Validator,
@@ -361,9 +362,31 @@ impl Policies {
         join(self.declarations.purposes.keys())
     }
 
-    /// The declared legal bases, comma-separated, for messages.
-    pub fn legal_basis_list(&self) -> String {
-        join(self.declarations.legal_bases.keys())
+    /// The purposes of the flows on which `sender` may send `kind`, comma-separated, sorted,
+    /// for messages. A purpose declared only so that it is refused (one no flow serves, or only
+    /// another role's flows) is not offered.
+    pub fn purposes_for(&self, sender: Role, kind: MessageKind) -> String {
+        let set: BTreeSet<&String> = self
+            .declarations
+            .flows
+            .iter()
+            .filter(|f| f.sender == sender && f.message == kind)
+            .map(|f| &f.purpose)
+            .collect();
+        join(set.into_iter())
+    }
+
+    /// The legal bases of the flows on which `sender` may send `kind`, comma-separated,
+    /// sorted, for messages.
+    pub fn legal_bases_for(&self, sender: Role, kind: MessageKind) -> String {
+        let set: BTreeSet<&String> = self
+            .declarations
+            .flows
+            .iter()
+            .filter(|f| f.sender == sender && f.message == kind)
+            .map(|f| &f.legal_basis)
+            .collect();
+        join(set.into_iter())
     }
 
     /// The flow that carries `kind` on `legal_basis`, if one is declared.
