@@ -23,6 +23,8 @@ pub const SOCIAL_A: &str = "social-a";
 pub const SOCIAL_B: &str = "social-b";
 /// The DPO's organisation.
 pub const DPO: &str = "dpo-office";
+/// The programme's researchers: role `analyst`, statistics only.
+pub const ANALYST: &str = "programme-research";
 /// The municipal social services the statutory flow names in `policies/flows.toml`.
 pub const MUNICIPAL: &str = "helsinki-social";
 
@@ -52,6 +54,7 @@ fn callers() -> Vec<Caller> {
         (SOCIAL_B, Role::SocialServices),
         (MUNICIPAL, Role::SocialServices),
         (DPO, Role::Dpo),
+        (ANALYST, Role::Analyst),
     ]
     .into_iter()
     .map(|(org, role)| Caller {

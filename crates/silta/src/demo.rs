@@ -13,7 +13,7 @@ use silta_server::proto::{self, ArrearsBand, EvictionStage};
 use silta_server::{Config, client, devpki};
 use tokio_stream::StreamExt;
 
-use crate::output::outln;
+use crate::output::{out, outln};
 
 /// Synthetic identity codes (individual numbers 900–999: no real person has them).
 const RESIDENT: &str = "150385-9345";
@@ -590,12 +590,12 @@ pub async fn run() -> anyhow::Result<bool> {
         silta_server::statistics::release_month(&cells, month, config.statistics.threshold);
     let reports = release.tables.iter().find(|t| t.id == "reports");
     if let Some(t) = reports {
-        print!(
+        out!(
             "{}",
             silta_server::stats_render::text(&month.to_string(), std::slice::from_ref(t))
         );
     }
-    println!(
+    outln!(
         "  {counted} reports counted; the purge above deleted their rows, the counters stay. The demo \
          is small: every count under {} is suppressed (..), with enough others that none can be \
          recomputed from the totals. `silta stats --month YYYY-MM` releases a closed month.",

@@ -267,7 +267,7 @@ fn main() -> anyhow::Result<()> {
                 store.close().await;
                 anyhow::Ok(done?)
             })?;
-            println!(
+            outln!(
                 "rebuilt {} counters from {} ledger entries; the counters of values the ledger \
                  does not hold were kept",
                 done.cells, done.entries
@@ -280,7 +280,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logging("pretty", "warn");
             let out = runtime()?.block_on(stats_cli::run(show))?;
-            print!("{out}");
+            out!("{out}");
             Ok(())
         }
         Command::Keys { command } => match command {
