@@ -13,3 +13,4 @@ mod privacy;
 mod reports;
 mod retention;
 mod sealed;
+mod statistics;

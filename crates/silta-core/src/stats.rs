@@ -269,14 +269,23 @@ impl ReportFate {
         }
     }
 
-    /// The fate of a refusal with this audit reason code.
-    pub fn of_refusal(reason: &str) -> ReportFate {
+    /// The fate of a refusal with this audit reason code and deciding policies: a policy
+    /// refusal for the purpose or legal basis is purpose limitation, one for the sender's role
+    /// a refusal by role.
+    pub fn of_refusal<S: AsRef<str>>(reason: &str, policy_ids: &[S]) -> ReportFate {
+        let decided_by = |id: &str| policy_ids.iter().any(|p| p.as_ref() == id);
         match reason {
             "invalid-argument" | "idempotency-conflict" | "cardinality-violation" => {
                 ReportFate::RefusedValidation
             }
             "undeclared-flow" => ReportFate::RefusedPurpose,
             "role-not-allowed" => ReportFate::RefusedRole,
+            "policy-denied"
+                if decided_by("purpose-limitation") || decided_by("legal-basis-matches-flow") =>
+            {
+                ReportFate::RefusedPurpose
+            }
+            "policy-denied" if decided_by("sender-role") => ReportFate::RefusedRole,
             "policy-denied" => ReportFate::RefusedPolicy,
             _ => ReportFate::RefusedOther,
         }

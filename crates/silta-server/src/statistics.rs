@@ -43,9 +43,14 @@ pub struct DelayQuantiles {
     pub p90: Option<String>,
 }
 
-/// Joins the parts of a row label.
+/// Joins the parts of a row label; an empty part (a report refused before its flow was known)
+/// is shown as a dash.
 fn label(parts: &[&str]) -> String {
-    parts.join(" · ")
+    parts
+        .iter()
+        .map(|p| if p.is_empty() { "—" } else { p })
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 /// One table's definition: which cells it counts, how a cell's row and column are named.
@@ -72,8 +77,8 @@ fn shapes() -> Vec<Shape> {
     let flow_landlord: fn(&Cell) -> String = |c| label(&[&c.key.flow, &c.key.landlord]);
     let flow_recipient: fn(&Cell) -> String = |c| label(&[&c.key.flow, &c.key.recipient]);
     let recipient_landlord: fn(&Cell) -> String = |c| label(&[&c.key.recipient, &c.key.landlord]);
-    let recipient: fn(&Cell) -> String = |c| c.key.recipient.clone();
-    let flow: fn(&Cell) -> String = |c| c.key.flow.clone();
+    let recipient: fn(&Cell) -> String = |c| label(&[&c.key.recipient]);
+    let flow: fn(&Cell) -> String = |c| label(&[&c.key.flow]);
     vec![
         Shape {
             id: "reports",

@@ -80,7 +80,7 @@ pub fn count_entry(e: &Entry, mut add: impl FnMut(CellKey, i64)) {
         let fate = match (allowed, e.reason.as_str()) {
             (true, _) => ReportFate::Forwarded,
             (false, "not-disclosed") => ReportFate::NotForwarded,
-            (false, reason) => ReportFate::of_refusal(reason),
+            (false, reason) => ReportFate::of_refusal(reason, &e.policy_ids),
         };
         add(
             key(month, Measure::Reports, flow, landlord, "", fate.as_str()),
@@ -120,7 +120,7 @@ pub fn count_entry(e: &Entry, mut add: impl FnMut(CellKey, i64)) {
             let fate = if allowed {
                 ReportFate::Forwarded
             } else {
-                ReportFate::of_refusal(&e.reason)
+                ReportFate::of_refusal(&e.reason, &e.policy_ids)
             };
             let landlord = e.recipients.first().map_or("", String::as_str);
             add(

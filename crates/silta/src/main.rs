@@ -270,7 +270,8 @@ fn main() -> anyhow::Result<()> {
             outln!(
                 "rebuilt {} counters from {} ledger entries; the counters of values the ledger \
                  does not hold were kept",
-                done.cells, done.entries
+                done.cells,
+                done.entries
             );
             Ok(())
         }
