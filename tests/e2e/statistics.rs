@@ -402,7 +402,7 @@ async fn a_synthetic_month_is_counted_exactly_and_rebuilt_from_the_ledger() {
         .sum();
     assert_eq!(
         purpose_refusals,
-        (0..REPORTS).filter(|i| i % 89 == 0 && i % 97 != 0).count() as i64
+        i64::try_from((0..REPORTS).filter(|i| i % 89 == 0 && i % 97 != 0).count()).expect("small")
     );
 
     // The rebuild recomputes every ledger-derived counter to the same figure.
@@ -434,7 +434,9 @@ async fn a_synthetic_month_is_counted_exactly_and_rebuilt_from_the_ledger() {
     let cells = store.stat_cells(m).await.expect("cells");
     let release = silta_server::statistics::release_month(&cells, m, 5);
     let csv = silta_server::stats_render::csv(&ms, &release.tables);
-    let svg = silta_server::stats_render::svg(&silta_server::statistics::chart(&[release.clone()]));
+    let svg = silta_server::stats_render::svg(&silta_server::statistics::chart(
+        std::slice::from_ref(&release),
+    ));
     for text in [&stored, &csv, &svg] {
         for hetu in &hetus {
             assert!(

@@ -195,9 +195,10 @@ measures! {
     Reports = "reports", true;
     /// Refused reports and unforwarded ones, by each policy that decided (category: policy id).
     ReportPolicies = "report_policies", true;
-    /// Messages delivered to a social-services organisation's outbox (one per recipient).
+    /// Alerts delivered to a social-services organisation's outbox on the resident's consent
+    /// (one per recipient).
     AlertsSent = "alerts_sent", true;
-    /// Alerts on a flow that discloses identity on a statutory basis.
+    /// Alerts delivered on a statutory basis, without consent (not counted in `AlertsSent`).
     StatutoryNotices = "statutory_notices", true;
     /// Support notices sent or refused (category: `forwarded` or a refusal code).
     Notices = "notices", true;

@@ -581,14 +581,22 @@ impl Audit for AuditService {
         let result = async {
             // The analyst may read the statistics and nothing else: every other RPC of this
             // service asks for the DPO.
-            if ctx.caller.role != Role::Analyst {
-                self.gw.authorize(&ctx, Role::Dpo).await?;
+            if !matches!(ctx.caller.role, Role::Analyst | Role::Dpo) {
+                let err = ApiError::PermissionDenied(format!(
+                    "Audit.Statistics is for roles analyst and dpo; your client certificate \
+                     names role {}",
+                    ctx.caller.role
+                ));
+                return Err(self.gw.deny(&ctx, err, None).await);
             }
-            let month: Month = req.get_ref().month.parse().map_err(|e: MonthError| {
-                let mut v = Violations::default();
-                v.add("month", e.to_string());
-                ApiError::InvalidArgument(v)
-            })?;
+            let month: Month = match req.get_ref().month.parse() {
+                Ok(m) => m,
+                Err(e @ MonthError) => {
+                    let mut v = Violations::default();
+                    v.add("month", e.to_string());
+                    return Err(self.gw.deny(&ctx, ApiError::InvalidArgument(v), None).await);
+                }
+            };
             let now = OffsetDateTime::now_utc();
             let release = crate::statistics::read_month(
                 &*self.gw.store,
@@ -596,14 +604,18 @@ impl Audit for AuditService {
                 self.gw.statistics.threshold,
                 now,
             )
-            .await
-            .map_err(|e| match e {
-                crate::statistics::StatsError::NotClosed(_) => ApiError::FailedPrecondition(
-                    "the month has not ended: only closed months are released; ask for an \
-                     earlier month",
-                ),
-                crate::statistics::StatsError::Store(e) => unavailable(e),
-            })?;
+            .await;
+            let release = match release {
+                Ok(r) => r,
+                Err(crate::statistics::StatsError::NotClosed(_)) => {
+                    let err = ApiError::FailedPrecondition(
+                        "the month has not ended: only closed months are released; ask for an \
+                         earlier month",
+                    );
+                    return Err(self.gw.deny(&ctx, err, None).await);
+                }
+                Err(crate::statistics::StatsError::Store(e)) => return Err(unavailable(e)),
+            };
             self.gw
                 .record(&ctx, Outcome::Allow, "statistics-read", None)
                 .await?;

@@ -287,14 +287,53 @@ fn active_consents(cells: &[Cell], month: Month) -> Table {
     table
 }
 
-/// The bucket holding quantile `q` of a histogram row.
-fn quantile(counts: &[u64], q: f64) -> Option<&'static str> {
+/// Consents standing at a month's end differ from the previous month's by the month's
+/// recorded, ended-early and expired consents: a row is published only where the month's
+/// consent row hides nothing, so that two months' standing figures never give away a hidden
+/// count.
+fn hide_active_where_consents_are_hidden(released: &mut [Released]) {
+    let hidden: BTreeSet<String> = released
+        .iter()
+        .filter(|t| t.id == "consents")
+        .flat_map(|t| {
+            t.rows
+                .iter()
+                .zip(&t.cells)
+                .filter(|(_, cells)| cells.iter().any(|c| c.is_suppressed()))
+                .map(|(row, _)| row.clone())
+        })
+        .collect();
+    let Some(active) = released.iter_mut().find(|t| t.id == "consents_active") else {
+        return;
+    };
+    let mut any = false;
+    for (i, row) in active.rows.iter().enumerate() {
+        if hidden.contains(row) {
+            active.cells[i].fill(Shown::Suppressed);
+            active.row_totals[i] = Shown::Suppressed;
+            any = true;
+        }
+    }
+    if any {
+        // The one column's total would give away a single hidden row; hide the totals too
+        // (and with two or more hidden rows nothing is lost that the rows did not hide).
+        active.column_totals.fill(Shown::Suppressed);
+        active.total = Shown::Suppressed;
+    }
+}
+
+/// The bucket holding quantile `num/den` of a histogram row.
+fn quantile(counts: &[u64], (num, den): (u64, u64)) -> Option<&'static str> {
     let n: u64 = counts.iter().sum();
     if n == 0 {
         return None;
     }
-    // The rank of the quantile, 1-based: ceil(q·n).
-    let rank = ((q * n as f64).ceil() as u64).max(1);
+    // The rank of the quantile, 1-based: ceil(num·n / den), in integers.
+    let rank = num
+        .saturating_mul(n)
+        .saturating_add(den - 1)
+        .checked_div(den)?
+        .max(1);
     let mut seen = 0;
     for (count, (bucket, _)) in counts.iter().zip(DELAY_BUCKETS) {
         seen += count;
@@ -309,23 +348,33 @@ fn quantile(counts: &[u64], q: f64) -> Option<&'static str> {
 /// that may be published.
 pub fn release_month(cells: &[Cell], month: Month, threshold: u64) -> MonthRelease {
     let raw = tables(cells, month);
-    let released: Vec<Released> = raw.iter().map(|t| release(t, threshold)).collect();
+    let mut released: Vec<Released> = raw.iter().map(|t| release(t, threshold)).collect();
+    hide_active_where_consents_are_hidden(&mut released);
     let mut quantiles = Vec::new();
     for (table, shown) in raw.iter().zip(&released) {
         if !matches!(table.id.as_str(), "ack_delay" | "first_notice_delay") {
             continue;
         }
-        for ((row, counts), total) in table.rows.iter().zip(&table.cells).zip(&shown.row_totals) {
-            let publish = matches!(total, Shown::Value(n) if *n >= shown.threshold);
+        for (((row, counts), total), cells) in table
+            .rows
+            .iter()
+            .zip(&table.cells)
+            .zip(&shown.row_totals)
+            .zip(&shown.cells)
+        {
+            // A quantile is read off every count of its row: only a row with nothing
+            // suppressed gives one, so it narrows no hidden count.
+            let publish = matches!(total, Shown::Value(n) if *n >= shown.threshold)
+                && cells.iter().all(|c| !c.is_suppressed());
             quantiles.push(DelayQuantiles {
                 table: table.id.clone(),
                 row: row.clone(),
                 median: publish
-                    .then(|| quantile(counts, 0.5))
+                    .then(|| quantile(counts, (1, 2)))
                     .flatten()
                     .map(str::to_owned),
                 p90: publish
-                    .then(|| quantile(counts, 0.9))
+                    .then(|| quantile(counts, (9, 10)))
                     .flatten()
                     .map(str::to_owned),
             });
@@ -549,4 +598,67 @@ fn count(
     let entry = Entry::decode(bytes)?;
     silta_store::stats::count_entry(&entry, |key, n| *counts.entry(key).or_insert(0) += n);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silta_core::stats::CellKey;
+
+    #[test]
+    fn quantiles_name_the_bucket_holding_their_rank() {
+        let (median, p90) = ((1, 2), (9, 10));
+        assert_eq!(quantile(&[1, 0, 3], median), Some("4h_1d"));
+        assert_eq!(quantile(&[2, 2], median), Some("lt_1h"));
+        assert_eq!(quantile(&[9, 1], p90), Some("lt_1h"));
+        assert_eq!(quantile(&[8, 2], p90), Some("1h_4h"));
+        assert_eq!(quantile(&[0, 0], median), None);
+    }
+
+    fn cell(month: &str, landlord: &str, fate: &str, n: i64) -> Cell {
+        Cell {
+            key: CellKey {
+                month: month.parse().expect("a month"),
+                measure: Measure::Reports,
+                flow: "rent-arrears".into(),
+                landlord: landlord.into(),
+                recipient: String::new(),
+                category: fate.into(),
+            },
+            n,
+        }
+    }
+
+    #[test]
+    fn a_month_keeps_its_shape_and_small_populations_are_suppressed() {
+        let nov: Month = "2026-11".parse().expect("a month");
+        let cells = vec![
+            cell("2026-10", "landlord-c", "forwarded", 30),
+            cell("2026-11", "landlord-a", "forwarded", 3),
+            cell("2026-11", "landlord-b", "forwarded", 40),
+        ];
+        let release = release_month(&cells, nov, 5);
+        let reports = &release.tables[0];
+        // October's landlord has a row of zeros in November: the shape does not depend on who
+        // reported in the month.
+        assert_eq!(
+            reports.rows,
+            [
+                "rent-arrears · landlord-a",
+                "rent-arrears · landlord-b",
+                "rent-arrears · landlord-c"
+            ]
+        );
+        assert_eq!(reports.cells[0][0], Shown::Suppressed);
+        assert!(
+            reports.cells[1][0] == Shown::Suppressed
+                || reports.column_totals[0] == Shown::Suppressed,
+            "3 would follow from the column total and 40"
+        );
+        // A later month's counters are not read for November, so its release never changes.
+        let mut later = cells.clone();
+        later.push(cell("2026-12", "landlord-d", "forwarded", 7));
+        let november_only: Vec<Cell> = later.into_iter().filter(|c| c.key.month <= nov).collect();
+        assert_eq!(release_month(&november_only, nov, 5), release);
+    }
 }

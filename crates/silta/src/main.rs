@@ -262,7 +262,7 @@ fn main() -> anyhow::Result<()> {
             init_logging("pretty", "warn");
             let config = load_config(config.as_deref())?;
             let done = runtime()?.block_on(async {
-                let store = silta_server::open_store(&config.store).await?;
+                let store = silta_server::open_existing_store(&config.store).await?;
                 let done = silta_server::statistics::rebuild(&*store).await;
                 store.close().await;
                 anyhow::Ok(done?)

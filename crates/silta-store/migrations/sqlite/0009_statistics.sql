@@ -23,3 +23,25 @@ ALTER TABLE alerts ADD COLUMN sender_org TEXT NOT NULL DEFAULT '';
 -- When the case's first support notice was sent (unix ms), so the time from the first alert to
 -- the first notice is counted once per case.
 ALTER TABLE cases ADD COLUMN first_notice_at INTEGER;
+
+-- Consents stored before statistics began, counted as if they had been from the start:
+-- recorded in the month they were created, and then either ended early (withdrawn or
+-- superseded before their validity ran out, in the month that happened) or expiring in the
+-- month their validity ends. Helsinki months; SQLite has no time zones, so summer time is
+-- taken as April to October (the days around the switches may fall a month off).
+INSERT INTO stat_cells (month, measure, flow_id, landlord_org, recipient_org, category, n)
+SELECT strftime('%Y-%m', at / 1000 +
+           CASE WHEN CAST(strftime('%m', at / 1000, 'unixepoch') AS INTEGER) BETWEEN 4 AND 10
+                THEN 10800 ELSE 7200 END, 'unixepoch') AS month,
+       measure, '', '', recipient_org, '', COUNT(*)
+FROM (
+    SELECT recipient_org, 'consents_recorded' AS measure, created_at AS at FROM consents
+    UNION ALL
+    SELECT recipient_org,
+           CASE WHEN state <> 'active' AND changed_at < valid_until
+                THEN 'consents_ended_early' ELSE 'consents_expiring' END,
+           CASE WHEN state <> 'active' AND changed_at < valid_until
+                THEN changed_at ELSE valid_until END
+    FROM consents
+)
+GROUP BY 1, measure, recipient_org;
