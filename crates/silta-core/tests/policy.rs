@@ -364,3 +364,28 @@ fn broken_sets_are_refused_with_file_line_and_reason() {
         assert!(located, "no line number: {err}");
     }
 }
+
+#[test]
+fn only_analysts_and_the_dpo_may_read_the_statistics() {
+    let policies = Policies::builtin();
+    for (role, allowed) in [
+        (Role::Analyst, true),
+        (Role::Dpo, true),
+        (Role::Landlord, false),
+        (Role::SocialServices, false),
+        (Role::Gateway, false),
+    ] {
+        let caller = Caller {
+            org: OrgId::new("some-org").expect("valid org"),
+            role,
+        };
+        let v = policies.may_read_statistics(&caller);
+        assert_eq!(v.allowed, allowed, "{role}");
+        let expected = if allowed {
+            "statistics-readers"
+        } else {
+            "default-deny"
+        };
+        assert_eq!(v.policy_ids, [expected], "{role}");
+    }
+}

@@ -579,14 +579,20 @@ impl Audit for AuditService {
         let started = Instant::now();
         let ctx = context(&self.gw, &req, "Audit.Statistics").await?;
         let result = async {
-            // The analyst may read the statistics and nothing else: every other RPC of this
-            // service asks for the DPO.
-            if !matches!(ctx.caller.role, Role::Analyst | Role::Dpo) {
-                let err = ApiError::PermissionDenied(format!(
-                    "Audit.Statistics is for roles analyst and dpo; your client certificate \
-                     names role {}",
-                    ctx.caller.role
-                ));
+            // The policies decide who reads the statistics (`policies/access.cedar`); the
+            // analyst may read them and nothing else: every other RPC here asks for the DPO.
+            let verdict = self.gw.policies().may_read_statistics(&ctx.caller);
+            if !verdict.allowed {
+                let err = ApiError::PolicyDenied {
+                    message: format!(
+                        "Audit.Statistics: your client certificate names role {}; {}",
+                        ctx.caller.role,
+                        self.gw
+                            .policies()
+                            .reasons(&["statistics-readers".to_owned()])
+                    ),
+                    policy_ids: verdict.policy_ids,
+                };
                 return Err(self.gw.deny(&ctx, err, None).await);
             }
             let month: Month = match req.get_ref().month.parse() {

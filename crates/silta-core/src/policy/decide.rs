@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Context, Decision, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+    Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
+    RestrictedExpression,
 };
 use time::OffsetDateTime;
 
@@ -190,6 +191,7 @@ pub(super) struct Types {
     legal_basis: EntityTypeName,
     consent_state: EntityTypeName,
     eviction_stage: EntityTypeName,
+    statistics: EntityTypeName,
 }
 
 impl Types {
@@ -205,6 +207,7 @@ impl Types {
             legal_basis: t("LegalBasis"),
             consent_state: t("ConsentState"),
             eviction_stage: t("EvictionStage"),
+            statistics: t("Statistics"),
         }
     }
 
@@ -348,9 +351,14 @@ impl Policies {
                 policy_ids: vec![DEFAULT_DENY.to_owned()],
             };
         };
+        self.verdict_of(&request, &entities)
+    }
+
+    /// Asks Cedar, and names the policies that decided.
+    fn verdict_of(&self, request: &Request, entities: &Entities) -> Verdict {
         let response = self
             .authorizer
-            .is_authorized(&request, &self.cedar, &entities);
+            .is_authorized(request, &self.cedar, entities);
         let allowed = response.decision() == Decision::Allow;
         let mut policy_ids: Vec<String> = response
             .diagnostics()
@@ -365,6 +373,38 @@ impl Policies {
             allowed,
             policy_ids,
         }
+    }
+
+    /// Whether `caller` may read the programme statistics, as the policies decide (action
+    /// `read-statistics` on the one `Statistics` resource). A policy set that does not declare
+    /// the action permits no one.
+    pub fn may_read_statistics(&self, caller: &Caller) -> Verdict {
+        let t = &self.types;
+        let principal = Types::uid(&t.organisation, caller.org.as_str());
+        let resource = Types::uid(&t.statistics, "programme");
+        let action = Types::uid(&t.action, "read-statistics");
+        let role = HashMap::from([(
+            "role".to_owned(),
+            Types::value(&t.role, caller.role.as_str()),
+        )]);
+        let built = (|| {
+            let entities = self.actions.clone().add_entities(
+                [
+                    Entity::new(principal.clone(), role, HashSet::new()).ok()?,
+                    Entity::new_no_attrs(resource.clone(), HashSet::new()),
+                ],
+                None,
+            );
+            let request = Request::new(principal, action, resource, Context::empty(), None);
+            Some((entities.ok()?, request.ok()?))
+        })();
+        let Some((entities, request)) = built else {
+            return Verdict {
+                allowed: false,
+                policy_ids: vec![DEFAULT_DENY.to_owned()],
+            };
+        };
+        self.verdict_of(&request, &entities)
     }
 
     /// Would the policies refuse this request even for a resident whose consent is valid and

@@ -532,7 +532,7 @@ fn cross_check(
     }
     let declared: BTreeSet<&str> = decl.flows.iter().map(|f| f.id.as_str()).collect();
     for a in &leaf_actions {
-        if !declared.contains(a.as_str()) {
+        if !declared.contains(a.as_str()) && !READ_ACTIONS.contains(&a.as_str()) {
             errors.push(schema_file.error_at(
                 schema_file.text.find(&format!("\"{a}\"")).unwrap_or(0),
                 format!("action {a:?} has no flow in {FLOWS_FILE}; declare it or remove it"),
@@ -593,7 +593,15 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
         "support-notices.cedar",
         include_str!("../../../../policies/support-notices.cedar"),
     ),
+    (
+        "access.cedar",
+        include_str!("../../../../policies/access.cedar"),
+    ),
 ];
+
+/// Actions that read what silta keeps rather than carry data on a flow: they have no flow in
+/// [`FLOWS_FILE`], and a policy set may leave them out (the reads are then refused).
+pub const READ_ACTIONS: &[&str] = &["read-statistics"];
 
 impl Policies {
     /// The built-in policy set ([`BUILTIN_FILES`]).
