@@ -486,7 +486,11 @@ pub fn chart(releases: &[MonthRelease]) -> Chart {
             })
             .collect();
         panels.push(Panel {
-            title: format!("Reports on {flow}"),
+            title: if flow == "—" {
+                "Reports refused before their flow was known".to_owned()
+            } else {
+                format!("Reports on {flow}")
+            },
             series,
         });
     }
