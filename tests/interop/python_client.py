@@ -3,7 +3,7 @@
 
 Generates a Python client from proto/silta/v1/*.proto with grpcio-tools, mints dev
 certificates with `silta dev-pki`, runs `silta serve`, and exercises every Landlord and
-SocialServices RPC, and the DPO's Audit/GetRetention, over mTLS: reports of each kind on their declared flows, alerts read through
+SocialServices RPC, and the DPO's Audit/GetRetention and the analyst's Audit/Statistics, over mTLS: reports of each kind on their declared flows, alerts read through
 the `details` oneof, a support notice round trip back to the landlord, policy refusals and bad
 input, decoding google.rpc error details with the standard library.
 
@@ -38,6 +38,7 @@ LANDLORD = "city-housing"
 SOCIAL = "helsinki-social"
 OTHER_SOCIAL = "espoo-social"
 DPO = "dpo-office"
+ANALYST = "programme-research"
 
 PURPOSE = "eviction-prevention"
 CONSENT_BASIS = "gdpr-6-1-a-consent"
@@ -115,7 +116,8 @@ def main():
     from silta.v1 import audit_pb2, audit_pb2_grpc
 
     pki = os.path.join(work, "pki")
-    clients = [f"{LANDLORD}:landlord", f"{SOCIAL}:social_services", f"{OTHER_SOCIAL}:social_services", f"{DPO}:dpo"]
+    clients = [f"{LANDLORD}:landlord", f"{SOCIAL}:social_services", f"{OTHER_SOCIAL}:social_services", f"{DPO}:dpo",
+               f"{ANALYST}:analyst"]
     subprocess.run([silta, "dev-pki", "--out", pki, *(a for c in clients for a in ("--client", c))],
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([silta, "keys", "generate", "--out", os.path.join(pki, "master.key")], check=True, stdout=subprocess.DEVNULL)
@@ -504,6 +506,32 @@ def dpo(port, pki, audit_pb2, audit_pb2_grpc):
           and kinds[("reports", "")].kept_for_seconds == 7 * 86400)
     err = refused(audit_pb2_grpc.AuditStub(channel(port, pki, LANDLORD)).GetRetention, audit_pb2.GetRetentionRequest())
     check("GetRetention is the DPO's only: PERMISSION_DENIED for a landlord",
+          err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED)
+
+    # The programme statistics: an analyst reads a closed month; the month still running, a
+    # malformed month and other roles are refused, each with a status saying what to fix.
+    analyst = audit_pb2_grpc.AuditStub(channel(port, pki, ANALYST))
+    now = time.gmtime()
+    last = f"{now.tm_year - 1}-12" if now.tm_mon == 1 else f"{now.tm_year}-{now.tm_mon - 1:02d}"
+    release = analyst.Statistics(audit_pb2.StatisticsRequest(month=last), timeout=10)
+    check("Statistics releases a closed month to an analyst: fixed tables, threshold 5",
+          release.month == last and release.threshold == 5 and len(release.tables) == 12
+          and release.tables[0].id == "reports"
+          and all(len(r.values) == len(t.columns) for t in release.tables for r in t.rows))
+    # Two months ahead is never closed, whatever the Helsinki hour.
+    ahead = f"{now.tm_year + 1}-01"
+    err = refused(analyst.Statistics, audit_pb2.StatisticsRequest(month=ahead))
+    check("Statistics of a month not yet ended: FAILED_PRECONDITION",
+          err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION)
+    err = refused(analyst.Statistics, audit_pb2.StatisticsRequest(month="2026/11"))
+    check("Statistics of a malformed month: INVALID_ARGUMENT naming month",
+          err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
+          and bad_request_fields(err) == ["month"])
+    err = refused(audit_pb2_grpc.AuditStub(channel(port, pki, LANDLORD)).Statistics,
+                  audit_pb2.StatisticsRequest(month=last))
+    check("Statistics is not for a landlord: POLICY_DENIED (default-deny)", is_policy_denied(err, "default-deny"))
+    err = refused(analyst.GetRetention, audit_pb2.GetRetentionRequest())
+    check("an analyst reads nothing but statistics: GetRetention PERMISSION_DENIED",
           err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED)
 
 
