@@ -155,6 +155,7 @@ impl Config {
         if self.log.format != "pretty" && self.log.format != "json" {
             return Err("log.format must be \"pretty\" or \"json\"".into());
         }
+        check_log_filter(&self.log.level).map_err(|e| format!("log.level: {e}"))?;
         if let Some(endpoint) = &self.log.otlp_endpoint {
             if endpoint.starts_with("https://") {
                 if self.log.otlp_ca_file.is_none() {
@@ -371,6 +372,33 @@ impl Default for RetentionConfig {
             purge_interval_ms: 3_600_000,
         }
     }
+}
+
+/// The levels a log filter directive may name.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a log filter (`log.level` or `RUST_LOG`) as tracing reads it, and more strictly: a
+/// bare word that is no level is, to tracing, a target with every level on and everything else
+/// off. Written by mistake (`debgu`), it silently turns logging off, so it is refused; a
+/// target is written with its level (`silta_server=debug`).
+pub fn check_log_filter(spec: &str) -> Result<(), String> {
+    let hint = "write a level (trace, debug, info, warn, error, off) or target=level, \
+                comma-separated, e.g. \"info\" or \"silta_server=debug,info\"";
+    if spec.trim().is_empty() {
+        return Err(format!("is empty; {hint}"));
+    }
+    tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| format!("{e}; {hint}"))?;
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains(['=', '['])
+            && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        {
+            return Err(format!(
+                "{directive:?} is neither a level nor target=level (as a bare target it would \
+                 turn every other log line off); {hint}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `[statistics]`
@@ -698,10 +726,27 @@ mod tests {
     }
 
     #[test]
+    fn log_filters_are_levels_or_targets_with_a_level() {
+        for ok in [
+            "info",
+            "WARN",
+            "debug,h2=trace",
+            "silta_server=debug,info",
+            "silta_server::commit=trace",
+            "off",
+        ] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["debgu", "info,silta_serve", "silta_server=loud", "", " , "] {
+            assert!(check_log_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn defaults_are_valid_and_unworkable_values_name_their_key() {
         assert_eq!(Config::default().validate(), Ok(()));
         type Breaker = fn(&mut Config);
-        let cases: [(&str, Breaker); 9] = [
+        let cases: [(&str, Breaker); 12] = [
             ("store.allow_permissive_file_modes", |c| {
                 c.store.url = "postgres://silta@db/silta".into();
                 c.store.allow_permissive_file_modes = true;
@@ -714,6 +759,11 @@ mod tests {
             ("tuning.delivery_poll_ms", |c| c.tuning.delivery_poll_ms = 0),
             ("tuning.max_batch", |c| c.tuning.max_batch = 0),
             ("log.format", |c| c.log.format = "xml".into()),
+            ("log.level", |c| c.log.level = "debgu".into()),
+            ("log.level", |c| {
+                c.log.level = "info,silta_server=loud".into()
+            }),
+            ("log.level", |c| c.log.level = " ".into()),
             ("log.otlp_endpoint", |c| {
                 c.log.otlp_endpoint = Some("collector:4317".into())
             }),

@@ -166,10 +166,14 @@ fn install(
     writer: BoxMakeWriter,
     guard: Option<WorkerGuard>,
 ) -> Result<Telemetry, TelemetryError> {
-    // RUST_LOG, when set and valid, replaces `log.level` (as its documentation says).
-    let spec = std::env::var(EnvFilter::DEFAULT_ENV)
-        .ok()
-        .filter(|s| EnvFilter::try_new(s).is_ok())
+    // RUST_LOG, when set and valid, replaces `log.level` (as its documentation says); an
+    // invalid one is ignored, and said so once logging is up.
+    let env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let env_refused = env
+        .as_deref()
+        .and_then(|s| crate::config::check_log_filter(s).err());
+    let spec = env
+        .filter(|_| env_refused.is_none())
         .unwrap_or_else(|| log.level.clone());
     let filter = || log_filter(&spec);
     let provider = match log.otlp_endpoint.as_deref() {
@@ -210,6 +214,9 @@ fn install(
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
     if let Some(endpoint) = log.otlp_endpoint.as_deref() {
         tracing::info!(endpoint, "exporting spans over OTLP/gRPC");
+    }
+    if let Some(reason) = env_refused {
+        tracing::warn!(%reason, "RUST_LOG is not a valid filter and is ignored; log.level applies");
     }
     Ok(Telemetry {
         provider,
