@@ -122,9 +122,12 @@ def main():
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([silta, "keys", "generate", "--out", os.path.join(pki, "master.key")], check=True, stdout=subprocess.DEVNULL)
     port = free_port()
+    admin_port = free_port()
     config = os.path.join(work, "silta.toml")
     with open(config, "w") as f:
         f.write(f"""listen = "127.0.0.1:{port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
 [store]
 url = "sqlite://{work}/silta.db"
 [tls]
@@ -145,6 +148,7 @@ hpke_public_key_file = "{pki}/{SOCIAL}.hpke-public.key"
     try:
         run(port, pki, common_pb2, landlord_pb2, landlord_pb2_grpc, ss, social_services_pb2_grpc)
         dpo(port, pki, audit_pb2, audit_pb2_grpc)
+        scrape(admin_port)
     finally:
         server.terminate()
         try:
@@ -533,6 +537,33 @@ def dpo(port, pki, audit_pb2, audit_pb2_grpc):
     err = refused(analyst.GetRetention, audit_pb2.GetRetentionRequest())
     check("an analyst reads nothing but statistics: GetRetention PERMISSION_DENIED",
           err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED)
+
+
+def scrape(admin_port):
+    """The admin port's metrics, as Prometheus and OpenMetrics scrapers parse them."""
+    import urllib.request
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+    from prometheus_client.parser import text_string_to_metric_families as parse_classic
+
+    def get(accept):
+        req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/metrics")
+        if accept:
+            req.add_header("Accept", accept)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.headers.get("Content-Type", ""), r.read().decode()
+
+    kind, body = get("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+    families = {f.name: f for f in parse_openmetrics(body)}
+    check("metrics: OpenMetrics when asked for, parsed by prometheus_client's OpenMetrics parser",
+          kind.startswith("application/openmetrics-text") and families["silta_decisions"].type == "counter")
+    kind, body_classic = get(None)
+    classic = {f.name: f for f in parse_classic(body_classic)}
+    check("metrics: the Prometheus text format otherwise, counters still typed as counters",
+          kind.startswith("text/plain; version=0.0.4") and classic["silta_decisions"].type == "counter"
+          and "# EOF" not in body_classic)
+    check("metrics: no identity code in any label or value",
+          all(c not in text and c.replace("-", "") not in text
+              for text in (body, body_classic) for c in (RESIDENT, UNENROLLED)))
 
 
 if __name__ == "__main__":

@@ -304,7 +304,8 @@ pub struct JwtIssuer {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin port (plain HTTP, `GET /metrics` in the Prometheus text format).
+    /// Address of the admin port (plain HTTP, `GET /metrics` in OpenMetrics or the Prometheus
+    /// text format, as the scraper's `Accept` asks).
     /// Unset: no admin port. Keep it on loopback or a private network: it needs no
     /// certificate.
     pub listen: Option<std::net::SocketAddr>,

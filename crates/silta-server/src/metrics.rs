@@ -4,6 +4,7 @@
 //! an organisation, a pseudonym or anything a request carried, so the metrics hold no personal
 //! data and their cardinality stays bounded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -220,6 +221,65 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The same figures in the Prometheus text format 0.0.4, for scrapers that do not ask for
+    /// OpenMetrics (see [`to_prometheus_text`]).
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+}
+
+/// The content type of an OpenMetrics scrape.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of a Prometheus text-format scrape.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites an OpenMetrics exposition as the Prometheus text format 0.0.4. The two differ in
+/// the metadata only: a counter's family is named with its `_total` suffix (OpenMetrics names
+/// the family without it), an info metric is a gauge named `_info`, an unknown one `untyped`;
+/// `# UNIT` lines and the closing `# EOF` do not exist in the older format. Samples are the
+/// same lines.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut types: HashMap<&str, &str> = HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+        {
+            types.insert(name, kind);
+        }
+    }
+    let renamed = |name: &str| -> (String, &'static str) {
+        match types.get(name).copied() {
+            Some("counter") => (format!("{name}_total"), "counter"),
+            Some("info") => (format!("{name}_info"), "gauge"),
+            Some("gauge") => (name.to_owned(), "gauge"),
+            Some("histogram") => (name.to_owned(), "histogram"),
+            Some("summary") => (name.to_owned(), "summary"),
+            _ => (name.to_owned(), "untyped"),
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, _)) = rest.split_once(' ')
+        {
+            let (name, kind) = renamed(name);
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ")
+            && let Some((name, help)) = rest.split_once(' ')
+        {
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name).0));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// Counts one in a gauge for as long as it lives: a task cancelled at any await still
@@ -312,7 +372,7 @@ pub(crate) async fn serve(
         )
         .route(
             "/metrics",
-            axum::routing::get(move || {
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
                 let metrics = Arc::clone(&metrics);
                 let store = Arc::clone(&store);
                 async move {
@@ -322,13 +382,24 @@ pub(crate) async fn serve(
                             .undelivered
                             .set(i64::try_from(n).unwrap_or(i64::MAX));
                     }
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
+                    // OpenMetrics to a scraper that asks for it (Prometheus does, first in its
+                    // Accept list); the classic text format to anyone else.
+                    let openmetrics = headers
+                        .get_all(axum::http::header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .any(|v| v.contains("application/openmetrics-text"));
+                    if openmetrics {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, OPENMETRICS)],
+                            metrics.encode(),
+                        )
+                    } else {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                            metrics.encode_prometheus(),
+                        )
+                    }
                 }
             }),
         );
@@ -337,5 +408,56 @@ pub(crate) async fn serve(
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "admin port stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_text_names_each_family_as_its_samples_are_named() {
+        let metrics = Metrics::default();
+        metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                flow: "rent-arrears".into(),
+                outcome: "allow",
+            })
+            .inc();
+        let open = metrics.encode();
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        let classic = metrics.encode_prometheus();
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+        // Every sample belongs to the family its TYPE line names, as the 0.0.4 parser reads
+        // it: a counter's samples end in _total, and so does its family.
+        let mut family = String::new();
+        let mut kind = String::new();
+        for line in classic.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, k) = rest.split_once(' ').expect("name and type");
+                family = name.to_owned();
+                kind = k.to_owned();
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().expect("a sample name");
+            let ok = match kind.as_str() {
+                "histogram" => [
+                    format!("{family}_bucket"),
+                    format!("{family}_sum"),
+                    format!("{family}_count"),
+                ]
+                .contains(&name.to_owned()),
+                _ => name == family,
+            };
+            assert!(ok, "sample {name} under family {family} ({kind})");
+        }
+        assert!(
+            classic.contains("# TYPE silta_decisions_total counter"),
+            "{classic}"
+        );
     }
 }
