@@ -190,6 +190,9 @@ async fn metrics_count_requests_and_decisions_and_name_no_one() {
         "silta_ledger_entries",
         "silta_last_checkpoint_timestamp_seconds",
         "silta_undelivered_messages 1",
+        "silta_rpc_duration_seconds_bucket{",
+        "silta_build_info{version=",
+        "process_resident_memory_bytes ",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }

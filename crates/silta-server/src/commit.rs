@@ -200,6 +200,9 @@ pub(crate) async fn run(
         if received == 0 {
             return;
         }
+        metrics
+            .commit_queue
+            .set(i64::try_from(jobs.len()).unwrap_or(i64::MAX));
         let mut fx = Effects::default();
         let started = std::time::Instant::now();
         let outcome = apply_batch(&*store, &pseudonymiser, &batch, &mut fx).await;

@@ -782,7 +782,7 @@ impl Gateway {
         let gw = Arc::clone(self);
         let org = ctx.caller.org.clone();
         let request_id = ctx.request_id.clone();
-        let open = crate::metrics::SubscriptionGuard::new(&self.metrics, role.as_str());
+        let open = crate::metrics::SubscriptionGuard::new(&self.metrics, role.as_str(), &org);
         tokio::spawn(async move {
             let _open = open;
             let mut wake = gw.notifier.subscribe(&org);

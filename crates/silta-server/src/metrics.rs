@@ -1,17 +1,26 @@
 //! Prometheus metrics, served on the admin port (`admin.listen`, plain HTTP, `/metrics`).
 //!
-//! Labels are fixed, small sets (RPC names, status reasons, flow ids, outcomes, roles): never
-//! an organisation, a pseudonym or anything a request carried, so the metrics hold no personal
-//! data and their cardinality stays bounded.
+//! Labels are fixed, small sets (RPC names, status reasons, flow ids, outcomes, roles) and, for
+//! open subscriptions only, the organisation its verified client certificate names (one of the
+//! programme's few organisations, issued by the city's CA): never a pseudonym, a case reference
+//! or anything a request carried, so the metrics hold no personal data and their cardinality
+//! stays bounded.
+//!
+//! Beside silta's own (`silta_*`), the standard process metrics (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, `process_open_fds`) are read from `/proc` at each scrape.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +47,8 @@ pub struct DecisionLabels {
 pub struct RoleLabels {
     /// The subscriber's role.
     pub role: &'static str,
+    /// The subscriber's organisation, as its client certificate names it.
+    pub org: String,
 }
 
 /// Why a connection was refused or closed: a reason silta chose, from a fixed set.
@@ -62,6 +73,10 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by RPC and outcome.
     pub requests: Family<RpcLabels, Counter>,
+    /// Seconds from a call's arrival to its answer (a stream: to its start), by RPC and outcome.
+    pub rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    /// Jobs waiting for the committer after it took a batch.
+    pub commit_queue: Gauge,
     /// Disclosure decisions by flow and outcome.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Jobs per group-commit transaction.
@@ -100,12 +115,32 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("silta");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("silta");
+        registry.register(
+            "build",
+            "The running release",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         let requests = Family::<RpcLabels, Counter>::default();
         registry.register(
             "rpc_requests",
             "gRPC requests by RPC and outcome",
             requests.clone(),
+        );
+        let rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        registry.register(
+            "rpc_duration_seconds",
+            "Seconds from a call's arrival to its answer (a stream: to its start), by RPC and outcome",
+            rpc_seconds.clone(),
+        );
+        let commit_queue = Gauge::default();
+        registry.register(
+            "commit_queue_depth",
+            "Jobs waiting for the group committer after it took its latest batch",
+            commit_queue.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
@@ -128,7 +163,7 @@ impl Default for Metrics {
         let subscriptions = Family::<RoleLabels, Gauge>::default();
         registry.register(
             "open_subscriptions",
-            "Open SubscribeAlerts and SubscribeNotices streams by role",
+            "Open SubscribeAlerts and SubscribeNotices streams by role and organisation",
             subscriptions.clone(),
         );
         let ledger_entries = Gauge::default();
@@ -193,7 +228,9 @@ impl Default for Metrics {
             ledger_entry_mismatches.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
+            rpc_seconds,
+            commit_queue,
             ledger_entry_mismatches,
             undelivered,
             pending_handshakes,
@@ -299,16 +336,95 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// The standard process metrics, read from `/proc/self` at each scrape (Linux; elsewhere none).
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times: `USER_HZ`, 100 in Linux's user ABI.
+const USER_HZ: f64 = 100.0;
+
+impl ProcessCollector {
+    /// User plus system CPU seconds.
+    fn cpu_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / USER_HZ)
+    }
+
+    /// Resident set size in bytes (`VmRSS`, in kB).
+    fn resident_bytes() -> Option<i64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kb: i64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    fn open_fds() -> Option<i64> {
+        let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+        i64::try_from(n).ok()
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(cpu) = Self::cpu_seconds() {
+            let c = ConstCounter::new(cpu);
+            let m = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(m)?;
+        }
+        if let Some(rss) = Self::resident_bytes() {
+            let g = ConstGauge::new(rss);
+            let m = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+        }
+        if let Some(fds) = Self::open_fds() {
+            let g = ConstGauge::new(fds);
+            let m = encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
 /// Counts an open subscription for as long as it lives.
 pub(crate) struct SubscriptionGuard {
     gauge: Gauge,
 }
 
 impl SubscriptionGuard {
-    pub(crate) fn new(metrics: &Metrics, role: &'static str) -> Self {
+    pub(crate) fn new(metrics: &Metrics, role: &'static str, org: &silta_core::OrgId) -> Self {
         let gauge = metrics
             .subscriptions
-            .get_or_create(&RoleLabels { role })
+            .get_or_create(&RoleLabels {
+                role,
+                org: org.to_string(),
+            })
             .clone();
         gauge.inc();
         SubscriptionGuard { gauge }
@@ -425,6 +541,13 @@ mod tests {
                 outcome: "allow",
             })
             .inc();
+        metrics
+            .rpc_seconds
+            .get_or_create(&RpcLabels {
+                rpc: "Landlord.ReportRentArrears",
+                code: "OK",
+            })
+            .observe(0.004);
         let open = metrics.encode();
         assert!(open.ends_with("# EOF\n"), "{open}");
         let classic = metrics.encode_prometheus();
@@ -459,5 +582,16 @@ mod tests {
             classic.contains("# TYPE silta_decisions_total counter"),
             "{classic}"
         );
+        for family in [
+            "# TYPE silta_build_info gauge",
+            "# TYPE silta_rpc_duration_seconds histogram",
+            "# TYPE silta_commit_queue_depth gauge",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_open_fds gauge",
+        ] {
+            assert!(classic.contains(family), "{family} missing:\n{classic}");
+        }
+        assert!(open.contains("# TYPE silta_build info"), "{open}");
     }
 }

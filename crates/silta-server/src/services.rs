@@ -130,14 +130,17 @@ fn count(
     code: &'static str,
 ) -> u64 {
     tracing::Span::current().record("code", code);
+    let labels = crate::metrics::RpcLabels {
+        rpc: ctx.action,
+        code,
+    };
+    metrics.requests.get_or_create(&labels).inc();
+    let elapsed = started.elapsed();
     metrics
-        .requests
-        .get_or_create(&crate::metrics::RpcLabels {
-            rpc: ctx.action,
-            code,
-        })
-        .inc();
-    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+        .rpc_seconds
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 pub(crate) fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
