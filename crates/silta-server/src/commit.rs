@@ -63,6 +63,8 @@ pub(crate) enum Job {
 pub(crate) struct Answered {
     pub result: Result<Receipt, ApiError>,
     pub job: Box<MessageJob>,
+    /// How many jobs the transaction that answered it held.
+    pub batch_size: usize,
 }
 
 /// Where a message goes.
@@ -104,6 +106,8 @@ pub(crate) struct MessageJob {
     pub legal_basis: String,
     pub eviction_stage: Option<EvictionStage>,
     pub facts: StatFacts,
+    /// The span of the caller's wait for the commit: the decision's span is its child.
+    pub span: tracing::Span,
     pub idempotency_key: String,
     pub route: Route,
     /// The resident in the lookup domain, under each key version: finds the consents.
@@ -212,8 +216,9 @@ pub(crate) async fn run(
         metrics.batch_size.observe(batch.len() as f64);
         match outcome {
             Ok(answers) => {
+                let batch_size = batch.len();
                 for (job, answer) in batch.drain(..).zip(answers) {
-                    reply(job, Some(answer));
+                    reply(job, Some(answer), batch_size);
                 }
                 for (org, seq) in fx.woken {
                     notifier.notify(&org, seq);
@@ -228,8 +233,9 @@ pub(crate) async fn run(
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = batch.len(), "group commit failed; callers may retry");
+                let batch_size = batch.len();
                 for job in batch.drain(..) {
-                    reply(job, None);
+                    reply(job, None, batch_size);
                 }
             }
         }
@@ -268,16 +274,21 @@ enum Answer {
 }
 
 /// Answers a job's caller; `None` means the batch did not commit.
-fn reply(job: Job, answer: Option<Answer>) {
+fn reply(job: Job, answer: Option<Answer>, batch_size: usize) {
     // A caller that gave up has dropped its receiver; its work is committed all the same.
     match (job, answer) {
         (Job::Message(job, reply), Some(Answer::Receipt(result))) => {
-            let _ = reply.send(Answered { result, job });
+            let _ = reply.send(Answered {
+                result,
+                job,
+                batch_size,
+            });
         }
         (Job::Message(job, reply), _) => {
             let _ = reply.send(Answered {
                 result: Err(ApiError::Unavailable),
                 job,
+                batch_size,
             });
         }
         (Job::Audit { reply, .. }, Some(Answer::Recorded)) => {
@@ -487,7 +498,13 @@ async fn apply_message(
         legal_basis: &job.legal_basis,
         eviction_stage: job.eviction_stage,
     };
-    let disclosure = job.policies.decide(&input, &candidates);
+    let disclosure = tracing::debug_span!(
+        target: crate::telemetry::RPC_SPAN_TARGET,
+        parent: &job.span,
+        "step",
+        otel.name = "policy.decide",
+    )
+    .in_scope(|| job.policies.decide(&input, &candidates));
     fx.decided.push(DecisionLabels {
         flow: flow.id.clone(),
         outcome: if disclosure.permits.is_empty() {

@@ -497,9 +497,20 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // known. Never a request value: identity codes and free text stay out by construction.
         // At DEBUG: INFO logs carry what they need on their own lines (`services::refusal`),
         // and the OTLP exporter takes the span at any level (`telemetry::RPC_SPAN_TARGET`).
+        // Named and attributed as OpenTelemetry's RPC conventions say (a SERVER span named
+        // `package.Service/Method`), from the served method's own name, never the raw path.
+        let name = method.map_or("unknown", |m| m.trim_start_matches('/'));
+        let (service, rpc_method) = name.split_once('/').unwrap_or(("unknown", "unknown"));
         let span = tracing::debug_span!(
             target: crate::telemetry::RPC_SPAN_TARGET,
             "rpc",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
             path = %method.unwrap_or("unknown"),
             request_id = tracing::field::Empty,
             org = tracing::field::Empty,
@@ -507,6 +518,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             flow = tracing::field::Empty,
             code = tracing::field::Empty,
         );
+        crate::telemetry::continue_trace(&span, request.headers());
         let deadline = client_deadline(request.headers());
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(self.peer.clone());
@@ -530,13 +542,33 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 let response = match deadline {
                     Some(deadline) => match tokio::time::timeout(deadline, call).await {
                         Ok(response) => response,
-                        Err(_) => Ok(tonic::Status::deadline_exceeded(
-                            "the call's deadline (grpc-timeout) passed before it completed",
-                        )
-                        .into_http()),
+                        Err(_) => {
+                            crate::telemetry::record_status(
+                                &tracing::Span::current(),
+                                tonic::Code::DeadlineExceeded,
+                            );
+                            Ok(tonic::Status::deadline_exceeded(
+                                "the call's deadline (grpc-timeout) passed before it completed",
+                            )
+                            .into_http())
+                        }
                     },
                     None => call.await,
                 };
+                // A trailers-only answer (an error, an unknown method) carries its status in
+                // the headers; the services record theirs themselves.
+                if let Ok(r) = &response
+                    && let Some(code) = r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                {
+                    crate::telemetry::record_status(
+                        &tracing::Span::current(),
+                        tonic::Code::from_i32(code),
+                    );
+                }
                 response.map(|r| {
                     r.map(|body| {
                         tonic::body::Body::new(Counted {

@@ -32,6 +32,7 @@ use crate::config::TuningConfig;
 use crate::delivery::Notifier;
 use crate::policy_source::PolicyHandle;
 use crate::status::ApiError;
+use tracing::Instrument;
 
 /// Who asked, and which request this is.
 #[derive(Debug, Clone)]
@@ -134,6 +135,13 @@ pub struct Gateway {
     pub(crate) recipient_keys: Arc<crate::sealing::RecipientKeys>,
 }
 
+/// Runs `f` in a child span of the current RPC span (exported with it; see
+/// `telemetry::RPC_SPAN_TARGET`).
+fn in_span<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    tracing::debug_span!(target: crate::telemetry::RPC_SPAN_TARGET, "step", otel.name = name)
+        .in_scope(f)
+}
+
 impl Gateway {
     /// Refuses (and audits) a caller whose role may not call this RPC.
     pub async fn authorize(&self, ctx: &RequestContext, role: Role) -> Result<(), ApiError> {
@@ -190,7 +198,9 @@ impl Gateway {
         ctx: &RequestContext,
         input: RentArrearsInput<'_>,
     ) -> Result<Receipt, ApiError> {
-        let report = match validate_rent_arrears(&input, self.hetu_rules) {
+        let report = match in_span("validate", || {
+            validate_rent_arrears(&input, self.hetu_rules)
+        }) {
             Ok(r) => r,
             Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
         };
@@ -211,7 +221,9 @@ impl Gateway {
         ctx: &RequestContext,
         input: EvictionStageInput<'_>,
     ) -> Result<Receipt, ApiError> {
-        let report = match validate_eviction_stage(&input, self.hetu_rules) {
+        let report = match in_span("validate", || {
+            validate_eviction_stage(&input, self.hetu_rules)
+        }) {
             Ok(r) => r,
             Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
         };
@@ -227,8 +239,9 @@ impl Gateway {
         ctx: &RequestContext,
         input: DisturbanceInput<'_>,
     ) -> Result<Receipt, ApiError> {
-        let report = match validate_disturbance(&input, self.hetu_rules, OffsetDateTime::now_utc())
-        {
+        let report = match in_span("validate", || {
+            validate_disturbance(&input, self.hetu_rules, OffsetDateTime::now_utc())
+        }) {
             Ok(r) => r,
             Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
         };
@@ -269,7 +282,7 @@ impl Gateway {
         // The audit pseudonym names the subject in the audit trail, refusals included, so a
         // resident's access report shows attempts too.
         let audit = self.pseudonymiser.pseudonyms(&header.hetu, &Domain::Audit);
-        if let Err(verdict) = policies.precheck(&input) {
+        if let Err(verdict) = in_span("policy.precheck", || policies.precheck(&input)) {
             // Refused whatever the resident's consent: saying so reveals nothing about them.
             let subject = audit.at(self.pseudonymiser.observed_version()).cloned();
             return Err(self.refuse(ctx, &policies, flow, verdict, subject).await);
@@ -305,6 +318,7 @@ impl Gateway {
             legal_basis: header.legal_basis,
             eviction_stage,
             facts,
+            span: tracing::Span::none(),
             idempotency_key: header.idempotency_key,
             route: Route::ToSocialServices {
                 hetu: header.hetu,
@@ -329,7 +343,7 @@ impl Gateway {
     ) -> Result<Receipt, ApiError> {
         // Cases are looked up by the caller's organisation, so the role is checked first.
         self.authorize(ctx, Role::SocialServices).await?;
-        let notice = match validate_support_notice(&input) {
+        let notice = match in_span("validate", || validate_support_notice(&input)) {
             Ok(n) => n,
             Err(v) => return Err(self.deny(ctx, ApiError::InvalidArgument(v), None).await),
         };
@@ -364,7 +378,7 @@ impl Gateway {
             legal_basis: &notice.legal_basis,
             eviction_stage: None,
         };
-        if let Err(verdict) = policies.precheck(&input) {
+        if let Err(verdict) = in_span("policy.precheck", || policies.precheck(&input)) {
             let subject = Some(case.audit_subject.clone());
             return Err(self.refuse(ctx, &policies, flow, verdict, subject).await);
         }
@@ -400,6 +414,7 @@ impl Gateway {
                 months_overdue: None,
                 notice_outcome: Some(notice.outcome.as_str()),
             },
+            span: tracing::Span::none(),
             idempotency_key: notice.idempotency_key,
             route: Route::ToLandlord {
                 landlord: case.landlord,
@@ -423,14 +438,32 @@ impl Gateway {
 
     /// Queues a message for the committer and waits until it is durable.
     async fn submit(&self, job: MessageJob) -> Result<Receipt, ApiError> {
-        let (reply, done) = oneshot::channel();
-        self.commits
-            .send(Job::Message(Box::new(job), reply))
-            .await
-            .map_err(|_| ApiError::ShuttingDown)?;
-        let Answered { result, job } = done.await.map_err(|_| ApiError::ShuttingDown)?;
-        drop(job); // here, on a request thread: see `Answered`
-        result
+        // The wait for the group committer, as a child of the RPC's span: the decision against
+        // the stored consents and the durable commit, with how many jobs shared the commit.
+        let span = tracing::debug_span!(
+            target: crate::telemetry::RPC_SPAN_TARGET,
+            "commit",
+            batch_size = tracing::field::Empty,
+        );
+        async {
+            let mut job = job;
+            job.span = tracing::Span::current();
+            let (reply, done) = oneshot::channel();
+            self.commits
+                .send(Job::Message(Box::new(job), reply))
+                .await
+                .map_err(|_| ApiError::ShuttingDown)?;
+            let Answered {
+                result,
+                job,
+                batch_size,
+            } = done.await.map_err(|_| ApiError::ShuttingDown)?;
+            tracing::Span::current().record("batch_size", batch_size);
+            drop(job); // here, on a request thread: see `Answered`
+            result
+        }
+        .instrument(span)
+        .await
     }
 
     /// The declared flow for `kind` on `legal_basis`, or the audited refusal.

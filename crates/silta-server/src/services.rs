@@ -85,6 +85,7 @@ pub(crate) fn finish<T>(
 ) -> Result<Response<T>, Status> {
     let body = result.map_err(|e| refusal(metrics, ctx, started, e))?;
     let elapsed_us = count(metrics, ctx, started, "OK");
+    crate::telemetry::record_status(&tracing::Span::current(), tonic::Code::Ok);
     // A call that succeeded is in the ledger (by request id) and the metrics: its line is
     // DEBUG, like its span, which carries the request id, organisation, role, flow and code.
     tracing::debug!(rpc = ctx.action, elapsed_us, "rpc");
@@ -116,6 +117,7 @@ fn refusal(
         "rpc refused"
     );
     let mut status = e.into_status(&ctx.request_id);
+    crate::telemetry::record_status(&tracing::Span::current(), status.code());
     if let Ok(v) = ctx.request_id.parse() {
         status.metadata_mut().insert(REQUEST_ID_HEADER, v);
     }

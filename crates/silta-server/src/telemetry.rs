@@ -224,6 +224,46 @@ fn install(
     })
 }
 
+/// Continues the caller's W3C trace: the RPC span becomes a child of the `traceparent` the
+/// request carries, if any and valid. Only `traceparent` is read: its ids and flags are hex by
+/// grammar, while `tracestate` may carry any text a caller chose, and spans carry none.
+pub(crate) fn continue_trace(span: &tracing::Span, headers: &hyper::HeaderMap) {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    struct TraceParentOnly<'a>(&'a hyper::HeaderMap);
+    impl Extractor for TraceParentOnly<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            if key != "traceparent" {
+                return None;
+            }
+            self.0.get(key)?.to_str().ok()
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&TraceParentOnly(headers));
+    if cx.span().span_context().is_valid() {
+        // Fails only when the span is disabled (no exporter): nothing to continue then.
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Records a call's gRPC status on its RPC span: `rpc.grpc.status_code`, and for any code but
+/// OK the span's error status, so that a trace view shows refusals and failures alike.
+pub(crate) fn record_status(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i64);
+    if code != tonic::Code::Ok {
+        span.record("otel.status_code", "error");
+    }
+}
+
 /// The transport crates whose debug and trace output prints request headers (the method path
 /// among them), frames or handshake details: requests values a caller chose.
 const THIRD_PARTY: &[&str] = &[

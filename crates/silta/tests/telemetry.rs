@@ -151,6 +151,29 @@ async fn made_up_paths_holding_identity_codes_reach_neither_the_debug_log_nor_th
     }
     assert_eq!(refused, 3 * 13 * 20);
 
+    // One of silta's own RPCs, refused, inside a trace the caller started (W3C traceparent).
+    let mut landlord = silta_server::proto::landlord_client::LandlordClient::new(
+        channel(dir, port, "city-housing").await,
+    );
+    let mut request = tonic::Request::new(silta_server::proto::ReportRentArrearsRequest::default());
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .expect("a valid header"),
+    );
+    request.metadata_mut().insert(
+        "tracestate",
+        format!("silta={}", codes[0].replace(['+', '-'], "x"))
+            .parse()
+            .expect("a valid header"),
+    );
+    let status = landlord
+        .report_rent_arrears(request)
+        .await
+        .expect_err("an empty report is invalid");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
     // SIGTERM: the gateway stops and its exporter flushes the spans still queued.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -182,6 +205,30 @@ async fn made_up_paths_holding_identity_codes_reach_neither_the_debug_log_nor_th
     assert!(
         exported.contains("/grpc.health.v1.Health/Check") && exported.contains("unknown"),
         "the export holds the spans"
+    );
+    // OpenTelemetry's RPC conventions: a SERVER span named for the method, with its rpc.*
+    // attributes and an error status, continuing the caller's trace; its steps as children.
+    for expected in [
+        "name: \"silta.v1.Landlord/ReportRentArrears\"",
+        "name: \"grpc.health.v1.Health/Check\"",
+        "name: \"validate\"",
+        "key: \"rpc.system\"",
+        "key: \"rpc.service\"",
+        "key: \"rpc.method\"",
+        "key: \"rpc.grpc.status_code\"",
+        "kind: Server",
+        // 4bf92f35… and 00f067aa…, as the caller's traceparent named them.
+        "trace_id: [75, 249, 47, 53, 119, 179, 77, 166, 163, 206, 146, 157, 14, 14, 71, 54]",
+        "parent_span_id: [0, 240, 103, 170, 11, 169, 2, 183]",
+    ] {
+        assert!(
+            exported.contains(expected),
+            "{expected} is not in the export:\n{exported}"
+        );
+    }
+    assert!(
+        !exported.contains("silta="),
+        "the caller's tracestate is not carried"
     );
     for code in &codes {
         let without_sign = format!("{}{}", &code[..6], &code[7..]);
