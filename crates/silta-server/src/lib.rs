@@ -365,13 +365,21 @@ fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, ServeError> {
     }
 }
 
-/// Starts the gateway on `listener` with `config` and the master secret's keyring (a single
-/// [`MasterSecret`] converts into one).
-pub async fn start(
-    config: &Config,
-    keyring: impl Into<Keyring>,
-    listener: TcpListener,
-) -> Result<RunningGateway, ServeError> {
+/// The default `ledger.origin`: fine for a demo, not for a deployment, whose checkpoints are
+/// named by it for good.
+pub const PLACEHOLDER_ORIGIN: &str = "silta.local/audit";
+
+/// What a configuration's files give, checked: everything `start` reads before the store.
+struct Prepared {
+    tls: Arc<tls::TlsHandle>,
+    policies: Arc<policy_source::PolicyHandle>,
+    recipient_keys: Arc<sealing::RecipientKeys>,
+    actors: actor::ActorVerifier,
+}
+
+/// Validates `config` and reads every file it names (certificates, key, client CA and CRL,
+/// policies, recipients' keys, JWKS), as `start` does and with the same errors.
+async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let tls = Arc::new(tls::TlsHandle::open(tls::TlsFiles {
         cert: config.tls.cert.clone(),
@@ -394,6 +402,56 @@ pub async fn start(
     let actors = actor::ActorVerifier::new(&config.jwt)
         .await
         .map_err(ServeError::Config)?;
+    Ok(Prepared {
+        tls,
+        policies,
+        recipient_keys,
+        actors,
+    })
+}
+
+/// Checks a whole configuration without starting anything (`silta config check`): every key,
+/// every file it names, and the master secret's keyring against `ledger.origin`. Returns the
+/// warnings `serve` would log; an error is the one `serve` would stop with.
+pub async fn check_config(config: &Config, keyring: Keyring) -> Result<Vec<String>, ServeError> {
+    let prepared = prepare(config).await?;
+    let pseudonymiser = Pseudonymiser::with_keyring(keyring);
+    silta_ledger::checkpoint::NoteSigner::from_seed(
+        &config.ledger.origin,
+        &pseudonymiser.checkpoint_seed(),
+    )
+    .map_err(|e| ServeError::Config(format!("ledger.origin: {e}")))?;
+    drop(prepared);
+    let mut warnings = Vec::new();
+    if config.ledger.origin == PLACEHOLDER_ORIGIN {
+        warnings.push(format!(
+            "ledger.origin is still the placeholder {PLACEHOLDER_ORIGIN:?}: name this \
+             deployment's ledger before the first checkpoint, it cannot change afterwards"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Starts the gateway on `listener` with `config` and the master secret's keyring (a single
+/// [`MasterSecret`] converts into one).
+pub async fn start(
+    config: &Config,
+    keyring: impl Into<Keyring>,
+    listener: TcpListener,
+) -> Result<RunningGateway, ServeError> {
+    let Prepared {
+        tls,
+        policies,
+        recipient_keys,
+        actors,
+    } = prepare(config).await?;
+    if config.ledger.origin == PLACEHOLDER_ORIGIN {
+        tracing::warn!(
+            origin = PLACEHOLDER_ORIGIN,
+            "ledger.origin is still the placeholder; name this deployment's ledger (e.g. \
+             helsinki.fi/silta/audit) before the first checkpoint: it cannot change afterwards"
+        );
+    }
     // The admin port (plain HTTP, `/metrics` only; keep it on a private interface) is bound
     // before anything is spawned, so a port in use stops the start cleanly.
     let admin = match config.admin.listen {

@@ -81,6 +81,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Checks a configuration as `serve` would, without starting: every key and every file it
+    /// names (certificates, key, client CA and CRL, policies, recipients' keys, the master
+    /// secret). Exits non-zero with the message `serve` would stop with.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// The programme's statistics for a closed month (docs/statistics.md): counts per flow and
     /// organisation, never about a person, small counts suppressed. Calls the gateway with an
     /// `analyst` (or `dpo`) certificate.
@@ -90,6 +97,16 @@ enum Command {
         command: Option<StatsCommand>,
         #[command(flatten)]
         show: stats_cli::Show,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validates the configuration and the files it names; prints what `serve` would warn about.
+    Check {
+        /// Configuration file.
+        #[arg(long, short, env = "SILTA_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -253,6 +270,26 @@ fn main() -> anyhow::Result<()> {
             let done =
                 runtime()?.block_on(silta_server::migrate_store(&url, runtime_role.as_deref()))?;
             outln!("{done}");
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let path = config.clone();
+            let config = load_config(config.as_deref())?;
+            let keyring = load_keyring(&config)?;
+            let warnings = runtime()?
+                .block_on(silta_server::check_config(&config, keyring))
+                .map_err(anyhow::Error::from)?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            outln!(
+                "configuration OK{}: every key, the certificates, the policies and the master \
+                 secret are usable",
+                path.map(|p| format!(" ({})", p.display()))
+                    .unwrap_or_default()
+            );
             Ok(())
         }
         Command::Stats {
