@@ -1,0 +1,155 @@
+//! The DPO console over real HTTPS with client certificates: the DPO reads every page, with the
+//! security headers on each; other roles are refused; no page shows an identity code.
+
+use silta_core::stats::Month;
+use silta_tests::*;
+
+/// A gateway with the console on an ephemeral loopback port.
+async fn gateway() -> TestGateway {
+    TestGateway::start_with(|c| c.console.listen = Some("127.0.0.1:0".parse().expect("address")))
+        .await
+}
+
+/// Every header the console sets on every response, with its exact value.
+const SECURITY_HEADERS: [(&str, &str); 6] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("strict-transport-security", "max-age=31536000"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+    ("x-frame-options", "DENY"),
+];
+
+fn assert_security_headers(r: &ConsoleResponse, what: &str) {
+    for (name, value) in SECURITY_HEADERS {
+        assert_eq!(r.header(name), Some(value), "{what}: {name}");
+    }
+}
+
+async fn get(gw: &TestGateway, org: &str, path: &str) -> ConsoleResponse {
+    gw.console_get(Some(org), path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} as {org}: {e}"))
+}
+
+#[tokio::test]
+async fn the_dpo_reads_every_page_with_every_security_header() {
+    let gw = gateway().await;
+    let pages = [
+        ("/", "text/html; charset=utf-8", "Entries in the ledger"),
+        ("/statistics", "text/html; charset=utf-8", "<caption>"),
+        ("/flows", "text/html; charset=utf-8", "rent-arrears"),
+        ("/static/console.css", "text/css; charset=utf-8", "--ink"),
+        ("/statistics/chart.svg", "image/svg+xml", "<svg"),
+    ];
+    for (path, content_type, holds) in pages {
+        let r = get(&gw, DPO, path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_security_headers(&r, path);
+        assert_eq!(r.header("content-type"), Some(content_type), "{path}");
+        assert!(r.body.contains(holds), "{path} lacks {holds}");
+        if content_type.starts_with("text/html") {
+            for part in [
+                "<html lang=\"en\">",
+                "href=\"#main\"",
+                "<nav aria-label=",
+                "<h1>",
+            ] {
+                assert!(r.body.contains(part), "{path} lacks {part}");
+            }
+            // No script and no inline style: the CSP would block them anyway.
+            for banned in ["<script", "style=", "<style"] {
+                assert!(!r.body.contains(banned), "{path} holds {banned}");
+            }
+        }
+    }
+    // Each statistics read (the page and its chart) is in the ledger, as Audit.Statistics's is.
+    let reads = gw
+        .query_strings(
+            "SELECT action FROM audit WHERE reason = 'statistics-read' AND actor_role = 'dpo'",
+        )
+        .await;
+    assert_eq!(
+        reads,
+        ["Console.Statistics", "Console.StatisticsChart"],
+        "one ledger entry per statistics read"
+    );
+}
+
+#[tokio::test]
+async fn a_landlord_certificate_is_refused_and_no_certificate_fails_the_handshake() {
+    let gw = gateway().await;
+    for path in ["/", "/statistics", "/flows", "/no-such-page"] {
+        let r = get(&gw, LANDLORD, path).await;
+        assert_eq!(r.status, 403, "{path}");
+        assert_security_headers(&r, path);
+        assert!(r.body.contains("role landlord"), "{}", r.body);
+        assert!(!r.body.contains("console.css"), "a plain page: {}", r.body);
+    }
+    let refusals = gw
+        .query_strings(
+            "SELECT action FROM audit WHERE outcome = 'deny' AND actor_role = 'landlord'",
+        )
+        .await;
+    assert_eq!(refusals.len(), 4, "each refusal is in the ledger");
+    // Without a client certificate the TLS handshake fails: nothing is answered.
+    let anonymous = gw.console_get(None, "/").await;
+    assert!(anonymous.is_err(), "{anonymous:?}");
+}
+
+#[tokio::test]
+async fn the_statistics_page_of_a_month_holds_no_identity_code() {
+    let gw = gateway().await;
+    let now = time::OffsetDateTime::now_utc();
+    let last = Month::of(now).previous();
+    // A report naming a resident, this month; last month's counters, one of them small.
+    let hetu = valid_hetus()[0].clone();
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("console-1", &hetu))
+        .await
+        .expect("report accepted");
+    gw.tamper(&format!(
+        "INSERT INTO stat_cells VALUES
+           ('{last}', 'reports', 'rent-arrears', 'landlord-a', '', 'forwarded', 40),
+           ('{last}', 'reports', 'rent-arrears', 'landlord-a', '', 'not_forwarded', 12),
+           ('{last}', 'reports', 'rent-arrears', 'landlord-b', '', 'forwarded', 2),
+           ('{last}', 'reports', 'rent-arrears', 'landlord-b', '', 'not_forwarded', 9)"
+    ))
+    .await;
+    let r = get(&gw, DPO, &format!("/statistics?month={last}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("landlord-a"), "{}", r.body);
+    assert!(
+        r.body.contains("<abbr title=\"suppressed"),
+        "the small count is suppressed"
+    );
+    assert!(r.body.contains(&format!("chart.svg?month={last}")));
+    for page in [r.body, get(&gw, DPO, "/").await.body] {
+        assert!(!page.contains(&hetu));
+        assert!(
+            !silta_core::hetu::contains_hetu(&page),
+            "an identity code on a page"
+        );
+    }
+    // The month still running is not released, and a malformed month is refused.
+    let this = Month::of(now);
+    for month in [this.to_string(), "2026-13".to_owned()] {
+        let r = get(&gw, DPO, &format!("/statistics?month={month}")).await;
+        assert_eq!(r.status, 400, "{month}: {}", r.body);
+        assert_security_headers(&r, &month);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_not_found() {
+    let gw = gateway().await;
+    let r = get(&gw, DPO, "/no-such-page").await;
+    assert_eq!(r.status, 404);
+    assert_security_headers(&r, "404");
+    assert!(r.body.contains("<h1>Not found</h1>"), "{}", r.body);
+}
