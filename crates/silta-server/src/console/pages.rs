@@ -425,3 +425,66 @@ pub(super) fn not_found() -> Markup {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flows_page_names_every_flow_with_its_legal_basis_and_citation() {
+        let policies = Policies::builtin();
+        let page = flows(&policies).into_string();
+        assert!(page.contains("<caption>Flows in force</caption>"));
+        for f in policies.flows() {
+            assert!(page.contains(&format!("<code>{}</code>", f.id)), "{}", f.id);
+            let basis = &policies.declarations().legal_bases[&f.legal_basis];
+            // As maud escapes it.
+            let citation = html! { (basis.citation) }.into_string();
+            assert!(
+                page.contains(&format!("<cite>{citation}</cite>")),
+                "{}",
+                f.id
+            );
+            assert!(page.contains(&format!("{} days", f.retention_days)));
+        }
+    }
+
+    #[test]
+    fn a_suppressed_count_is_dots_with_a_legend_and_every_header_cell_has_its_scope() {
+        let table = Released {
+            id: "reports".into(),
+            title: "Reports <received>".into(),
+            rows: vec!["rent-arrears · landlord-a".into()],
+            columns: vec!["forwarded".into(), "not_forwarded".into()],
+            threshold: 5,
+            cells: vec![vec![Shown::Value(7), Shown::Suppressed]],
+            row_totals: vec![Shown::Suppressed],
+            column_totals: vec![Shown::Value(7), Shown::Suppressed],
+            total: Shown::Suppressed,
+        };
+        let html = released_table(&table).into_string();
+        assert!(
+            html.contains("<caption>Reports &lt;received&gt; "),
+            "{html}"
+        );
+        assert_eq!(
+            html.matches("<abbr title=\"suppressed").count(),
+            4,
+            "{html}"
+        );
+        assert_eq!(html.matches(">..</abbr>").count(), 4, "{html}");
+        assert_eq!(html.matches("<th scope=\"col\">").count(), 3, "{html}");
+        assert_eq!(html.matches("<th scope=\"row\">").count(), 2, "{html}");
+        assert!(html.contains("<td class=\"number\">7</td>"), "{html}");
+        assert!(html.contains("not forwarded"), "{html}");
+    }
+
+    #[test]
+    fn ages_are_told_in_the_largest_whole_unit() {
+        assert_eq!(age(-5), "0 s");
+        assert_eq!(age(59), "59 s");
+        assert_eq!(age(60), "1 min");
+        assert_eq!(age(7_200), "2 h");
+        assert_eq!(age(200_000), "2 d");
+    }
+}
