@@ -153,3 +153,35 @@ async fn an_unknown_path_is_not_found() {
     assert_security_headers(&r, "404");
     assert!(r.body.contains("<h1>Not found</h1>"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn a_dpo_certificate_revoked_by_a_reloaded_crl_fails_the_handshake() {
+    let gw = TestGateway::start_with(|c| {
+        c.console.listen = Some("127.0.0.1:0".parse().expect("address"));
+        let dir = c.tls.client_ca.parent().expect("pki dir").to_path_buf();
+        let crl = silta_server::devpki::revoke(&dir, &[]).expect("an empty CRL");
+        c.tls.client_crl = Some(crl);
+    })
+    .await;
+    assert_eq!(get(&gw, DPO, "/").await.status, 200, "not revoked yet");
+    let dir = gw.config.tls.client_ca.parent().expect("pki dir");
+    silta_server::devpki::revoke(dir, &[DPO.to_owned()]).expect("CRL");
+    gw.reload_tls().await.expect("reload");
+    let revoked = gw.console_get(Some(DPO), "/").await;
+    assert!(
+        revoked.is_err(),
+        "the console uses the gateway's CRL: {revoked:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_console_stops_with_the_gateway() {
+    let mut gw = gateway().await;
+    let addr = gw.console_addr().expect("console.listen is set");
+    assert_eq!(get(&gw, DPO, "/flows").await.status, 200);
+    gw.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the console's port is closed once the gateway has stopped"
+    );
+}
