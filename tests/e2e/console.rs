@@ -38,7 +38,26 @@ async fn get(gw: &TestGateway, org: &str, path: &str) -> ConsoleResponse {
 
 #[tokio::test]
 async fn the_dpo_reads_every_page_with_every_security_header() {
-    let gw = gateway().await;
+    let gw = TestGateway::start_with(|c| {
+        c.console.listen = Some("127.0.0.1:0".parse().expect("address"));
+        c.ledger.checkpoint_interval_ms = 100;
+    })
+    .await;
+    // The overview shows the latest checkpoint, its signature verified, once one is published.
+    let mut overview = get(&gw, DPO, "/").await;
+    for _ in 0..50 {
+        if overview.body.contains("verified with this gateway") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        overview = get(&gw, DPO, "/").await;
+    }
+    assert!(
+        overview.body.contains("verified with this gateway's key"),
+        "{}",
+        overview.body
+    );
+    assert!(overview.body.contains("Newest entry it covers"));
     let pages = [
         ("/", "text/html; charset=utf-8", "Entries in the ledger"),
         ("/statistics", "text/html; charset=utf-8", "<caption>"),

@@ -94,9 +94,13 @@ pub(super) struct CheckpointView {
     pub newest_entry: Option<OffsetDateTime>,
 }
 
+/// A moment to the second, in UTC, said so.
 fn when(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    let utc = t.to_offset(time::UtcOffset::UTC);
+    utc.format(time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+    ))
+    .unwrap_or_else(|_| utc.unix_timestamp().to_string())
 }
 
 /// A duration in the largest whole unit that fits, e.g. `3 h`.
@@ -225,7 +229,8 @@ fn released_table(t: &Released) -> Markup {
             thead {
                 tr {
                     td {}
-                    @for c in &t.columns { th scope="col" { (c.replace('_', " ")) } }
+                    // The codes docs/statistics.md defines, as every other form shows them.
+                    @for c in &t.columns { th scope="col" { (c) } }
                     th scope="col" { "total" }
                 }
             }
@@ -476,7 +481,10 @@ mod tests {
         assert_eq!(html.matches("<th scope=\"col\">").count(), 3, "{html}");
         assert_eq!(html.matches("<th scope=\"row\">").count(), 2, "{html}");
         assert!(html.contains("<td class=\"number\">7</td>"), "{html}");
-        assert!(html.contains("not forwarded"), "{html}");
+        assert!(
+            html.contains("<th scope=\"col\">not_forwarded</th>"),
+            "{html}"
+        );
     }
 
     #[test]
@@ -486,5 +494,7 @@ mod tests {
         assert_eq!(age(60), "1 min");
         assert_eq!(age(7_200), "2 h");
         assert_eq!(age(200_000), "2 d");
+        let t = OffsetDateTime::from_unix_timestamp(1_764_950_400).expect("a time");
+        assert_eq!(when(t), "2025-12-05 16:00:00 UTC");
     }
 }
