@@ -393,6 +393,32 @@ pub(super) fn flows(p: &Policies) -> Markup {
                     }
                 }
             }
+            h2 { "Policies" }
+            p {
+                "The Cedar policies that decide each disclosure. A " code { "forbid" }
+                " overrides every " code { "permit" } "; the reason is what a refused sender is told."
+            }
+            table {
+                caption { "Cedar policies in force" }
+                thead {
+                    tr {
+                        th scope="col" { "Policy" }
+                        th scope="col" { "Effect" }
+                        th scope="col" { "File" }
+                        th scope="col" { "Reason given on refusal" }
+                    }
+                }
+                tbody {
+                    @for info in p.policies().values() {
+                        tr {
+                            th scope="row" { code { (info.id) } }
+                            td { (info.effect) }
+                            td { code { (info.file) } }
+                            td { (info.reason.as_deref().unwrap_or("—")) }
+                        }
+                    }
+                }
+            }
         },
     )
 }
@@ -436,7 +462,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_flows_page_names_every_flow_with_its_legal_basis_and_citation() {
+    fn the_flows_page_names_every_flow_with_its_legal_basis_and_citation_and_every_policy() {
         let policies = Policies::builtin();
         let page = flows(&policies).into_string();
         assert!(page.contains("<caption>Flows in force</caption>"));
@@ -451,6 +477,11 @@ mod tests {
                 f.id
             );
             assert!(page.contains(&format!("{} days", f.retention_days)));
+        }
+        assert!(page.contains("<caption>Cedar policies in force</caption>"));
+        for id in policies.policies().keys() {
+            let id = html! { (id) }.into_string();
+            assert!(page.contains(&format!("<code>{id}</code>")), "{id}");
         }
     }
 
