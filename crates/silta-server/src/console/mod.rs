@@ -44,7 +44,8 @@ use crate::tls::TlsHandle;
 
 /// Most console connections open at once: a handful of DPOs' browsers, never a crowd.
 const MAX_CONNECTIONS: usize = 64;
-/// How long a browser has to send a request's headers.
+/// How long a browser has to send a request's headers; hyper counts it from the end of the
+/// previous response, so it also closes an idle keep-alive connection.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for a page in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
