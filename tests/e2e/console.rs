@@ -2,6 +2,7 @@
 //! security headers on each; other roles are refused; no page shows an identity code.
 
 use silta_core::stats::Month;
+use silta_server::client::HttpsResponse;
 use silta_tests::*;
 
 /// A gateway with the console on an ephemeral loopback port.
@@ -24,13 +25,13 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
     ("x-frame-options", "DENY"),
 ];
 
-fn assert_security_headers(r: &ConsoleResponse, what: &str) {
+fn assert_security_headers(r: &HttpsResponse, what: &str) {
     for (name, value) in SECURITY_HEADERS {
         assert_eq!(r.header(name), Some(value), "{what}: {name}");
     }
 }
 
-async fn get(gw: &TestGateway, org: &str, path: &str) -> ConsoleResponse {
+async fn get(gw: &TestGateway, org: &str, path: &str) -> HttpsResponse {
     gw.console_get(Some(org), path)
         .await
         .unwrap_or_else(|e| panic!("GET {path} as {org}: {e}"))

@@ -213,50 +213,18 @@ impl TestGateway {
         &self,
         org: Option<&str>,
         path: &str,
-    ) -> Result<ConsoleResponse, Box<dyn std::error::Error>> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.console_addr().ok_or("console.listen is not set")?;
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(self.pki.ca_cert.as_bytes()) {
-            roots.add(ca?)?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-        let mut config = match org {
-            Some(org) => {
-                let (_, pem) = self
-                    .pki
-                    .clients
-                    .iter()
-                    .find(|(c, _)| c.org.as_str() == org)
-                    .ok_or("unknown org")?;
-                let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()?;
-                let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())?;
-                builder.with_client_auth_cert(chain, key)?
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let mut tls = connector
-            .connect(ServerName::try_from("localhost")?, tcp)
-            .await?;
-        tls.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut raw = Vec::new();
-        tls.read_to_end(&mut raw).await?;
-        ConsoleResponse::parse(&String::from_utf8(raw)?)
-            .ok_or_else(|| "not an HTTP response".into())
+    ) -> Result<client::HttpsResponse, client::HttpsError> {
+        let addr = self.console_addr().expect("console.listen is set");
+        let identity = org.map(|org| {
+            let (_, pem) = self
+                .pki
+                .clients
+                .iter()
+                .find(|(c, _)| c.org.as_str() == org)
+                .expect("known org");
+            (pem.cert.as_str(), pem.key.as_str())
+        });
+        client::https_get(addr, &self.pki.ca_cert, identity, path).await
     }
 
     /// Reloads the policy set, as SIGHUP does.
@@ -349,42 +317,6 @@ impl TestGateway {
             .expect("query");
         pool.close().await;
         rows
-    }
-}
-
-/// A response of the DPO console.
-#[derive(Debug)]
-pub struct ConsoleResponse {
-    /// The status code.
-    pub status: u16,
-    /// The headers, names in lower case, in order.
-    pub headers: Vec<(String, String)>,
-    /// The body.
-    pub body: String,
-}
-
-impl ConsoleResponse {
-    fn parse(raw: &str) -> Option<Self> {
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let mut lines = head.split("\r\n");
-        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Some(ConsoleResponse {
-            status,
-            headers,
-            body: body.to_owned(),
-        })
-    }
-
-    /// The value of header `name` (lower case), if present.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
     }
 }
 

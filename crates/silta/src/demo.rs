@@ -536,6 +536,34 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
     };
     s.check("the exported ledger verifies against the gateway's signed checkpoint (as `silta audit verify` does offline)", verified);
 
+    s.title("the DPO's console in a browser (docs/console.md)");
+    if let Some(console) = gateway.console_addr {
+        let (dpo, landlord) = (pem("dpo-office")?, pem("city-housing")?);
+        let mut answers = Vec::new();
+        for who in [&dpo, &landlord] {
+            let identity = Some((who.cert.as_str(), who.key.as_str()));
+            answers
+                .push(silta_server::client::https_get(console, &pki.ca_cert, identity, "/").await);
+        }
+        let refused = answers.pop().context("two answers")?;
+        let shown = answers.pop().context("two answers")?;
+        outln!(
+            "  GET https://localhost:{}/ as dpo-office: {}; as city-housing: {}",
+            console.port(),
+            shown
+                .as_ref()
+                .map_or_else(ToString::to_string, |r| r.status.to_string()),
+            refused
+                .as_ref()
+                .map_or_else(ToString::to_string, |r| r.status.to_string()),
+        );
+        s.check(
+            "the console shows the DPO the ledger and refuses a landlord's certificate (403)",
+            shown.is_ok_and(|r| r.status == 200 && r.body.contains("Entries in the ledger"))
+                && refused.is_ok_and(|r| r.status == 403),
+        );
+    }
+
     gateway.shutdown().await?;
 
     s.title("storage limitation: the demo's store as it will be 100 days from now");
