@@ -316,13 +316,6 @@ pub(crate) async fn read_statistics(
 }
 
 impl AuditService {
-    async fn verified_checkpoint(
-        &self,
-        size: u64,
-    ) -> Result<Option<(String, Checkpoint, String)>, ApiError> {
-        verified_checkpoint(&self.gw, size).await
-    }
-
     /// The size of the latest checkpoint; proofs and exports are anchored to checkpoints.
     async fn checkpointed_size(&self) -> Result<u64, ApiError> {
         match self
@@ -468,7 +461,7 @@ impl Audit for AuditService {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let filter = self.query_filter(&ctx, req.get_ref()).await?;
             // Read before the entries: every entry it covers is then among them or older.
-            let signed = self.verified_checkpoint(0).await?.map(|(_, c, _)| c);
+            let signed = verified_checkpoint(&self.gw, 0).await?.map(|(_, c, _)| c);
             let entries = self
                 .gw
                 .store
@@ -509,7 +502,7 @@ impl Audit for AuditService {
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let (note, checkpoint, verifier_key) =
-                match self.verified_checkpoint(req.get_ref().size).await? {
+                match verified_checkpoint(&self.gw, req.get_ref().size).await? {
                     Some(found) => found,
                     None if req.get_ref().size == 0 => {
                         return Err(ApiError::FailedPrecondition(
@@ -680,7 +673,7 @@ impl Audit for AuditService {
                 return Err(self.gw.deny(&ctx, err, None).await);
             }
             let to = self.signed_size(&ctx, "to_index", r.to_index).await?;
-            let Some((_, signed, _)) = self.verified_checkpoint(to).await? else {
+            let Some((_, signed, _)) = verified_checkpoint(&self.gw, to).await? else {
                 return Err(ApiError::Integrity(
                     "a checkpoint listed a moment ago is gone; verify the ledger",
                 ));
