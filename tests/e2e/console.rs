@@ -174,8 +174,46 @@ async fn an_unknown_path_is_not_found() {
     assert!(r.body.contains("<h1>Not found</h1>"), "{}", r.body);
 }
 
+/// Sends `GET path` on an open keep-alive connection and reads one response: its status.
+async fn status_on(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    path: &str,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut raw = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                return head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .expect("a status");
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.expect("response");
+        assert!(n > 0, "the connection closed before the response ended");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
 #[tokio::test]
-async fn a_dpo_certificate_revoked_by_a_reloaded_crl_fails_the_handshake() {
+async fn a_dpo_certificate_revoked_by_a_reloaded_crl_is_refused_even_on_an_open_connection() {
     let gw = TestGateway::start_with(|c| {
         c.console.listen = Some("127.0.0.1:0".parse().expect("address"));
         let dir = c.tls.client_ca.parent().expect("pki dir").to_path_buf();
@@ -183,15 +221,40 @@ async fn a_dpo_certificate_revoked_by_a_reloaded_crl_fails_the_handshake() {
         c.tls.client_crl = Some(crl);
     })
     .await;
-    assert_eq!(get(&gw, DPO, "/").await.status, 200, "not revoked yet");
+    // A browser's keep-alive connection, opened before the revocation.
+    let (_, dpo) = gw
+        .pki
+        .clients
+        .iter()
+        .find(|(c, _)| c.org.as_str() == DPO)
+        .expect("the DPO");
+    let config = silta_server::client::https_client_config(
+        &gw.pki.ca_cert,
+        Some((dpo.cert.as_str(), dpo.key.as_str())),
+    )
+    .expect("client TLS");
+    let tcp = tokio::net::TcpStream::connect(gw.console_addr().expect("console"))
+        .await
+        .expect("connect");
+    let mut open = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    assert_eq!(status_on(&mut open, "/flows").await, 200, "not revoked yet");
+
     let dir = gw.config.tls.client_ca.parent().expect("pki dir");
     silta_server::devpki::revoke(dir, &[DPO.to_owned()]).expect("CRL");
     gw.reload_tls().await.expect("reload");
-    let revoked = gw.console_get(Some(DPO), "/").await;
-    assert!(
-        revoked.is_err(),
-        "the console uses the gateway's CRL: {revoked:?}"
+    assert_eq!(
+        status_on(&mut open, "/flows").await,
+        403,
+        "the open connection's next request is refused"
     );
+    let revoked = gw.console_get(Some(DPO), "/").await;
+    assert!(revoked.is_err(), "a new handshake fails: {revoked:?}");
 }
 
 #[tokio::test]

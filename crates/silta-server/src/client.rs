@@ -96,19 +96,14 @@ pub enum HttpsError {
     Malformed,
 }
 
-/// `GET path` over HTTPS/1.1 to `addr`, whose certificate must name `localhost` and chain to
-/// `ca_pem`, presenting `identity` (certificate and key PEM) when given. The connection is
-/// closed after the one response. An error when the handshake or the exchange fails, as it
-/// does when the server refuses the client certificate.
-pub async fn https_get(
-    addr: SocketAddr,
+/// The TLS configuration of an HTTPS/1.1 client that trusts `ca_pem` and presents `identity`
+/// (certificate and key PEM) when given.
+pub fn https_client_config(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
-    path: &str,
-) -> Result<HttpsResponse, HttpsError> {
+) -> Result<rustls::ClientConfig, HttpsError> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let pem = |e: rustls_pki_types::pem::Error| HttpsError::Pem(e.to_string());
     let tls = |e: rustls::Error| HttpsError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
@@ -132,6 +127,22 @@ pub async fn https_get(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `GET path` over HTTPS/1.1 to `addr`, whose certificate must name `localhost` and chain to
+/// `ca_pem`, presenting `identity` (certificate and key PEM) when given. The connection is
+/// closed after the one response. An error when the handshake or the exchange fails, as it
+/// does when the server refuses the client certificate.
+pub async fn https_get(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    path: &str,
+) -> Result<HttpsResponse, HttpsError> {
+    use rustls_pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = https_client_config(ca_pem, identity)?;
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").map_err(|e| HttpsError::Tls(e.to_string()))?;

@@ -25,6 +25,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use silta_core::audit::Outcome;
 use silta_core::stats::Month;
 use silta_core::validate::Violations;
@@ -81,9 +82,20 @@ pub(crate) struct Console {
     pub handshake_timeout: Duration,
 }
 
-/// Who the client certificate of a connection names, or why it names no one.
+/// The client certificate chain of a connection (leaf first), and whom it names or why it
+/// names no one.
 #[derive(Clone)]
-struct Peer(Result<Caller, IdentityError>);
+struct Peer {
+    caller: Result<Caller, IdentityError>,
+    chain: Arc<[CertificateDer<'static>]>,
+}
+
+/// What the DPO check needs: the gateway (to record refusals) and the TLS configuration in
+/// force (to check the certificate again).
+struct Guard {
+    gw: Arc<Gateway>,
+    tls: Arc<TlsHandle>,
+}
 
 /// A caller of role `dpo`: only [`require_dpo`] puts one into a request.
 #[derive(Clone)]
@@ -98,7 +110,7 @@ pub(crate) async fn serve(listener: TcpListener, console: Console, stop: Cancell
         trust_domain,
         handshake_timeout,
     } = console;
-    let app = router(gw);
+    let app = router(gw, Arc::clone(&tls));
     let trust_domain: Arc<str> = trust_domain.into();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
@@ -137,17 +149,17 @@ pub(crate) async fn serve(listener: TcpListener, console: Console, stop: Cancell
                 }
                 Err(_) => return,
             };
-            let peer = Peer(
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .map_or_else(
-                        || Err(IdentityError::NoIdentity(trust_domain.to_string())),
-                        |leaf| caller_from_certificate(leaf, &trust_domain),
-                    ),
+            let chain: Arc<[CertificateDer<'static>]> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let caller = chain.first().map_or_else(
+                || Err(IdentityError::NoIdentity(trust_domain.to_string())),
+                |leaf| caller_from_certificate(leaf, &trust_domain),
             );
+            let peer = Peer { caller, chain };
             let service = TowerToHyperService::new(app.layer(Extension(peer)));
             let mut http1 = hyper::server::conn::http1::Builder::new();
             http1
@@ -182,7 +194,11 @@ fn console_tls(tls: &TlsHandle) -> Arc<rustls::ServerConfig> {
 }
 
 /// Every page, behind the DPO check, and the security headers on every response.
-fn router(gw: Arc<Gateway>) -> Router {
+fn router(gw: Arc<Gateway>, tls: Arc<TlsHandle>) -> Router {
+    let guard = Arc::new(Guard {
+        gw: Arc::clone(&gw),
+        tls,
+    });
     Router::new()
         .route("/", get(overview))
         .route("/statistics", get(statistics))
@@ -190,10 +206,7 @@ fn router(gw: Arc<Gateway>) -> Router {
         .route("/flows", get(flows))
         .route("/static/console.css", get(stylesheet))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&gw),
-            require_dpo,
-        ))
+        .layer(axum::middleware::from_fn_with_state(guard, require_dpo))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(gw)
 }
@@ -207,15 +220,33 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// Serves the request only to a caller of role `dpo`; anyone else gets a plain 403 page (no
-/// stylesheet to fetch, so one refusal is one request), and the refusal is in the ledger.
+/// Serves the request only to a caller of role `dpo` whose certificate the client CA and CRL
+/// in force still accept; anyone else gets a plain 403 page (no stylesheet to fetch, so one
+/// refusal is one request), and a refused role is recorded in the ledger.
 async fn require_dpo(
-    State(gw): State<Arc<Gateway>>,
+    State(guard): State<Arc<Guard>>,
     Extension(peer): Extension<Peer>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match peer.0 {
+    // Checked again on every request: after a reload that revokes the certificate, a
+    // connection opened before it is refused from its next request on.
+    let accepted = match &*peer.chain {
+        [leaf, intermediates @ ..] => guard
+            .tls
+            .verifier()
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok(),
+        [] => false,
+    };
+    if !accepted {
+        tracing::info!("console refused: the client certificate is no longer accepted");
+        return forbidden(
+            "Your client certificate is no longer accepted: it was revoked, or its CA is no \
+             longer trusted.",
+        );
+    }
+    match peer.caller {
         Ok(caller) if caller.role == Role::Dpo => {
             request.extensions_mut().insert(Dpo(caller));
             next.run(request).await
@@ -223,7 +254,7 @@ async fn require_dpo(
         Ok(caller) => {
             let ctx = context(&caller, "Console");
             // Refuses and records the refusal, as the Audit service does for another role.
-            let refused = gw.authorize(&ctx, Role::Dpo).await.err();
+            let refused = guard.gw.authorize(&ctx, Role::Dpo).await.err();
             tracing::info!(
                 request_id = %ctx.request_id,
                 role = caller.role.as_str(),
