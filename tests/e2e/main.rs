@@ -3,6 +3,7 @@
 
 mod actor;
 mod consents;
+mod console;
 mod delivery;
 mod flows;
 mod identity;

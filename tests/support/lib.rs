@@ -202,6 +202,31 @@ impl TestGateway {
         self.running.as_ref().expect("running").admin_addr
     }
 
+    /// Where the DPO console is served, when `console.listen` is set.
+    pub fn console_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().expect("running").console_addr
+    }
+
+    /// `GET path` on the DPO console over HTTPS/1.1, presenting `org`'s client certificate
+    /// (`None`: no certificate). An error when the TLS handshake or the exchange fails.
+    pub async fn console_get(
+        &self,
+        org: Option<&str>,
+        path: &str,
+    ) -> Result<client::HttpsResponse, client::HttpsError> {
+        let addr = self.console_addr().expect("console.listen is set");
+        let identity = org.map(|org| {
+            let (_, pem) = self
+                .pki
+                .clients
+                .iter()
+                .find(|(c, _)| c.org.as_str() == org)
+                .expect("known org");
+            (pem.cert.as_str(), pem.key.as_str())
+        });
+        client::https_get(addr, &self.pki.ca_cert, identity, path).await
+    }
+
     /// Reloads the policy set, as SIGHUP does.
     pub async fn reload_policies(&self) -> Result<String, silta_core::policy::PolicyErrors> {
         let running = self.running.as_ref().expect("running");

@@ -210,59 +210,112 @@ fn to_proto_entry(
     })
 }
 
-impl AuditService {
-    /// The stored checkpoint of `size` (0: the latest), its signature checked with this node's
-    /// keyring: the note, the checkpoint it vouches for and the key that signed it (after a
-    /// key promotion, older checkpoints keep theirs). `None` if none was published there.
-    async fn verified_checkpoint(
-        &self,
-        size: u64,
-    ) -> Result<Option<(String, Checkpoint, String)>, ApiError> {
-        let stored = match size {
-            0 => self.gw.store.latest_checkpoint().await,
-            size => self.gw.store.checkpoint_at(size).await,
-        }
-        .map_err(unavailable)?;
-        let Some(stored) = stored else {
-            return Ok(None);
-        };
-        let body = stored
-            .note
-            .split_once("\n\n")
-            .map(|(b, _)| format!("{b}\n"))
-            .unwrap_or_default();
-        let origin = Checkpoint::parse(&body)
-            .map_err(|e| {
-                tracing::error!(error = %e, "stored checkpoint does not parse");
-                ApiError::Integrity("a stored checkpoint is malformed; verify the ledger")
-            })?
-            .origin;
-        let (verifier_key, checkpoint) = crate::checkpoints::signing_key_of(
-            &self.gw.pseudonymiser,
-            &origin,
-            &stored.note,
-        )
-        .ok_or_else(|| {
-            tracing::error!(
-                size = stored.size,
-                "a stored checkpoint verifies with no key of this node's keyring"
-            );
-            ApiError::Integrity(
-                "a stored checkpoint is signed by no key of this gateway; verify the ledger",
-            )
-        })?;
-        if checkpoint.size != stored.size {
-            tracing::error!(
-                size = stored.size,
-                "a stored checkpoint's row disagrees with its note"
-            );
-            return Err(ApiError::Integrity(
-                "a stored checkpoint's row disagrees with its signed note; verify the ledger",
-            ));
-        }
-        Ok(Some((stored.note, checkpoint, verifier_key)))
+/// The stored checkpoint of `size` (0: the latest), its signature checked with this node's
+/// keyring: the note, the checkpoint it vouches for and the key that signed it (after a key
+/// promotion, older checkpoints keep theirs). `None` if none was published there. The Audit
+/// service and the DPO console read checkpoints through this one check.
+pub(crate) async fn verified_checkpoint(
+    gw: &Gateway,
+    size: u64,
+) -> Result<Option<(String, Checkpoint, String)>, ApiError> {
+    let stored = match size {
+        0 => gw.store.latest_checkpoint().await,
+        size => gw.store.checkpoint_at(size).await,
     }
+    .map_err(unavailable)?;
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    let body = stored
+        .note
+        .split_once("\n\n")
+        .map(|(b, _)| format!("{b}\n"))
+        .unwrap_or_default();
+    let origin = Checkpoint::parse(&body)
+        .map_err(|e| {
+            tracing::error!(error = %e, "stored checkpoint does not parse");
+            ApiError::Integrity("a stored checkpoint is malformed; verify the ledger")
+        })?
+        .origin;
+    let (verifier_key, checkpoint) =
+        crate::checkpoints::signing_key_of(&gw.pseudonymiser, &origin, &stored.note).ok_or_else(
+            || {
+                tracing::error!(
+                    size = stored.size,
+                    "a stored checkpoint verifies with no key of this node's keyring"
+                );
+                ApiError::Integrity(
+                    "a stored checkpoint is signed by no key of this gateway; verify the ledger",
+                )
+            },
+        )?;
+    if checkpoint.size != stored.size {
+        tracing::error!(
+            size = stored.size,
+            "a stored checkpoint's row disagrees with its note"
+        );
+        return Err(ApiError::Integrity(
+            "a stored checkpoint's row disagrees with its signed note; verify the ledger",
+        ));
+    }
+    Ok(Some((stored.note, checkpoint, verifier_key)))
+}
 
+/// Whether the policies let `ctx`'s caller read statistics (`policies/access.cedar`); a
+/// refusal is recorded in the ledger.
+pub(crate) async fn may_read_statistics(
+    gw: &Gateway,
+    ctx: &RequestContext,
+) -> Result<(), ApiError> {
+    let verdict = gw.policies().may_read_statistics(&ctx.caller);
+    if verdict.allowed {
+        return Ok(());
+    }
+    let err = ApiError::PolicyDenied {
+        message: format!(
+            "{}: your client certificate names role {}; {}",
+            ctx.action,
+            ctx.caller.role,
+            gw.policies().reasons(&["statistics-readers".to_owned()])
+        ),
+        policy_ids: verdict.policy_ids,
+    };
+    Err(gw.deny(ctx, err, None).await)
+}
+
+/// Released statistics of `months`, for `ctx`'s caller: the policies decide who reads them
+/// (`policies/access.cedar`), only closed months are released, and the read is recorded in the
+/// ledger (`statistics-read`, one entry for all of `months`) before anything is returned. The
+/// Audit service and the DPO console release statistics through this one function.
+pub(crate) async fn read_statistics(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    months: &[Month],
+) -> Result<Vec<crate::statistics::MonthRelease>, ApiError> {
+    may_read_statistics(gw, ctx).await?;
+    let now = OffsetDateTime::now_utc();
+    let mut releases = Vec::with_capacity(months.len());
+    for month in months {
+        let release =
+            crate::statistics::read_month(&*gw.store, *month, gw.statistics.threshold, now).await;
+        match release {
+            Ok(r) => releases.push(r),
+            Err(crate::statistics::StatsError::NotClosed(_)) => {
+                let err = ApiError::FailedPrecondition(
+                    "the month has not ended: only closed months are released; ask for an \
+                     earlier month",
+                );
+                return Err(gw.deny(ctx, err, None).await);
+            }
+            Err(crate::statistics::StatsError::Store(e)) => return Err(unavailable(e)),
+        }
+    }
+    gw.record(ctx, Outcome::Allow, "statistics-read", None)
+        .await?;
+    Ok(releases)
+}
+
+impl AuditService {
     /// The size of the latest checkpoint; proofs and exports are anchored to checkpoints.
     async fn checkpointed_size(&self) -> Result<u64, ApiError> {
         match self
@@ -408,7 +461,7 @@ impl Audit for AuditService {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let filter = self.query_filter(&ctx, req.get_ref()).await?;
             // Read before the entries: every entry it covers is then among them or older.
-            let signed = self.verified_checkpoint(0).await?.map(|(_, c, _)| c);
+            let signed = verified_checkpoint(&self.gw, 0).await?.map(|(_, c, _)| c);
             let entries = self
                 .gw
                 .store
@@ -449,7 +502,7 @@ impl Audit for AuditService {
         let result = async {
             self.gw.authorize(&ctx, Role::Dpo).await?;
             let (note, checkpoint, verifier_key) =
-                match self.verified_checkpoint(req.get_ref().size).await? {
+                match verified_checkpoint(&self.gw, req.get_ref().size).await? {
                     Some(found) => found,
                     None if req.get_ref().size == 0 => {
                         return Err(ApiError::FailedPrecondition(
@@ -579,22 +632,10 @@ impl Audit for AuditService {
         let started = Instant::now();
         let ctx = context(&self.gw, &req, "Audit.Statistics").await?;
         let result = async {
-            // The policies decide who reads the statistics (`policies/access.cedar`); the
-            // analyst may read them and nothing else: every other RPC here asks for the DPO.
-            let verdict = self.gw.policies().may_read_statistics(&ctx.caller);
-            if !verdict.allowed {
-                let err = ApiError::PolicyDenied {
-                    message: format!(
-                        "Audit.Statistics: your client certificate names role {}; {}",
-                        ctx.caller.role,
-                        self.gw
-                            .policies()
-                            .reasons(&["statistics-readers".to_owned()])
-                    ),
-                    policy_ids: verdict.policy_ids,
-                };
-                return Err(self.gw.deny(&ctx, err, None).await);
-            }
+            // The policies decide who reads the statistics; the analyst may read them and
+            // nothing else: every other RPC here asks for the DPO. Asked before the month is
+            // read, so a caller who may not read statistics learns nothing of the request.
+            may_read_statistics(&self.gw, &ctx).await?;
             let month: Month = match req.get_ref().month.parse() {
                 Ok(m) => m,
                 Err(e @ MonthError) => {
@@ -603,29 +644,11 @@ impl Audit for AuditService {
                     return Err(self.gw.deny(&ctx, ApiError::InvalidArgument(v), None).await);
                 }
             };
-            let now = OffsetDateTime::now_utc();
-            let release = crate::statistics::read_month(
-                &*self.gw.store,
-                month,
-                self.gw.statistics.threshold,
-                now,
-            )
-            .await;
-            let release = match release {
-                Ok(r) => r,
-                Err(crate::statistics::StatsError::NotClosed(_)) => {
-                    let err = ApiError::FailedPrecondition(
-                        "the month has not ended: only closed months are released; ask for an \
-                         earlier month",
-                    );
-                    return Err(self.gw.deny(&ctx, err, None).await);
-                }
-                Err(crate::statistics::StatsError::Store(e)) => return Err(unavailable(e)),
+            let releases = read_statistics(&self.gw, &ctx, &[month]).await?;
+            let Some(release) = releases.first() else {
+                return Err(ApiError::Integrity("a month read returned no release"));
             };
-            self.gw
-                .record(&ctx, Outcome::Allow, "statistics-read", None)
-                .await?;
-            Ok(to_proto_release(&release))
+            Ok(to_proto_release(release))
         }
         .await;
         finish(&self.gw.metrics, &ctx, started, result)
@@ -650,7 +673,7 @@ impl Audit for AuditService {
                 return Err(self.gw.deny(&ctx, err, None).await);
             }
             let to = self.signed_size(&ctx, "to_index", r.to_index).await?;
-            let Some((_, signed, _)) = self.verified_checkpoint(to).await? else {
+            let Some((_, signed, _)) = verified_checkpoint(&self.gw, to).await? else {
                 return Err(ApiError::Integrity(
                     "a checkpoint listed a moment ago is gone; verify the ledger",
                 ));

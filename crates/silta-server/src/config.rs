@@ -35,6 +35,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin port.
     pub admin: AdminConfig,
+    /// The data-protection officer's console in a browser.
+    pub console: ConsoleConfig,
     /// Bearer tokens naming the person acting.
     pub jwt: JwtConfig,
     /// What one caller, connection or source address may hold of the gateway.
@@ -76,6 +78,7 @@ impl Default for Config {
             tuning: TuningConfig::default(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            console: ConsoleConfig::default(),
             jwt: JwtConfig::default(),
             limits: LimitsConfig::default(),
             statutory_recipients: Vec::new(),
@@ -152,6 +155,20 @@ impl Config {
             ));
         }
         self.limits.validate()?;
+        if let Some(console) = self.console.listen
+            && console.port() != 0
+        {
+            let taken = [
+                ("listen", Some(self.listen)),
+                ("admin.listen", self.admin.listen),
+            ];
+            if let Some((key, _)) = taken.iter().find(|(_, a)| *a == Some(console)) {
+                return Err(format!(
+                    "console.listen must differ from {key} ({console}): the console is served \
+                     on a port of its own"
+                ));
+            }
+        }
         if self.log.format != "pretty" && self.log.format != "json" {
             return Err("log.format must be \"pretty\" or \"json\"".into());
         }
@@ -309,6 +326,16 @@ pub struct AdminConfig {
     /// Unset: no admin port. Keep it on loopback or a private network: it needs no
     /// certificate.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[console]`: the data-protection officer's console, HTML over HTTPS (docs/console.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address of the console's HTTPS listener. Unset (the default): no console. It is served
+    /// with the gateway's certificate (`tls.cert`, `tls.key`) and requires a client
+    /// certificate from `tls.client_ca` (checked against `tls.client_crl`) of role `dpo`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[policy]`
@@ -747,7 +774,12 @@ mod tests {
     fn defaults_are_valid_and_unworkable_values_name_their_key() {
         assert_eq!(Config::default().validate(), Ok(()));
         type Breaker = fn(&mut Config);
-        let cases: [(&str, Breaker); 12] = [
+        let cases: [(&str, Breaker); 14] = [
+            ("console.listen", |c| c.console.listen = Some(c.listen)),
+            ("console.listen", |c| {
+                c.admin.listen = Some("127.0.0.1:9090".parse().expect("address"));
+                c.console.listen = c.admin.listen;
+            }),
             ("store.allow_permissive_file_modes", |c| {
                 c.store.url = "postgres://silta@db/silta".into();
                 c.store.allow_permissive_file_modes = true;

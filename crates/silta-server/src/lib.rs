@@ -18,6 +18,7 @@ mod commit;
 pub mod config;
 pub mod connections;
 pub mod consents;
+mod console;
 mod delivery;
 pub mod devpki;
 pub mod gateway;
@@ -126,6 +127,8 @@ pub struct RunningGateway {
     pub reloader: PolicyReloader,
     /// Where `/metrics` is served, when `admin.listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// Where the DPO console is served (HTTPS), when `console.listen` is set.
+    pub console_addr: Option<SocketAddr>,
     stop: CancellationToken,
     server: JoinHandle<Result<(), ServeError>>,
 }
@@ -462,6 +465,15 @@ pub async fn start(
         ),
         None => None,
     };
+    // The console's port likewise.
+    let console = match config.console.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Config(format!("console.listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let lock = lock_sqlite(&config.store.url)?;
     let store = open_store(&config.store).await?;
     let pseudonymiser = Pseudonymiser::with_keyring(keyring.into());
@@ -648,6 +660,25 @@ pub async fn start(
         }
         None => None,
     };
+    // The DPO console (bound first, above), on the gateway's TLS files, stopping with it.
+    let (console_addr, console_task) = match console {
+        Some(listener) => {
+            let bound = listener.local_addr().ok();
+            let task = tokio::spawn(console::serve(
+                listener,
+                console::Console {
+                    gw: Arc::clone(&gw),
+                    tls: Arc::clone(&tls),
+                    trust_domain: config.tls.trust_domain.clone(),
+                    handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                },
+                stop.clone(),
+            ));
+            tracing::info!(addr = ?bound, "DPO console listening (HTTPS, client certificate of role dpo)");
+            (bound, Some(task))
+        }
+        None => (None, None),
+    };
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(proto::landlord_server::LandlordServer::new(
@@ -700,6 +731,13 @@ pub async fn start(
                 tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown began; leaving them");
             }
         }
+        // The console's pages in progress finish (each within its grace) before the store
+        // closes; their ledger records go through the committer, which is still running.
+        if let Some(task) = console_task
+            && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
+        {
+            tracing::error!("the console did not stop in time");
+        }
         // The committer closed its queue at `stop` and finishes the jobs it holds.
         let committer_failed = match tokio::time::timeout(SHUTDOWN_GRACE, committer).await {
             Ok(Ok(unexpected)) => unexpected,
@@ -742,6 +780,7 @@ pub async fn start(
         checkpoint_verifier_key,
         reloader,
         admin_addr,
+        console_addr,
         stop,
         server,
     })

@@ -58,8 +58,9 @@ fn report(key: &str, hetu: &str) -> proto::ReportRentArrearsRequest {
     }
 }
 
-/// Runs the demo; `Ok(true)` when every step behaved as expected.
-pub async fn run() -> anyhow::Result<bool> {
+/// Runs the demo; `Ok(true)` when every step behaved as expected. With `keep_running`, then
+/// serves the gateway and the DPO console on the demo's store until Ctrl-C.
+pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let callers = crate::default_callers();
     let pki = devpki::mint("silta demo CA", "silta.local", &callers)?;
@@ -72,6 +73,8 @@ pub async fn run() -> anyhow::Result<bool> {
     config.hetu.allow_temporary = true; // the demo's codes are synthetic, from the 900–999 range
     config.tuning.delivery_poll_ms = 200;
     config.ledger.checkpoint_every = 1; // so the DPO step below has a fresh checkpoint at once
+    // The DPO's console in a browser (docs/console.md), on a free loopback port.
+    config.console.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     // helsinki-social is the statutory recipient of eviction-enforcement-notice, which tells it
     // who the resident is: it makes its key pair, and silta is configured with the public half.
     let recipient_keys = dir.path().join("helsinki-social-hpke");
@@ -86,7 +89,8 @@ pub async fn run() -> anyhow::Result<bool> {
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
         .map_err(|_| anyhow::anyhow!("system random generator failed"))?;
-    let secret = MasterSecret::from_bytes(&secret)?;
+    let secret_bytes = secret;
+    let secret = MasterSecret::from_bytes(&secret_bytes)?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway = silta_server::start(&config, secret, listener).await?;
@@ -95,6 +99,12 @@ pub async fn run() -> anyhow::Result<bool> {
         "silta demo: gateway on https://{addr} (mTLS), store {}",
         config.store.url
     );
+    if let Some(console) = gateway.console_addr {
+        outln!(
+            "  the DPO console on https://localhost:{}/ (client certificate of role dpo)",
+            console.port()
+        );
+    }
     outln!("  certificates minted in {} for:", dir.path().display());
     for (c, _) in &pki.clients {
         outln!("    {} ({})", c.org, c.role);
@@ -526,6 +536,34 @@ pub async fn run() -> anyhow::Result<bool> {
     };
     s.check("the exported ledger verifies against the gateway's signed checkpoint (as `silta audit verify` does offline)", verified);
 
+    s.title("the DPO's console in a browser (docs/console.md)");
+    if let Some(console) = gateway.console_addr {
+        let (dpo, landlord) = (pem("dpo-office")?, pem("city-housing")?);
+        let mut answers = Vec::new();
+        for who in [&dpo, &landlord] {
+            let identity = Some((who.cert.as_str(), who.key.as_str()));
+            answers
+                .push(silta_server::client::https_get(console, &pki.ca_cert, identity, "/").await);
+        }
+        let refused = answers.pop().context("two answers")?;
+        let shown = answers.pop().context("two answers")?;
+        outln!(
+            "  GET https://localhost:{}/ as dpo-office: {}; as city-housing: {}",
+            console.port(),
+            shown
+                .as_ref()
+                .map_or_else(ToString::to_string, |r| r.status.to_string()),
+            refused
+                .as_ref()
+                .map_or_else(ToString::to_string, |r| r.status.to_string()),
+        );
+        s.check(
+            "the console shows the DPO the ledger and refuses a landlord's certificate (403)",
+            shown.is_ok_and(|r| r.status == 200 && r.body.contains("Entries in the ledger"))
+                && refused.is_ok_and(|r| r.status == 403),
+        );
+    }
+
     gateway.shutdown().await?;
 
     s.title("storage limitation: the demo's store as it will be 100 days from now");
@@ -621,5 +659,28 @@ pub async fn run() -> anyhow::Result<bool> {
             "demo FAILED: see the steps marked ✘ above."
         }
     );
+    if keep_running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let gateway =
+            silta_server::start(&config, MasterSecret::from_bytes(&secret_bytes)?, listener)
+                .await?;
+        let d = dir.path().display();
+        outln!(
+            "\nthe gateway is up again on https://{}, on the demo's store",
+            gateway.local_addr
+        );
+        if let Some(console) = gateway.console_addr {
+            outln!(
+                "the DPO console: https://localhost:{}/\n  import the DPO's certificate into the \
+                 browser: openssl pkcs12 -export -in {d}/dpo-office.pem -inkey {d}/dpo-office.key \
+                 -out dpo.p12 -passout pass:\n  and trust the demo CA {d}/ca.pem for websites",
+                console.port()
+            );
+        }
+        outln!("Ctrl-C stops it and removes the demo's files.");
+        tokio::signal::ctrl_c().await?;
+        gateway.shutdown().await?;
+    }
+
     Ok(s.ok)
 }

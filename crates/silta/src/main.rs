@@ -42,7 +42,12 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Runs the whole exchange once against a throw-away gateway and shows what crosses.
-    Demo,
+    Demo {
+        /// Then keeps the gateway and the DPO console up, on the demo's store and
+        /// certificates, until Ctrl-C, so a person can open the console in a browser.
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Mints a development CA, a loopback server certificate and client certificates;
     /// `dev-pki revoke ORG…` revokes client certificates in a CRL (`crl.pem`).
     #[command(args_conflicts_with_subcommands = true)]
@@ -222,9 +227,9 @@ fn main() -> anyhow::Result<()> {
                 .block_on(async { tokio::task::spawn_blocking(|| telemetry.shutdown()).await })?;
             served
         }
-        Command::Demo => {
+        Command::Demo { keep_running } => {
             init_logging("pretty", "warn");
-            let ok = runtime()?.block_on(demo::run())?;
+            let ok = runtime()?.block_on(demo::run(keep_running))?;
             if !ok {
                 std::process::exit(1);
             }
