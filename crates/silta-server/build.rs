@@ -29,6 +29,22 @@ fn main() -> BuildResult<()> {
     let fds = protox::compile(PROTOS, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("silta_descriptor.bin"), fds.encode_to_vec())?;
+    // The error detail types every error carries (google.rpc.BadRequest, ErrorInfo, ...), for
+    // reflection only (their Rust types come from tonic-types), so that grpcurl can print
+    // them. Files the contract's set already holds (the well-known types) are left out.
+    let rpc = protox::compile(
+        ["google/rpc/error_details.proto", "google/rpc/status.proto"],
+        [&root],
+    )?;
+    let known: Vec<&str> = fds.file.iter().map(|f| f.name()).collect();
+    let rpc = FileDescriptorSet {
+        file: rpc
+            .file
+            .into_iter()
+            .filter(|f| !known.contains(&f.name()))
+            .collect(),
+    };
+    std::fs::write(out.join("google_rpc_descriptor.bin"), rpc.encode_to_vec())?;
     let masked = masked_messages(&fds)?;
     std::fs::write(out.join("proto_debug.rs"), masking_debug(&masked)?)?;
     std::fs::write(out.join("served_methods.rs"), served_methods(&fds))?;

@@ -600,6 +600,48 @@ async fn reflection_lists_the_consent_rpcs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_serves_the_error_detail_types_so_tools_can_print_them() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let gw = TestGateway::start().await;
+    for symbol in [
+        "google.rpc.BadRequest",
+        "google.rpc.ErrorInfo",
+        "google.rpc.QuotaFailure",
+        "google.rpc.Status",
+    ] {
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let answer = ServerReflectionClient::new(gw.channel(LANDLORD).await)
+            .server_reflection_info(tokio_stream::iter(vec![ask]))
+            .await
+            .expect("reflection answers")
+            .into_inner()
+            .message()
+            .await
+            .expect("an answer")
+            .expect("one");
+        let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+            panic!("{symbol}: a file descriptor answer expected, got {answer:?}");
+        };
+        let name = symbol.rsplit('.').next().expect("a name");
+        let found = files
+            .file_descriptor_proto
+            .iter()
+            .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).expect("decodes"))
+            .any(|f| {
+                f.package() == "google.rpc" && f.message_type.iter().any(|m| m.name() == name)
+            });
+        assert!(found, "{symbol}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_from_several_landlords_name_the_organisation_that_reported() {
     let gw = TestGateway::start().await;
     let mut a = gw.social(SOCIAL_A).await;

@@ -116,7 +116,8 @@ async fn no_fixture_identity_code_reaches_the_database_file_or_the_logs() {
     assert!(logs.contains("ReportRentArrears"), "logs were captured");
     // The RPC spans are captured too, closed with every field they recorded.
     assert!(
-        logs.contains("rpc{path=/silta.v1.Landlord/ReportRentArrears")
+        logs.contains("rpc{otel.name=\"silta.v1.Landlord/ReportRentArrears\"")
+            && logs.contains("path=/silta.v1.Landlord/ReportRentArrears")
             && logs.contains("flow=\"rent-arrears\"")
             && logs.contains("close"),
         "RPC spans were not captured"

@@ -64,6 +64,12 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/silta_descriptor.bin"));
 
+    /// The encoded descriptors of `google.rpc`'s status and error details (vendored in
+    /// `proto/google/rpc/`), served by reflection so that tools such as grpcurl print an
+    /// error's `BadRequest` and `ErrorInfo` rather than opaque bytes.
+    pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));
+
     include!(concat!(env!("OUT_DIR"), "/served_methods.rs"));
 }
 
@@ -606,6 +612,7 @@ pub async fn start(
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::GOOGLE_RPC_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection()
