@@ -13,7 +13,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -88,9 +89,72 @@ pub fn otlp_provider(
         ])
         .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_batch_exporter(Reported::new(exporter))
         .with_resource(resource)
         .build())
+}
+
+/// An exporter that says when its exports fail: a collector that is down loses spans, and the
+/// operator should know, but once a minute at most, not at every batch.
+#[derive(Debug)]
+struct Reported<E> {
+    inner: E,
+    /// When a failure was last said, and the spans lost since.
+    failures: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+/// How often a failing export is said at most.
+const EXPORT_FAILURE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl<E> Reported<E> {
+    fn new(inner: E) -> Self {
+        Reported {
+            inner,
+            failures: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts `lost` spans of a failed export; returns how many to report now, if it is time.
+    fn failed(&self, lost: u64, now: std::time::Instant) -> Option<u64> {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.1 += lost;
+        let due =
+            f.0.is_none_or(|last| now.duration_since(last) >= EXPORT_FAILURE_EVERY);
+        due.then(|| {
+            f.0 = Some(now);
+            std::mem::take(&mut f.1)
+        })
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Reported<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let lost = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        let result = self.inner.export(batch).await;
+        if let Err(e) = &result
+            && let Some(spans_lost) = self.failed(lost, std::time::Instant::now())
+        {
+            // Outside any span, so it is not itself exported.
+            tracing::warn!(
+                spans_lost,
+                error = %e,
+                "OTLP export failed; spans are lost until the collector answers (said at most once a minute)"
+            );
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// The `tracing` layer that turns spans into OpenTelemetry spans of `provider`.
@@ -313,6 +377,26 @@ fn third_party_caps(spec: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_export_is_said_once_a_minute_with_every_span_lost_since() {
+        let reported = Reported::new(());
+        let t0 = std::time::Instant::now();
+        assert_eq!(reported.failed(10, t0), Some(10));
+        assert_eq!(
+            reported.failed(5, t0 + std::time::Duration::from_secs(5)),
+            None
+        );
+        assert_eq!(
+            reported.failed(7, t0 + std::time::Duration::from_secs(30)),
+            None
+        );
+        assert_eq!(
+            reported.failed(1, t0 + std::time::Duration::from_secs(61)),
+            Some(13),
+            "the spans lost while silent are counted in the next report"
+        );
+    }
 
     #[test]
     fn the_rpc_span_directive_parses() {
