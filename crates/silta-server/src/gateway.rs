@@ -816,6 +816,8 @@ impl Gateway {
         let org = ctx.caller.org.clone();
         let request_id = ctx.request_id.clone();
         let open = crate::metrics::SubscriptionGuard::new(&self.metrics, role.as_str(), &org);
+        // Each page delivered is a child of the subscription's RPC span.
+        let rpc_span = tracing::Span::current();
         tokio::spawn(async move {
             let _open = open;
             let mut wake = gw.notifier.subscribe(&org);
@@ -839,6 +841,16 @@ impl Gateway {
                     }
                 };
                 let full = page.len() >= page_size;
+                // Lives while the page is handed to the stream: its duration is the delivery's.
+                let _deliver = (!page.is_empty()).then(|| {
+                    tracing::debug_span!(
+                        target: crate::telemetry::RPC_SPAN_TARGET,
+                        parent: &rpc_span,
+                        "step",
+                        otel.name = "deliver",
+                        messages = page.len(),
+                    )
+                });
                 for alert in page {
                     last = alert.seq;
                     // A subscriber that stopped reading must not hold up shutdown.

@@ -92,7 +92,8 @@ async fn made_up_paths_holding_identity_codes_reach_neither_the_debug_log_nor_th
         format!(
             "[store]\nurl = \"sqlite://silta.db\"\n[tls]\ncert = \"pki/server.pem\"\n\
              key = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n[secrets]\n\
-             master_secret_file = \"pki/master.key\"\n[log]\nlevel = \"debug\"\n\
+             master_secret_file = \"pki/master.key\"\n[hetu]\nallow_temporary = true\n\
+             [log]\nlevel = \"debug\"\n\
              otlp_endpoint = \"http://{otlp_addr}\"\n\
              [[statutory_recipients]]\norg = \"helsinki-social\"\nhpke_public_key_file = \"pki/helsinki-social.hpke-public.key\"\n"
         ),
@@ -174,6 +175,49 @@ async fn made_up_paths_holding_identity_codes_reach_neither_the_debug_log_nor_th
         .expect_err("an empty report is invalid");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
+    // A report that crosses, and its delivery: the commit, the decision and the delivery are
+    // child spans.
+    let mut social = silta_server::proto::social_services_client::SocialServicesClient::new(
+        channel(dir, port, "helsinki-social").await,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let at = |s: u64| prost_types::Timestamp {
+        seconds: i64::try_from(s).expect("a time"),
+        nanos: 0,
+    };
+    social
+        .enrol_client(silta_server::proto::EnrolClientRequest {
+            hetu: common::RESIDENT.into(),
+            consent: Some(silta_server::proto::Consent {
+                purpose: "eviction-prevention".into(),
+                given_at: Some(at(now - 60)),
+                valid_until: Some(at(now + 86_400 * 30)),
+                evidence_ref: "E-1".into(),
+                notice_version: String::new(),
+                share_outcome_with_landlord: false,
+            }),
+        })
+        .await
+        .expect("enrolled");
+    landlord
+        .report_rent_arrears(common::report("t-1"))
+        .await
+        .expect("accepted");
+    let mut alerts = social
+        .subscribe_alerts(silta_server::proto::SubscribeAlertsRequest { after_sequence: 0 })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), alerts.message())
+        .await
+        .expect("an alert in time")
+        .expect("the stream is open")
+        .expect("an alert");
+    drop(alerts);
+
     // SIGTERM: the gateway stops and its exporter flushes the spans still queued.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -212,6 +256,11 @@ async fn made_up_paths_holding_identity_codes_reach_neither_the_debug_log_nor_th
         "name: \"silta.v1.Landlord/ReportRentArrears\"",
         "name: \"grpc.health.v1.Health/Check\"",
         "name: \"validate\"",
+        "name: \"policy.precheck\"",
+        "name: \"commit\"",
+        "key: \"batch_size\"",
+        "name: \"policy.decide\"",
+        "name: \"deliver\"",
         "key: \"rpc.system\"",
         "key: \"rpc.service\"",
         "key: \"rpc.method\"",
