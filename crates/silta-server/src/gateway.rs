@@ -842,7 +842,7 @@ impl Gateway {
                 };
                 let full = page.len() >= page_size;
                 // Lives while the page is handed to the stream: its duration is the delivery's.
-                let _deliver = (!page.is_empty()).then(|| {
+                let deliver = (!page.is_empty()).then(|| {
                     tracing::debug_span!(
                         target: crate::telemetry::RPC_SPAN_TARGET,
                         parent: &rpc_span,
@@ -868,6 +868,7 @@ impl Gateway {
                         () = stop.cancelled() => break 'stream,
                     }
                 }
+                drop(deliver);
                 if full {
                     continue;
                 }
