@@ -1,0 +1,140 @@
+//! `silta health`: the container HEALTHCHECK's probe of the admin port's `/readyz`.
+
+use std::net::SocketAddr;
+use std::process::Output;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BIN: &str = env!("CARGO_BIN_EXE_silta");
+
+/// A one-route HTTP responder: every request is answered with `status` and `body`. Returns
+/// its address; it serves until the test's runtime ends.
+async fn responder(status: &'static str, body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The request's head; one read holds it (a few dozen bytes).
+                let mut buf = [0u8; 1024];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                assert!(head.starts_with("GET /readyz HTTP/1.1\r\n"), "{head}");
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Runs `silta health ARGS` off the runtime, which keeps serving the responder meanwhile.
+async fn health(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .arg("health")
+            .args(args)
+            .env_remove("SILTA_CONFIG")
+            .env_remove("SILTA_ADMIN__LISTEN")
+            .output()
+            .expect("run silta health")
+    })
+    .await
+    .expect("the command's thread")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn ready_exits_zero_with_one_line() {
+    let addr = responder("200 OK", "ready\n").await;
+    let url = format!("http://{addr}/readyz");
+    let out = health(&["--url", &url]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("ready: {url}: 200 ready\n"));
+}
+
+#[tokio::test]
+async fn not_ready_exits_one_naming_the_reason() {
+    let addr = responder("503 Service Unavailable", "store unavailable\n").await;
+    let url = format!("http://{addr}/readyz");
+    let out = health(&["--url", &url]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("not ready: {url}: 503 store unavailable\n")
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_port_exits_one() {
+    // A port just released: nothing listens there.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("address")
+    };
+    let url = format!("http://{addr}/readyz");
+    let out = health(&["--url", &url, "--timeout", "2"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.starts_with(&format!("unreachable: {url}: cannot connect")), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out() {
+    // Accepts and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let url = format!("http://{addr}/readyz");
+    let out = health(&["--url", &url, "--timeout", "1"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("unreachable: {url}: no answer within 1000 ms\n")
+    );
+}
+
+#[tokio::test]
+async fn the_port_comes_from_admin_listen_in_the_configuration() {
+    let addr = responder("200 OK", "ready\n").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("silta.toml");
+    // An unspecified address is probed on loopback.
+    std::fs::write(
+        &config,
+        format!("[admin]\nlisten = \"0.0.0.0:{}\"\n", addr.port()),
+    )
+    .expect("write config");
+    let out = health(&["--config", config.to_str().expect("utf-8 path")]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("ready: http://127.0.0.1:{}/readyz: 200 ready\n", addr.port())
+    );
+
+    // Without admin.listen there is nothing to ask.
+    std::fs::write(&config, "").expect("write config");
+    let out = health(&["--config", config.to_str().expect("utf-8 path")]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("admin.listen is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+}
