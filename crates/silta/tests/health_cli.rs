@@ -138,3 +138,87 @@ async fn the_port_comes_from_admin_listen_in_the_configuration() {
         text(&out.stderr)
     );
 }
+
+/// The real gateway under a stand-in for systemd: `READY=1` arrives on `$NOTIFY_SOCKET` once it
+/// serves (and `silta health` then finds it ready), `STOPPING=1` when SIGTERM starts the drain.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run silta");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    run(&["dev-pki", "--out", "pki"]);
+    run(&["keys", "generate", "--out", "pki/master.key"]);
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("silta.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [store]\nurl = \"sqlite://silta.db\"\n[tls]\ncert = \"pki/server.pem\"\n\
+             key = \"pki/server.key\"\nclient_ca = \"pki/ca.pem\"\n[secrets]\n\
+             master_secret_file = \"pki/master.key\"\n[[statutory_recipients]]\n\
+             org = \"helsinki-social\"\n\
+             hpke_public_key_file = \"pki/helsinki-social.hpke-public.key\"\n"
+        ),
+    )
+    .expect("config");
+    let socket = dir.join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket).expect("bind the notify socket");
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "silta.toml"])
+        .current_dir(dir)
+        .env_remove("SILTA_CONFIG")
+        .env_remove("SILTA_MASTER_SECRET")
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("serve.log")).expect("log file"))
+        .spawn()
+        .expect("spawn silta serve");
+    let log = || std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+
+    let mut buf = [0u8; 512];
+    let n = systemd.recv(&mut buf).unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("no READY=1 ({e}); log:\n{}", log())
+    });
+    let ready = text(&buf[..n]);
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=serving gRPC on 127.0.0.1:{port}")),
+        "{ready}"
+    );
+
+    // Ready for systemd means ready for the HEALTHCHECK too.
+    let out = health(&["--config", dir.join("silta.toml").to_str().expect("utf-8")]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let n = systemd.recv(&mut buf).expect("STOPPING=1");
+    assert!(text(&buf[..n]).starts_with("STOPPING=1"), "{}", text(&buf[..n]));
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}; log:\n{}", log());
+}
