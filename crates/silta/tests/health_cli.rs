@@ -222,3 +222,25 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status}; log:\n{}", log());
 }
+
+/// The shipped configurations parse and name the admin port the image's HEALTHCHECK and the
+/// systemd install steps ask (whatever answers on this machine's port 9464, if anything).
+#[tokio::test]
+async fn the_shipped_configurations_point_health_at_their_admin_port() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    for config in ["docker/silta.toml", "systemd/silta.toml"] {
+        let path = deploy.join(config);
+        let out = health(&[
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--timeout",
+            "1",
+        ])
+        .await;
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            said.contains(": http://127.0.0.1:9464/readyz: "),
+            "{config}: {said}"
+        );
+    }
+}
