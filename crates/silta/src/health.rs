@@ -145,7 +145,10 @@ mod tests {
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n";
         assert_eq!(parse_response(ok), Some((200, "ready".into())));
         let down = b"HTTP/1.1 503 Service Unavailable\r\n\r\nstore unavailable\n";
-        assert_eq!(parse_response(down), Some((503, "store unavailable".into())));
+        assert_eq!(
+            parse_response(down),
+            Some((503, "store unavailable".into()))
+        );
         assert_eq!(parse_response(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_response(b""), None);
     }

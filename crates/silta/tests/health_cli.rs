@@ -86,7 +86,10 @@ async fn an_unreachable_port_exits_one() {
     let out = health(&["--url", &url, "--timeout", "2"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.starts_with(&format!("unreachable: {url}: cannot connect")), "{err}");
+    assert!(
+        err.starts_with(&format!("unreachable: {url}: cannot connect")),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
@@ -125,7 +128,10 @@ async fn the_port_comes_from_admin_listen_in_the_configuration() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        format!("ready: http://127.0.0.1:{}/readyz: 200 ready\n", addr.port())
+        format!(
+            "ready: http://127.0.0.1:{}/readyz: 200 ready\n",
+            addr.port()
+        )
     );
 
     // Without admin.listen there is nothing to ask.
@@ -218,7 +224,11 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
         .expect("kill -TERM");
     assert!(term.success());
     let n = systemd.recv(&mut buf).expect("STOPPING=1");
-    assert!(text(&buf[..n]).starts_with("STOPPING=1"), "{}", text(&buf[..n]));
+    assert!(
+        text(&buf[..n]).starts_with("STOPPING=1"),
+        "{}",
+        text(&buf[..n])
+    );
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status}; log:\n{}", log());
 }
