@@ -4,8 +4,10 @@
 
 mod audit_cli;
 mod demo;
+mod health;
 mod output;
 mod policy_cli;
+mod sd_notify;
 mod stats_cli;
 
 use std::path::{Path, PathBuf};
@@ -92,6 +94,21 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Asks a running gateway's admin port whether it is ready (`GET /readyz`), as a container
+    /// HEALTHCHECK can without shell tools: exits 0 on 200, 1 otherwise, printing one line.
+    Health {
+        /// The URL to GET (plain http://). Default: `/readyz` on `admin.listen` of --config
+        /// (0.0.0.0 and :: are reached on loopback), else http://127.0.0.1:9464/readyz.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// A configuration whose `admin.listen` (SILTA_ADMIN__LISTEN overrides it) names the
+        /// port to ask.
+        #[arg(long, short, conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// Seconds to wait for the answer (/readyz itself waits up to 2 s for the store).
+        #[arg(long, default_value_t = 3, value_name = "SECONDS")]
+        timeout: u64,
     },
     /// The programme's statistics for a closed month (docs/statistics.md): counts per flow and
     /// organisation, never about a person, small counts suppressed. Calls the gateway with an
@@ -226,6 +243,45 @@ fn main() -> anyhow::Result<()> {
             runtime
                 .block_on(async { tokio::task::spawn_blocking(|| telemetry.shutdown()).await })?;
             served
+        }
+        Command::Health {
+            url,
+            config,
+            timeout,
+        } => {
+            let url = match (url, config) {
+                (Some(url), _) => url,
+                (None, Some(path)) => {
+                    let config = load_config(Some(&path))?;
+                    let listen = config.admin.listen.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: admin.listen is not set, so there is no /readyz to ask",
+                            path.display()
+                        )
+                    })?;
+                    health::url_for_admin(listen)
+                }
+                (None, None) => health::DEFAULT_URL.to_owned(),
+            };
+            let checked = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(health::check(&url, std::time::Duration::from_secs(timeout)));
+            match checked {
+                Ok((true, line)) => {
+                    outln!("ready: {line}");
+                    Ok(())
+                }
+                Ok((false, line)) => {
+                    eprintln!("not ready: {line}");
+                    std::process::exit(1)
+                }
+                Err(line) => {
+                    eprintln!("unreachable: {line}");
+                    std::process::exit(1)
+                }
+            }
         }
         Command::Demo { keep_running } => {
             init_logging("pretty", "warn");
@@ -428,10 +484,16 @@ async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     let gateway = silta_server::start(&config, keyring, listener).await?;
     reload_on_sighup(gateway.reloader.clone());
+    // Type=notify: systemd counts the service as started from here, when every port serves.
+    tell_systemd(&format!(
+        "READY=1\nSTATUS=serving gRPC on {}",
+        gateway.local_addr
+    ));
     let stop = gateway.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested: draining streams and commits (again to exit at once)");
+        tell_systemd("STOPPING=1\nSTATUS=draining streams and commits");
         stop.cancel();
         shutdown_signal().await;
         // Whatever was acknowledged is on disk; only unanswered requests are cut off.
@@ -440,6 +502,16 @@ async fn serve(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     });
     gateway.wait().await?;
     Ok(())
+}
+
+/// Sends `state` to systemd when it supervises with `Type=notify`; a failure is logged, never
+/// fatal (systemd then times the start out and says so).
+fn tell_systemd(state: &str) {
+    match sd_notify::notify(state) {
+        Ok(true) => tracing::debug!(state, "told systemd"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify systemd ($NOTIFY_SOCKET)"),
+    }
 }
 
 /// SIGHUP re-reads the policy set and the TLS files (server certificate and key, client CA,
