@@ -461,3 +461,78 @@ async fn an_open_connection_whose_certificate_is_revoked_is_closed_on_reload() {
         .expect("another organisation's open connection keeps working");
     assert_eq!(counter(&gw, "connections_closed", "revoked").await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_commit_queue_refuses_at_once_with_retry_info_and_loses_nothing() {
+    use sqlx::Connection as _;
+    // One job per commit and room for four waiting: twelve callers overflow it.
+    let gw = TestGateway::start_with(|c| c.tuning.max_batch = 1).await;
+    let hetu = silta_tests::valid_hetus().remove(0);
+    // Hold the database's write lock, as a stalled disk would: the committer waits in its batch.
+    let url = format!("sqlite://{}", gw.db_path().display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .expect("the write lock");
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let mut client = gw.landlord(LANDLORD).await;
+        let hetu = hetu.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .report_rent_arrears(report(&format!("q-{i}"), &hetu))
+                .await
+        }));
+    }
+    // Those refused are answered while the lock is still held: at once, not after a wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while calls.iter().filter(|c| c.is_finished()).count() < 7 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "overflowing callers were not refused at once"
+        );
+        tokio::task::yield_now().await;
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("release");
+    let (mut accepted, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.expect("call task") {
+            Ok(_) => accepted += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                let details = tonic_types::StatusExt::get_error_details(&status);
+                assert_eq!(
+                    details.error_info().map(|i| i.reason.as_str()),
+                    Some("OVERLOADED")
+                );
+                let retry = details.retry_info().expect("RetryInfo");
+                assert_eq!(
+                    retry.retry_delay,
+                    Some(std::time::Duration::from_millis(200))
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        accepted >= 1 && refused >= 7,
+        "{accepted} accepted, {refused} refused"
+    );
+    assert_eq!(accepted + refused, 12);
+    // Every acknowledged report is stored once; the gateway keeps serving.
+    let stored = gw
+        .query_strings("SELECT idempotency_key FROM reports")
+        .await;
+    assert_eq!(stored.len(), accepted, "{stored:?}");
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("after", &hetu))
+        .await
+        .expect("served again");
+}

@@ -185,11 +185,22 @@ impl Gateway {
             record: Box::new(record),
             reply,
         };
-        self.commits
-            .send(job)
-            .await
-            .map_err(|_| ApiError::ShuttingDown)?;
+        self.queue(job)?;
         done.await.map_err(|_| ApiError::ShuttingDown)?
+    }
+
+    /// Hands a job to the group committer at once, or refuses it: a full queue means the store
+    /// is behind the callers, and waiting for room would only pile up more (the caller retries
+    /// after `RetryInfo`, here or on another node). Never an unbounded wait.
+    fn queue(&self, job: Job) -> Result<(), ApiError> {
+        match self.commits.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.overloaded.inc();
+                Err(ApiError::Overloaded)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::ShuttingDown),
+        }
     }
 
     /// `Landlord.ReportRentArrears`.
@@ -449,10 +460,7 @@ impl Gateway {
             let mut job = job;
             job.span = tracing::Span::current();
             let (reply, done) = oneshot::channel();
-            self.commits
-                .send(Job::Message(Box::new(job), reply))
-                .await
-                .map_err(|_| ApiError::ShuttingDown)?;
+            self.queue(Job::Message(Box::new(job), reply))?;
             let Answered {
                 result,
                 job,
@@ -560,12 +568,12 @@ impl Gateway {
             record: Box::new(record),
             reply,
         };
-        let recorded = match self.commits.send(job).await {
+        let recorded = match self.queue(job) {
             Ok(()) => done
                 .await
                 .map_err(|_| ApiError::ShuttingDown)
                 .and_then(|r| r),
-            Err(_) => Err(ApiError::ShuttingDown),
+            Err(e) => Err(e),
         };
         if let Err(e) = recorded {
             tracing::error!(%request_id, error = %e, "denial not recorded");
@@ -779,15 +787,12 @@ impl Gateway {
             return Err(self.deny(ctx, err, None).await);
         }
         let (reply, done) = oneshot::channel();
-        self.commits
-            .send(Job::Ack {
-                recipient: ctx.caller.org.clone(),
-                up_to,
-                seqs: seqs.to_vec(),
-                reply,
-            })
-            .await
-            .map_err(|_| ApiError::ShuttingDown)?;
+        self.queue(Job::Ack {
+            recipient: ctx.caller.org.clone(),
+            up_to,
+            seqs: seqs.to_vec(),
+            reply,
+        })?;
         done.await.map_err(|_| ApiError::ShuttingDown)?
     }
 

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram>,
     /// Jobs waiting for the committer after it took a batch.
     pub commit_queue: Gauge,
+    /// Requests refused because the committer's queue was full.
+    pub overloaded: Counter,
     /// Disclosure decisions by flow and outcome.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Jobs per group-commit transaction.
@@ -135,6 +137,12 @@ impl Default for Metrics {
             "rpc_duration_seconds",
             "Seconds from a call's arrival to its answer (a stream: to its start), by RPC and outcome",
             rpc_seconds.clone(),
+        );
+        let overloaded = Counter::default();
+        registry.register(
+            "overloaded",
+            "Requests refused UNAVAILABLE (with RetryInfo) because the group committer's queue was full",
+            overloaded.clone(),
         );
         let commit_queue = Gauge::default();
         registry.register(
@@ -231,6 +239,7 @@ impl Default for Metrics {
             registry: root,
             rpc_seconds,
             commit_queue,
+            overloaded,
             ledger_entry_mismatches,
             undelivered,
             pending_handshakes,

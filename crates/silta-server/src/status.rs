@@ -10,6 +10,10 @@ use silta_store::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+/// How long a caller refused for overload is asked to wait (`google.rpc.RetryInfo`): about a
+/// few group commits.
+pub const OVERLOAD_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The error domain in `google.rpc.ErrorInfo`.
 pub const ERROR_DOMAIN: &str = "silta";
 
@@ -84,6 +88,12 @@ pub enum ApiError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down; retry on another node or reconnect shortly")]
     ShuttingDown,
+    /// The group committer's queue is full: the store is behind the callers.
+    #[error(
+        "the gateway is writing as fast as its store allows and its queue is full; retry after \
+         the RetryInfo delay (the request was not stored)"
+    )]
+    Overloaded,
     /// A subscription's client read nothing while messages waited.
     #[error(
         "this stream was not read for {0} ms while messages waited (limits.stream_stall_timeout_ms), \
@@ -133,6 +143,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => "idempotency-conflict",
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
+            ApiError::Overloaded => "overloaded",
             ApiError::Stalled(_) => "stream-stalled",
             ApiError::ExtraMessage => "cardinality-violation",
         }
@@ -156,7 +167,9 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Integrity(_) | ApiError::LedgerMismatch { .. } => Code::DataLoss,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
-            ApiError::Unavailable | ApiError::ShuttingDown => Code::Unavailable,
+            ApiError::Unavailable | ApiError::ShuttingDown | ApiError::Overloaded => {
+                Code::Unavailable
+            }
             ApiError::Stalled(_) => Code::ResourceExhausted,
             // gRPC's status table (doc/statuscodes.md) names a request cardinality violation
             // UNIMPLEMENTED: the call has the shape of another kind of method. grpc-go and
@@ -194,6 +207,9 @@ impl ApiError {
             ERROR_DOMAIN,
             metadata,
         );
+        if matches!(self, ApiError::Overloaded) {
+            details.set_retry_info(Some(OVERLOAD_RETRY));
+        }
         details.set_request_info(request_id, "");
         Status::with_error_details(self.code(), self.to_string(), details)
     }
