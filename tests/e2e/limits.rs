@@ -536,3 +536,56 @@ async fn a_full_commit_queue_refuses_at_once_with_retry_info_and_loses_nothing()
         .await
         .expect("served again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_whose_deadline_passed_before_its_commit_is_not_committed() {
+    use sqlx::Connection as _;
+    let gw = TestGateway::start().await;
+    let hetu = silta_tests::valid_hetus().remove(0);
+    // The store stalls: the report waits in the committer past its caller's deadline.
+    let url = format!("sqlite://{}", gw.db_path().display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .expect("the write lock");
+    let mut request = tonic::Request::new(report("late", &hetu));
+    request.set_timeout(Duration::from_millis(300));
+    let status = gw
+        .landlord(LANDLORD)
+        .await
+        .report_rent_arrears(request)
+        .await
+        .expect_err("the deadline passes while the store stalls");
+    // tonic's client keeps the deadline too: whichever side notices first ends the call.
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("release");
+    // A later report goes through the same committer: once it is acknowledged, the late one
+    // has been taken and refused before it.
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("after", &hetu))
+        .await
+        .expect("served again");
+    let stored = gw
+        .query_strings("SELECT idempotency_key FROM reports")
+        .await;
+    assert_eq!(stored, ["after"], "the late report was committed");
+    // Sent again with the same key, it is a new report, stored once.
+    gw.landlord(LANDLORD)
+        .await
+        .report_rent_arrears(report("late", &hetu))
+        .await
+        .expect("retried in time");
+}

@@ -417,6 +417,11 @@ async fn apply_message(
     fx: &mut Effects,
 ) -> Result<Result<Receipt, ApiError>, StoreError> {
     let ctx = &job.ctx;
+    // A caller that stopped waiting has been told DEADLINE_EXCEEDED: what it sent must not be
+    // committed behind its back (it retries with the same key and gets one receipt).
+    if ctx.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        return Ok(Err(ApiError::DeadlineExceeded));
+    }
     let sender = &ctx.caller.org;
     // Only a case read before a promotion and newer than it could lack the version; the
     // promotion moved it meanwhile, so a retry finds it.

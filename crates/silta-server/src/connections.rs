@@ -522,6 +522,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let deadline = client_deadline(request.headers());
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(self.peer.clone());
+        if let Some(deadline) = deadline {
+            parts
+                .extensions
+                .insert(ClientDeadline(std::time::Instant::now() + deadline));
+        }
         // Reflection is the one bidirectional stream: its body stays open between questions.
         let body = if method.is_some_and(|m| m.starts_with("/grpc.reflection.")) {
             tonic::body::Body::new(body)
@@ -582,6 +587,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         )
     }
 }
+
+/// When a call's client stops waiting, from its `grpc-timeout`: the committer does not commit a
+/// job whose caller has gone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientDeadline(pub std::time::Instant);
 
 /// The client's deadline from `grpc-timeout` (at most 8 digits and a unit); a header that does
 /// not parse is ignored, as tonic does.

@@ -45,6 +45,9 @@ pub struct RequestContext {
     pub action: &'static str,
     /// The person acting, from a verified bearer token.
     pub actor: Option<String>,
+    /// When the caller stops waiting (its `grpc-timeout`): work not yet committed by then is
+    /// not committed at all.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl RequestContext {

@@ -52,6 +52,10 @@ pub(crate) async fn context<T>(
                 caller,
                 action,
                 actor: None,
+                deadline: req
+                    .extensions()
+                    .get::<crate::connections::ClientDeadline>()
+                    .map(|d| d.0),
             };
             match gw.actors.verify(&ctx.caller, action, authorization).await {
                 Ok(actor) => {

@@ -88,6 +88,13 @@ pub enum ApiError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down; retry on another node or reconnect shortly")]
     ShuttingDown,
+    /// The caller's deadline (`grpc-timeout`) passed before its message was committed: it was
+    /// not.
+    #[error(
+        "the call's deadline (grpc-timeout) passed before the message was committed; it was not \
+         stored: send it again, with the same idempotency key"
+    )]
+    DeadlineExceeded,
     /// The group committer's queue is full: the store is behind the callers.
     #[error(
         "the gateway is writing as fast as its store allows and its queue is full; retry after \
@@ -144,6 +151,7 @@ impl ApiError {
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
             ApiError::Overloaded => "overloaded",
+            ApiError::DeadlineExceeded => "deadline-exceeded",
             ApiError::Stalled(_) => "stream-stalled",
             ApiError::ExtraMessage => "cardinality-violation",
         }
@@ -170,6 +178,7 @@ impl ApiError {
             ApiError::Unavailable | ApiError::ShuttingDown | ApiError::Overloaded => {
                 Code::Unavailable
             }
+            ApiError::DeadlineExceeded => Code::DeadlineExceeded,
             ApiError::Stalled(_) => Code::ResourceExhausted,
             // gRPC's status table (doc/statuscodes.md) names a request cardinality violation
             // UNIMPLEMENTED: the call has the shape of another kind of method. grpc-go and

@@ -289,6 +289,7 @@ fn context(caller: &Caller, action: &'static str) -> RequestContext {
         caller: caller.clone(),
         action,
         actor: None,
+        deadline: None,
     }
 }
 
