@@ -589,3 +589,47 @@ async fn a_report_whose_deadline_passed_before_its_commit_is_not_committed() {
         .await
         .expect("retried in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_organisation_past_its_stream_cap_is_refused_and_others_are_not() {
+    let gw = TestGateway::start_with(|c| c.limits.max_streams_per_org = 2).await;
+    let open = || async {
+        gw.social(SOCIAL_A)
+            .await
+            .subscribe_alerts(proto::SubscribeAlertsRequest { after_sequence: 0 })
+            .await
+    };
+    let first = open().await.expect("first stream");
+    let _second = open().await.expect("second stream");
+    let status = open().await.expect_err("a third stream is past the cap");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(
+        details.error_info().map(|i| i.reason.as_str()),
+        Some("QUOTA_EXCEEDED")
+    );
+    let quota = details.quota_failure().expect("QuotaFailure");
+    assert_eq!(quota.violations[0].subject, "limits.max_streams_per_org");
+    // Another organisation is not held back by this one.
+    gw.social(silta_tests::SOCIAL_B)
+        .await
+        .subscribe_alerts(proto::SubscribeAlertsRequest { after_sequence: 0 })
+        .await
+        .expect("another organisation's stream");
+    // A stream that ends gives its place back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open().await {
+            Ok(_third) => break,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the closed stream's place was not given back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+}

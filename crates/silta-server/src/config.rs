@@ -509,6 +509,11 @@ pub struct LimitsConfig {
     /// milliseconds while messages wait ends with `RESOURCE_EXHAUSTED`; nothing is lost
     /// (unacknowledged messages stay in the outbox), the client resumes from its cursor.
     pub stream_stall_timeout_ms: u64,
+    /// Open `SubscribeAlerts` and `SubscribeNotices` streams one organisation may hold on
+    /// this node, over all its connections: a client that leaks streams is refused
+    /// `RESOURCE_EXHAUSTED` (`QuotaFailure` naming this key) instead of exhausting the
+    /// gateway's memory for every other organisation.
+    pub max_streams_per_org: usize,
 }
 
 impl Default for LimitsConfig {
@@ -526,13 +531,20 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 1_024,
             stream_send_buffer_bytes: 64 * 1024,
             stream_stall_timeout_ms: 30_000,
+            max_streams_per_org: 64,
         }
     }
 }
 
 impl LimitsConfig {
     fn validate(&self) -> Result<(), String> {
-        let ranges: [(&str, u64, u64, u64); 12] = [
+        let ranges: [(&str, u64, u64, u64); 13] = [
+            (
+                "max_streams_per_org",
+                self.max_streams_per_org as u64,
+                1,
+                1_000_000,
+            ),
             (
                 "handshake_timeout_ms",
                 self.handshake_timeout_ms,

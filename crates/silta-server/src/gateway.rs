@@ -21,7 +21,7 @@ use silta_core::report::{
 };
 use silta_core::support::{SupportNoticeInput, validate_support_notice};
 use silta_core::validate::Violations;
-use silta_core::{Caller, Domain, Hetu, HetuRules, Pseudonym, Pseudonymiser, Role};
+use silta_core::{Caller, Domain, Hetu, HetuRules, OrgId, Pseudonym, Pseudonymiser, Role};
 use silta_store::{NewConsentRow, Store, StoredAlert};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -127,6 +127,8 @@ pub struct Gateway {
     pub(crate) tuning: TuningConfig,
     /// How long a subscription waits for its client to read before ending the stream.
     pub(crate) stall_timeout: std::time::Duration,
+    /// Open subscriptions per organisation, within `limits.max_streams_per_org`.
+    pub(crate) streams: Arc<OrgQuota>,
     /// The retention rules, for the DPO's view of them (the purge has its own copy).
     pub(crate) retention: crate::config::RetentionConfig,
     /// The disclosure-control threshold of released statistics.
@@ -136,6 +138,55 @@ pub struct Gateway {
     pub(crate) actors: crate::actor::ActorVerifier,
     /// The keys identity codes are sealed to, for flows that disclose identity.
     pub(crate) recipient_keys: Arc<crate::sealing::RecipientKeys>,
+}
+
+/// How many of something each organisation holds, within a cap.
+#[derive(Debug)]
+pub(crate) struct OrgQuota {
+    max: usize,
+    held: std::sync::Mutex<std::collections::HashMap<OrgId, usize>>,
+}
+
+/// One unit of an organisation's quota, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct QuotaGuard {
+    quota: Arc<OrgQuota>,
+    org: OrgId,
+}
+
+impl OrgQuota {
+    pub(crate) fn new(max: usize) -> Self {
+        OrgQuota {
+            max,
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Takes one unit for `org`, or `None` when it holds the cap already.
+    pub(crate) fn try_take(self: &Arc<Self>, org: &OrgId) -> Option<QuotaGuard> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(org.clone()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(QuotaGuard {
+            quota: Arc::clone(self),
+            org: org.clone(),
+        })
+    }
+}
+
+impl Drop for QuotaGuard {
+    fn drop(&mut self) {
+        let mut held = self.quota.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.org);
+            }
+        }
+    }
 }
 
 /// Runs `f` in a child span of the current RPC span (exported with it; see
@@ -814,6 +865,15 @@ impl Gateway {
         after: u64,
     ) -> Result<Subscription, ApiError> {
         self.authorize(ctx, role).await?;
+        // Held by the subscription's task: given back when the stream ends, however it ends.
+        let Some(quota) = self.streams.try_take(&ctx.caller.org) else {
+            self.metrics.quota_refusals.inc();
+            let err = ApiError::Quota {
+                limit: "limits.max_streams_per_org",
+                what: "open streams",
+            };
+            return Err(self.deny(ctx, err, None).await);
+        };
         let (tx, rx) = mpsc::channel(16);
         let stalled = CancellationToken::new();
         let subscription = Subscription {
@@ -828,6 +888,7 @@ impl Gateway {
         let rpc_span = tracing::Span::current();
         tokio::spawn(async move {
             let _open = open;
+            let _quota = quota;
             let mut wake = gw.notifier.subscribe(&org);
             let poll = std::time::Duration::from_millis(gw.tuning.delivery_poll_ms);
             let page_size = usize::try_from(gw.tuning.delivery_page).unwrap_or(usize::MAX);

@@ -582,6 +582,7 @@ pub async fn start(
         stop: stop.clone(),
         tuning: config.tuning.clone(),
         stall_timeout: Duration::from_millis(config.limits.stream_stall_timeout_ms),
+        streams: Arc::new(gateway::OrgQuota::new(config.limits.max_streams_per_org)),
         retention: config.retention.clone(),
         statistics: config.statistics.clone(),
         policies: Arc::clone(&policies),

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub commit_queue: Gauge,
     /// Requests refused because the committer's queue was full.
     pub overloaded: Counter,
+    /// Subscriptions refused because their organisation held `limits.max_streams_per_org`.
+    pub quota_refusals: Counter,
     /// Disclosure decisions by flow and outcome.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Jobs per group-commit transaction.
@@ -137,6 +139,12 @@ impl Default for Metrics {
             "rpc_duration_seconds",
             "Seconds from a call's arrival to its answer (a stream: to its start), by RPC and outcome",
             rpc_seconds.clone(),
+        );
+        let quota_refusals = Counter::default();
+        registry.register(
+            "stream_quota_refusals",
+            "Subscriptions refused RESOURCE_EXHAUSTED because the organisation held limits.max_streams_per_org",
+            quota_refusals.clone(),
         );
         let overloaded = Counter::default();
         registry.register(
@@ -240,6 +248,7 @@ impl Default for Metrics {
             rpc_seconds,
             commit_queue,
             overloaded,
+            quota_refusals,
             ledger_entry_mismatches,
             undelivered,
             pending_handshakes,

@@ -95,6 +95,17 @@ pub enum ApiError {
          stored: send it again, with the same idempotency key"
     )]
     DeadlineExceeded,
+    /// A per-organisation cap was reached: `limit` names the configuration key.
+    #[error(
+        "your organisation holds as many {what} as {limit} allows; close one (or fix a client \
+         that leaks them) and retry"
+    )]
+    Quota {
+        /// The configuration key of the cap, e.g. `limits.max_streams_per_org`.
+        limit: &'static str,
+        /// What is counted, e.g. `open streams`.
+        what: &'static str,
+    },
     /// The group committer's queue is full: the store is behind the callers.
     #[error(
         "the gateway is writing as fast as its store allows and its queue is full; retry after \
@@ -151,6 +162,7 @@ impl ApiError {
             ApiError::Unavailable => "store-unavailable",
             ApiError::ShuttingDown => "shutting-down",
             ApiError::Overloaded => "overloaded",
+            ApiError::Quota { .. } => "quota-exceeded",
             ApiError::DeadlineExceeded => "deadline-exceeded",
             ApiError::Stalled(_) => "stream-stalled",
             ApiError::ExtraMessage => "cardinality-violation",
@@ -179,6 +191,7 @@ impl ApiError {
                 Code::Unavailable
             }
             ApiError::DeadlineExceeded => Code::DeadlineExceeded,
+            ApiError::Quota { .. } => Code::ResourceExhausted,
             ApiError::Stalled(_) => Code::ResourceExhausted,
             // gRPC's status table (doc/statuscodes.md) names a request cardinality violation
             // UNIMPLEMENTED: the call has the shape of another kind of method. grpc-go and
@@ -216,6 +229,12 @@ impl ApiError {
             ERROR_DOMAIN,
             metadata,
         );
+        if let ApiError::Quota { limit, what } = &self {
+            details.set_quota_failure(vec![tonic_types::QuotaViolation::new(
+                *limit,
+                format!("{what} of the calling organisation"),
+            )]);
+        }
         if matches!(self, ApiError::Overloaded) {
             details.set_retry_info(Some(OVERLOAD_RETRY));
         }
