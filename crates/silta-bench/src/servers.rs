@@ -115,6 +115,9 @@ pub(crate) async fn run_gateway(
     config.tls.client_ca = pki.join("ca.pem");
     config.hetu.allow_temporary = true; // the benchmark's codes are synthetic (900–999)
     config.admin.listen = Some(admin);
+    // The memory-per-stream measurement opens thousands of streams as one organisation: past
+    // the default cap, which is what keeps a leaking client from doing that in production.
+    config.limits.max_streams_per_org = 100_000;
     // The statutory flow must be able to seal the identity to its recipient.
     config
         .statutory_recipients
