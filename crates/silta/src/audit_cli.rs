@@ -107,20 +107,37 @@ pub struct Connection {
 
 impl Connection {
     async fn audit(&self) -> anyhow::Result<AuditClient<Channel>> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
-        let channel = silta_server::client::connect_to(
+        audit_client(
             &self.url,
             &self.server_name,
-            &read(&self.ca)?,
-            &read(&self.cert)?,
-            &read(&self.cert_key)?,
+            &self.ca,
+            &self.cert,
+            &self.cert_key,
         )
         .await
-        .with_context(|| format!("connecting to {}", self.url))?;
-        Ok(AuditClient::new(channel))
     }
+}
+
+/// An Audit client over mTLS to `url`, with the certificate and key in these files.
+pub(crate) async fn audit_client(
+    url: &str,
+    server_name: &str,
+    ca: &Path,
+    cert: &Path,
+    cert_key: &Path,
+) -> anyhow::Result<AuditClient<Channel>> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let channel = silta_server::client::connect_to(
+        url,
+        server_name,
+        &read(ca)?,
+        &read(cert)?,
+        &read(cert_key)?,
+    )
+    .await
+    .with_context(|| format!("connecting to {url}"))?;
+    Ok(AuditClient::new(channel))
 }
 
 #[derive(Serialize, Deserialize, Default)]

@@ -2,7 +2,7 @@
 //! `Audit/Statistics` over mTLS (role `analyst` or `dpo`), as a table, CSV or JSON, and a
 //! chart as SVG. `silta stats rebuild` (in `main.rs`) recomputes the counters from the ledger.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -68,19 +68,14 @@ pub struct Connection {
 
 impl Connection {
     async fn audit(&self) -> anyhow::Result<AuditClient<Channel>> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
-        let channel = silta_server::client::connect_to(
+        crate::audit_cli::audit_client(
             &self.url,
             &self.server_name,
-            &read(&self.ca)?,
-            &read(&self.cert)?,
-            &read(&self.cert_key)?,
+            &self.ca,
+            &self.cert,
+            &self.cert_key,
         )
         .await
-        .with_context(|| format!("connecting to {}", self.url))?;
-        Ok(AuditClient::new(channel))
     }
 }
 
